@@ -1,0 +1,39 @@
+# One-command set-up: every target installs what it needs (apt, venv, pip) and is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal python3-yaml
+export QT_QPA_PLATFORM ?= offscreen
+export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
+
+.PHONY: setup system-deps install demo test test-core test-qgis bench package clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES) ; }
+	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+install: setup
+	$(PY) resources/tools/deploy.py --enable
+
+demo: install
+	$(PY) resources/tools/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-core: setup
+	$(PY) -m pytest -q tests/core
+
+test-qgis: setup
+	$(PY) -m pytest -q tests/qgis
+
+clean:
+	rm -rf build dist demo_output .pytest_cache

@@ -1,0 +1,160 @@
+"""The run configuration: one frozen dataclass, validated on construction.
+
+Field names follow the Python API of PRODUCT.md; error messages name the Processing keys users see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import ParameterError
+
+__all__ = [
+    "InferenceConfig",
+    "UNCERTAINTY_MODES",
+    "TILE_WEIGHTS",
+    "TTA_MODES",
+    "DEVICES",
+    "parse_shape",
+]
+
+UNCERTAINTY_MODES = ("entropy", "mutual_information")
+TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
+TTA_MODES = ("none", "flip", "d4")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parse_shape(value: Any, parameter: str) -> tuple[int, int]:
+    """Parse a tile shape given as ``"H,W"``, ``"N"``, an int or a pair of ints.
+
+    Raises:
+        ParameterError: naming ``parameter`` when the value is not one or two positive integers.
+    """
+    original = value
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").replace(";", ",").split(",") if p.strip()]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise ParameterError(parameter, original, 'be "H,W" or one integer (e.g. "512,512")') from None
+    elif isinstance(value, bool):
+        raise ParameterError(parameter, original, 'be "H,W" or one integer (e.g. "512,512")')
+    elif isinstance(value, int):
+        value = [value]
+    try:
+        dims = [int(v) for v in value]
+        if any(int(v) != v for v in value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ParameterError(parameter, original, 'be "H,W" or one integer (e.g. "512,512")') from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2:
+        raise ParameterError(parameter, original, 'be "H,W" or one integer (e.g. "512,512")')
+    if dims[0] <= 0 or dims[1] <= 0:
+        raise ParameterError(parameter, original, "be positive")
+    return dims[0], dims[1]
+
+
+def _choice(value: str, choices: Sequence[str], parameter: str) -> str:
+    if value not in choices:
+        raise ParameterError(parameter, value, f"be one of {', '.join(choices)}")
+    return value
+
+
+def _integer(value: Any, parameter: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        try:
+            as_int = int(str(value).strip())
+        except ValueError:
+            raise ParameterError(parameter, value, f"be an integer >= {minimum}") from None
+    else:
+        as_int = int(value)
+    if as_int < minimum:
+        raise ParameterError(parameter, value, f"be an integer >= {minimum}")
+    return as_int
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Everything that decides what a run computes.
+
+    Attributes:
+        n_samples: T, stochastic passes per tile and augmentation (``N_SAMPLES``). 1 for plain TTA.
+        mc_dropout: keep dropout sampling during inference (MC dropout) or run the model deterministically.
+        tta_mode: ``none``, ``flip`` or ``d4`` (``TTA_MODE``).
+        uncertainty_mode: ``entropy`` or ``mutual_information`` (``UNCERTAINTY_MODE``).
+        export_uncertainty_map: write the uncertainty raster (``EXPORT_UNCERTAINTY_MAP``).
+        num_classes: expected number of classes; ``None``/0 takes the model's output channels (``NUM_CLASSES``).
+        model_input_shape: tile (H, W) (``MODEL_INPUT_SHAPE``).
+        step_shape: tile stride (H, W), each at most the tile size (``STEP_SHAPE``).
+        tile_weight: ``gaussian``, ``pyramid`` or ``mean`` (``TILE_WEIGHT``).
+        seed: dropout masks are drawn from this seed, the tile position and the sample index (``SEED``).
+        batch_size: tiles per forward pass; 0 chooses automatically. Never changes results (``BATCH_SIZE``).
+        device: ``auto``, ``cpu`` or ``cuda`` (``DEVICE``).
+        bands: 1-based input bands in model order; ``None`` = the first ``in_channels`` bands (``BANDS``).
+        panel_width: widest column panel processed at once; bounds memory for very wide rasters. A multiple
+            of 256; results do not depend on it.
+    """
+
+    n_samples: int = 10
+    mc_dropout: bool = True
+    tta_mode: str = "none"
+    uncertainty_mode: str = "entropy"
+    export_uncertainty_map: bool = True
+    num_classes: int | None = None
+    model_input_shape: tuple[int, int] = (512, 512)
+    step_shape: tuple[int, int] = (256, 256)
+    tile_weight: str = "gaussian"
+    seed: int = 0
+    batch_size: int = 0
+    device: str = "auto"
+    bands: tuple[int, ...] | None = None
+    panel_width: int = 8192
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "n_samples", _integer(self.n_samples, "N_SAMPLES", 1))
+        set_(self, "tta_mode", _choice(str(self.tta_mode).lower(), TTA_MODES, "TTA_MODE"))
+        set_(self, "uncertainty_mode", _choice(str(self.uncertainty_mode).lower(), UNCERTAINTY_MODES, "UNCERTAINTY_MODE"))
+        set_(self, "tile_weight", _choice(str(self.tile_weight).lower(), TILE_WEIGHTS, "TILE_WEIGHT"))
+        set_(self, "device", _choice(str(self.device).lower(), DEVICES, "DEVICE"))
+        num_classes = self.num_classes
+        if num_classes is not None:
+            num_classes = _integer(num_classes, "NUM_CLASSES", 0) or None
+            if num_classes is not None and num_classes > 255:
+                raise ParameterError("NUM_CLASSES", self.num_classes, "be <= 255 (the class raster is uint8, 255 = nodata)")
+        set_(self, "num_classes", num_classes)
+        tile = parse_shape(self.model_input_shape, "MODEL_INPUT_SHAPE")
+        step = parse_shape(self.step_shape, "STEP_SHAPE")
+        if step[0] > tile[0] or step[1] > tile[1]:
+            raise ParameterError(
+                "STEP_SHAPE", f"{step[0]},{step[1]}", f"be at most MODEL_INPUT_SHAPE ({tile[0]},{tile[1]}) in each dimension"
+            )
+        set_(self, "model_input_shape", tile)
+        set_(self, "step_shape", step)
+        set_(self, "seed", _integer(self.seed, "SEED", 0))
+        set_(self, "batch_size", _integer(self.batch_size, "BATCH_SIZE", 0))
+        if self.bands is not None:
+            bands = tuple(self.bands)
+            if not bands:
+                bands = None
+            else:
+                for b in bands:
+                    if isinstance(b, bool) or int(b) != b or int(b) < 1:
+                        raise ParameterError("BANDS", list(self.bands), "list band numbers starting at 1")
+                bands = tuple(int(b) for b in bands)
+            set_(self, "bands", bands)
+        width = _integer(self.panel_width, "panel_width", 256)
+        if width % 256:
+            raise ParameterError("panel_width", width, "be a multiple of 256")
+        set_(self, "panel_width", width)
+
+    @property
+    def uncertainty_needs_expected_entropy(self) -> bool:
+        """True when the merge must also blend mean_t H[p_t] (mutual information)."""
+        return self.export_uncertainty_map and self.uncertainty_mode == "mutual_information"

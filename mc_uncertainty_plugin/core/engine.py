@@ -1,0 +1,306 @@
+"""The engine: windows streamed from GDAL -> stochastic passes -> streaming blend -> GeoTIFF rows.
+
+Order of work: the raster is cut into column panels (one panel unless it is wider than
+``InferenceConfig.panel_width``); in each panel, rows of windows run top to bottom and the rows above the next
+window row are written as soon as that window row is done. Every window intersecting a panel is computed for
+it, so the result does not depend on the panel width, and memory is bounded by
+``(C + 2) x tile height x panel width`` floats whatever the raster size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .config import InferenceConfig
+from .dropout import find_dropout_layers
+from .errors import InferenceCancelled, ModelLoadError, ParameterError, RasterIOError
+from .merger import CLASS_NODATA, UNCERTAINTY_NODATA, FinishedRows, StreamingMerger
+from .model_loading import LoadedModel
+from .raster_io import GeoTiffWriter, RasterReader
+from .sampler import EnsembleSampler, select_segmentation_output
+from .tiling import TileGrid, tile_weight_map
+from .transforms import transforms_for
+
+__all__ = ["RunResult", "run_inference", "resolve_device", "auto_batch_size", "UNCERTAINTY_DESCRIPTIONS"]
+
+LOGGER = logging.getLogger("mc_uncertainty_plugin")
+UNCERTAINTY_DESCRIPTIONS = {
+    "entropy": "predictive entropy H[mean p] (nats)",
+    "mutual_information": "mutual information / BALD (nats)",
+}
+ProgressCallback = Callable[[float], None]
+CancelCallback = Callable[[], bool]
+LogCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run wrote and how it ran."""
+
+    segmentation: str
+    uncertainty: str | None
+    num_classes: int
+    device: str
+    windows: int
+    passes_per_window: int
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error naming DEVICE."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("DEVICE", name, "name an available device (CUDA is not available here; use auto or cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def auto_batch_size(device: torch.device, tile_shape: tuple[int, int]) -> int:
+    """Tiles per pass: about 1 MP per batch on CPU, 4 MP on GPU (results never depend on it)."""
+    pixels = tile_shape[0] * tile_shape[1]
+    budget, cap = ((1 << 22), 32) if device.type == "cuda" else ((1 << 20), 8)
+    return max(1, min(cap, budget // pixels))
+
+
+def _parse_colour(value: object, index: int) -> tuple[int, int, int, int]:
+    if isinstance(value, (list, tuple)) and len(value) in (3, 4):
+        rgba = [int(v) for v in value] + [255] * (4 - len(value))
+        return rgba[0], rgba[1], rgba[2], rgba[3]
+    text = str(value).strip().lstrip("#")
+    if len(text) in (6, 8):
+        try:
+            parts = [int(text[i : i + 2], 16) for i in range(0, len(text), 2)]
+            return parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else 255
+        except ValueError:
+            pass
+    raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]')
+
+
+def _check_output(path: str, parameter: str, input_path: str) -> str:
+    path = os.path.abspath(os.fspath(path))
+    if path == os.path.abspath(input_path) or (
+        os.path.exists(path) and os.path.exists(input_path) and os.path.samefile(path, input_path)
+    ):
+        raise ParameterError(parameter, path, "differ from INPUT")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise ParameterError(parameter, path, "be in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise ParameterError(parameter, path, "be in a writable folder")
+    return path
+
+
+def _probe_classes(model: LoadedModel, device: torch.device, bands: int, tile: tuple[int, int]) -> int:
+    """Output channels of the network on one zero tile (also checks that the tile shape is accepted)."""
+    x = torch.zeros((1, bands) + tuple(tile), device=device)
+    try:
+        with torch.inference_mode():
+            logits = select_segmentation_output(model.module(x))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ParameterError(
+            "MODEL_INPUT_SHAPE",
+            f"{tile[0]},{tile[1]}",
+            f"be a tile the model accepts with {bands} input band(s) (many models need multiples of 32); "
+            f"the model failed: {detail}",
+        ) from None
+    if logits.dim() != 4:
+        raise ModelLoadError(f"MODEL returns a {logits.dim()}-D tensor; expected (B, C, H, W) logits.")
+    channels = int(logits.shape[1])
+    return 2 if channels == 1 else channels
+
+
+def run_inference(
+    model: LoadedModel,
+    config: InferenceConfig,
+    input_path: str,
+    segmentation_path: str,
+    uncertainty_path: str | None,
+    *,
+    progress: ProgressCallback | None = None,
+    is_cancelled: CancelCallback | None = None,
+    log: LogCallback | None = None,
+) -> RunResult:
+    """Run the configured inference over ``input_path`` and write the outputs.
+
+    Raises:
+        ParameterError, ModelLoadError, RasterIOError: bad input, before any output is written.
+        InferenceCancelled: ``is_cancelled()`` returned True; partial files are removed.
+    """
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        LOGGER.info(message)
+        if log is not None:
+            log(message)
+
+    reader = RasterReader(input_path)
+    in_channels = model.in_channels
+    if config.bands is not None:
+        bands: Sequence[int] = config.bands
+        if in_channels is not None and len(bands) != in_channels:
+            raise ParameterError("BANDS", list(bands), f"select exactly {in_channels} bands (the model's in_channels)")
+    else:
+        wanted = in_channels or reader.band_count
+        if reader.band_count < wanted:
+            raise ParameterError(
+                "INPUT", f"{input_path} ({reader.band_count} bands)",
+                f"have at least {wanted} bands (the model's in_channels), or choose them with BANDS",
+            )
+        bands = tuple(range(1, wanted + 1))
+    reader = reader.select_bands(bands)
+    model.normalization.apply(np.zeros((len(bands), 1, 1), np.float32))  # checks mean/std length early
+
+    device = resolve_device(config.device)
+    model.module.to(device)
+    model.module.eval()
+    tile = config.model_input_shape
+    num_classes = _probe_classes(model, device, len(bands), tile)
+    if config.num_classes is not None and config.num_classes != num_classes:
+        raise ParameterError("NUM_CLASSES", config.num_classes, f"match the model's {num_classes} output classes (or be 0)")
+    if num_classes > 255:
+        raise ModelLoadError(f"MODEL has {num_classes} classes; the uint8 class raster holds at most 255.")
+
+    segmentation_path = _check_output(segmentation_path, "OUTPUT", input_path)
+    if not config.export_uncertainty_map:
+        uncertainty_path = None
+    if uncertainty_path is not None:
+        uncertainty_path = _check_output(uncertainty_path, "OUTPUT_UNCERTAINTY", input_path)
+        if uncertainty_path == segmentation_path:
+            raise ParameterError("OUTPUT_UNCERTAINTY", uncertainty_path, "differ from OUTPUT")
+
+    layers = find_dropout_layers(model.module) if config.mc_dropout else []
+    transforms = transforms_for(config.tta_mode)
+    sampler = EnsembleSampler(
+        model.module, device, n_samples=config.n_samples, mc_dropout=config.mc_dropout,
+        transforms=transforms, dropout_layers=layers, seed=config.seed,
+        need_expected_entropy=config.uncertainty_needs_expected_entropy,
+    )
+    grid = TileGrid((reader.height, reader.width), tile, config.step_shape)
+    weights = tile_weight_map(config.tile_weight, tile)[: grid.window_height, : grid.window_width]
+    batch_size = config.batch_size or auto_batch_size(device, tile)
+    panels = [(c0, min(c0 + config.panel_width, reader.width)) for c0 in range(0, reader.width, config.panel_width)]
+    total_windows = sum(len(grid.windows_in_row(i, p)) for p in panels for i in range(len(grid.row_starts)))
+    total_passes = max(1, total_windows * sampler.passes_per_tile)
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    say(
+        f"Device: {device.type}{threads}; {reader.width}x{reader.height} px, {len(bands)} band(s), "
+        f"{num_classes} classes; {total_windows} windows of {tile[0]}x{tile[1]} (step {config.step_shape[0]},"
+        f"{config.step_shape[1]}), batch {batch_size}; {sampler.n_samples} sample(s) x {len(transforms)} "
+        f"transform(s) per window; {len(layers)} active dropout layer(s)."
+    )
+
+    colours = [_parse_colour(c, i) for i, c in enumerate(model.class_colors or ())] or None
+    metadata = {
+        "MC_MODEL": os.path.basename(model.source),
+        "MC_NUM_CLASSES": num_classes,
+        "MC_N_SAMPLES": sampler.n_samples if config.mc_dropout else 1,
+        "MC_DROPOUT": "on" if config.mc_dropout else "off",
+        "MC_TTA_MODE": config.tta_mode,
+        "MC_SEED": config.seed,
+        "MC_TILE": f"{tile[0]},{tile[1]}",
+        "MC_STEP": f"{config.step_shape[0]},{config.step_shape[1]}",
+        "MC_TILE_WEIGHT": config.tile_weight,
+    }
+    common = dict(width=reader.width, height=reader.height, geotransform=reader.geotransform, projection=reader.projection)
+    writers: list[GeoTiffWriter] = []
+    try:
+        class_writer = GeoTiffWriter(
+            segmentation_path, dtype=np.uint8, nodata=CLASS_NODATA, description="class index",
+            metadata=metadata, color_table=colours, category_names=model.class_names, overview_resampling="NEAREST",
+            **common,
+        )
+        writers.append(class_writer)
+        uncertainty_writer = None
+        if uncertainty_path is not None:
+            uncertainty_writer = GeoTiffWriter(
+                uncertainty_path, dtype=np.float32, nodata=UNCERTAINTY_NODATA,
+                description=UNCERTAINTY_DESCRIPTIONS[config.uncertainty_mode],
+                metadata={**metadata, "MC_UNCERTAINTY_MODE": config.uncertainty_mode,
+                          "MC_UNCERTAINTY_MAX": f"{math.log(num_classes):.6f}"},
+                overview_resampling="AVERAGE", **common,
+            )
+            writers.append(uncertainty_writer)
+
+        def emit(rows: FinishedRows | None) -> None:
+            if rows is None:
+                return
+            class_writer.write(rows.row, rows.col, rows.classes)
+            if uncertainty_writer is not None and rows.uncertainty is not None:
+                uncertainty_writer.write(rows.row, rows.col, rows.uncertainty)
+
+        done = 0
+
+        def on_pass() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(min(99.0, 100.0 * done / total_passes))
+
+        def check_cancel() -> None:
+            if is_cancelled is not None and is_cancelled():
+                raise InferenceCancelled("cancelled by the user; no output was written.")
+
+        mode = config.uncertainty_mode if uncertainty_writer is not None else None
+        skipped = 0
+        for panel in panels:
+            merger = StreamingMerger(num_classes, reader.height, panel, grid.window_height, mode)
+            for i in range(len(grid.row_starts)):
+                windows = grid.windows_in_row(i, panel)
+                for first in range(0, len(windows), batch_size):
+                    check_cancel()
+                    chunk, tiles, valids = [], [], []
+                    for window in windows[first : first + batch_size]:
+                        data, valid = reader.read(window, tile)
+                        if not valid.any():  # entirely nodata: nothing to predict
+                            skipped += 1
+                            for _ in range(sampler.passes_per_tile):
+                                on_pass()
+                            continue
+                        chunk.append(window)
+                        tiles.append(np.where(valid, model.normalization.apply(data), 0.0).astype(np.float32))
+                        valids.append(valid)
+                    if not chunk:
+                        continue
+                    mean_probs, expected = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled, on_pass)
+                    for b, window in enumerate(chunk):
+                        h, w = window.height, window.width
+                        merger.aggregate(
+                            window,
+                            mean_probs[b, :, :h, :w],
+                            expected[b, :h, :w] if expected is not None else None,
+                            weights * valids[b][:h, :w],
+                        )
+                next_row = grid.row_starts[i + 1] if i + 1 < len(grid.row_starts) else reader.height
+                emit(merger.pop_rows(next_row))
+            emit(merger.finalize())
+            for writer in writers:
+                writer.flush()
+        check_cancel()
+        for writer in writers:
+            writer.finish()
+        for writer in writers:
+            writer.publish()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    finally:
+        reader.close()
+    if progress is not None:
+        progress(100.0)
+    seconds = time.perf_counter() - started
+    say(f"Done in {seconds:.1f} s ({skipped} nodata window(s) skipped): {segmentation_path}"
+        + (f", {uncertainty_path}" if uncertainty_path else ""))
+    return RunResult(segmentation_path, uncertainty_path, num_classes, device.type, total_windows,
+                     sampler.passes_per_tile, seconds)

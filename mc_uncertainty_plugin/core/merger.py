@@ -1,0 +1,135 @@
+"""Streaming blend of overlapping tile predictions into finished output rows.
+
+The merger holds accumulators only for the rows that windows still touch: at most one tile height of a
+column panel. Rows are handed out (:meth:`StreamingMerger.pop_rows`) as soon as no later window can reach
+them, so memory does not depend on the raster height.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tiling import Window
+from .uncertainty import uncertainty_from_accumulators
+
+__all__ = ["FinishedRows", "StreamingMerger", "CLASS_NODATA", "UNCERTAINTY_NODATA"]
+
+CLASS_NODATA = 255
+UNCERTAINTY_NODATA = -1.0
+
+
+@dataclass
+class FinishedRows:
+    """Final output for rows ``row .. row + classes.shape[0]`` of a panel starting at column ``col``."""
+
+    row: int
+    col: int
+    classes: np.ndarray  # (h, w) uint8, CLASS_NODATA where no valid input
+    uncertainty: np.ndarray | None  # (h, w) float32, UNCERTAINTY_NODATA where no valid input
+
+
+class StreamingMerger:
+    """Weighted blend of tile outputs over columns ``[col0, col1)`` of a raster ``height`` rows tall.
+
+    Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_e = Σ_k w_k E_k`` (when MI is exported) and
+    ``S_w = Σ_k w_k``, where ``w_k`` is the tile weight at the pixel, zeroed where the input is nodata. A pixel
+    with ``S_w = 0`` is nodata in both outputs.
+
+    Args:
+        num_classes: C.
+        height: raster height.
+        col_range: ``(col0, col1)``, the panel's columns.
+        buffer_rows: rows kept in memory; at least the tile height.
+        uncertainty_mode: ``entropy``, ``mutual_information`` or ``None`` (no uncertainty output).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        height: int,
+        col_range: tuple[int, int],
+        buffer_rows: int,
+        uncertainty_mode: str | None,
+    ) -> None:
+        self.num_classes = num_classes
+        self.height = height
+        self.col0, self.col1 = col_range
+        self.uncertainty_mode = uncertainty_mode
+        self.top = 0  # first row not yet handed out
+        rows = min(buffer_rows, height)
+        cols = self.col1 - self.col0
+        self._probs = np.zeros((num_classes, rows, cols), dtype=np.float32)
+        self._weights = np.zeros((rows, cols), dtype=np.float32)
+        self._expected = (
+            np.zeros((rows, cols), dtype=np.float32) if uncertainty_mode == "mutual_information" else None
+        )
+
+    def aggregate(
+        self,
+        window: Window,
+        mean_probs: np.ndarray,
+        expected_entropy: np.ndarray | None,
+        weights: np.ndarray,
+    ) -> None:
+        """Add one window's output.
+
+        Args:
+            window: where the output lies in the raster.
+            mean_probs: ``(C, h, w) float32`` per-tile p̄, already cropped to the window size.
+            expected_entropy: ``(h, w) float32`` per-tile mean_t H[p_t], or ``None`` if not needed.
+            weights: ``(h, w) float32`` tile weight times input validity (0 on nodata).
+        """
+        r0 = window.row - self.top
+        if r0 < 0:
+            raise RuntimeError(f"window at row {window.row} reaches rows already written (top {self.top}).")
+        if r0 + window.height > self._weights.shape[0]:
+            raise RuntimeError(f"window at row {window.row} exceeds the merge buffer.")
+        c0 = max(window.col, self.col0)
+        c1 = min(window.col + window.width, self.col1)
+        if c0 >= c1:
+            return
+        src = slice(c0 - window.col, c1 - window.col)
+        dst = slice(c0 - self.col0, c1 - self.col0)
+        rows = slice(r0, r0 + window.height)
+        w = weights[:, src]
+        self._weights[rows, dst] += w
+        self._probs[:, rows, dst] += mean_probs[:, :, src] * w
+        if self._expected is not None and expected_entropy is not None:
+            self._expected[rows, dst] += expected_entropy[:, src] * w
+
+    def pop_rows(self, until_row: int) -> FinishedRows | None:
+        """Finish rows ``[top, until_row)`` (no later window may touch them) and release their memory."""
+        until_row = min(until_row, self.height)
+        count = until_row - self.top
+        if count <= 0:
+            return None
+        if count > self._weights.shape[0]:
+            raise RuntimeError(f"cannot finish {count} rows at once; the buffer holds {self._weights.shape[0]}.")
+        weights = self._weights[:count]
+        valid = weights > 0
+        safe = np.where(valid, weights, 1.0)
+        probs = self._probs[:, :count] / safe
+        classes = np.argmax(probs, axis=0).astype(np.uint8)
+        classes[~valid] = 255
+        uncertainty = None
+        if self.uncertainty_mode is not None:
+            expected = self._expected[:count] / safe if self._expected is not None else None
+            uncertainty = uncertainty_from_accumulators(probs, expected, self.uncertainty_mode)
+            uncertainty[~valid] = UNCERTAINTY_NODATA
+        finished = FinishedRows(self.top, self.col0, classes, uncertainty)
+        for buffer in (self._probs, self._weights, self._expected):
+            if buffer is None:
+                continue
+            axis = buffer.ndim - 2
+            index = (slice(None),) * axis
+            keep = buffer.shape[axis] - count
+            buffer[index + (slice(0, keep),)] = buffer[index + (slice(count, None),)]
+            buffer[index + (slice(keep, None),)] = 0.0
+        self.top = until_row
+        return finished
+
+    def finalize(self) -> FinishedRows | None:
+        """Finish every remaining row; calling it again returns ``None``."""
+        return self.pop_rows(self.height)

@@ -1,0 +1,172 @@
+"""The processors of PRODUCT.md: thin front ends that build an :class:`InferenceConfig` and run the engine.
+
+``MCDropoutInferenceProcessor`` keeps dropout sampling at inference (T passes per window, optionally times the
+K test-time transforms); ``MultiClassInferenceProcessor`` runs the deterministic network, with optional TTA.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .config import InferenceConfig
+from .dropout import find_dropout_layers
+from .engine import RunResult, run_inference
+from .errors import ParameterError
+from .model_loading import LoadedModel, as_loaded_model
+
+__all__ = ["MCDropoutInferenceProcessor", "MultiClassInferenceProcessor", "NoActiveDropoutWarning"]
+
+
+class NoActiveDropoutWarning(UserWarning):
+    """MC dropout was asked for on a model without any dropout layer with p > 0."""
+
+
+class _InferenceProcessor:
+    uncertainty_suffix = "_uncertainty"
+
+    def __init__(self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None) -> None:
+        self.model = as_loaded_model(model)
+        self.config = config
+        self.output_uncertainty_dir = output_uncertainty_dir
+        self.last_result: RunResult | None = None
+
+    def default_paths(self, image_path: str, output_dir: str) -> tuple[str, str | None]:
+        """``{output_dir}/{stem}.tif`` and ``{uncertainty dir}/{stem}{suffix}.tif``."""
+        stem = os.path.splitext(os.path.basename(os.fspath(image_path)))[0]
+        segmentation = os.path.join(os.fspath(output_dir), f"{stem}.tif")
+        uncertainty = None
+        if self.config.export_uncertainty_map:
+            folder = self.output_uncertainty_dir or os.fspath(output_dir)
+            uncertainty = os.path.join(folder, f"{stem}{self.uncertainty_suffix}.tif")
+        return segmentation, uncertainty
+
+    def uncertainty_path_for(self, segmentation_path: str) -> str:
+        """The default uncertainty path beside a class raster: ``{stem}{suffix}.tif``."""
+        stem = os.path.splitext(os.path.abspath(os.fspath(segmentation_path)))[0]
+        return f"{stem}{self.uncertainty_suffix}.tif"
+
+    def process(
+        self,
+        image_path: str,
+        output_dir: str | None = None,
+        *,
+        output_path: str | None = None,
+        uncertainty_path: str | None = None,
+        progress: Callable[[float], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> dict[str, str | None]:
+        """Run over one raster.
+
+        Args:
+            image_path: input raster (``INPUT``).
+            output_dir: folder for ``{stem}.tif`` (and the uncertainty file unless ``output_uncertainty_dir``).
+            output_path: explicit class raster path (overrides ``output_dir``).
+            uncertainty_path: explicit uncertainty path; default ``{output stem}{suffix}.tif`` beside it.
+            progress: receives 0..100.
+            is_cancelled: polled between passes.
+            log: receives one-line messages.
+
+        Returns:
+            ``{"segmentation": path, "uncertainty": path or None}``.
+        """
+        if output_path is None:
+            if output_dir is None:
+                raise ParameterError("OUTPUT", None, "be given (output_dir or output_path)")
+            output_path, default_uncertainty = self.default_paths(image_path, output_dir)
+        else:
+            default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
+        if uncertainty_path is None:
+            uncertainty_path = default_uncertainty
+        result = run_inference(
+            self.model, self.config, os.fspath(image_path), output_path,
+            uncertainty_path if self.config.export_uncertainty_map else None,
+            progress=progress, is_cancelled=is_cancelled, log=log,
+        )
+        self.last_result = result
+        return {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
+
+
+def _config(**kwargs: Any) -> InferenceConfig:
+    return InferenceConfig(**kwargs)
+
+
+class MCDropoutInferenceProcessor(_InferenceProcessor):
+    """MC dropout: dropout layers sample (BatchNorm stays in eval), T passes per window (x K with TTA).
+
+    Emits :class:`NoActiveDropoutWarning` (a ``UserWarning``) when the model has no dropout with ``p > 0``:
+    every pass would be identical and mutual information is zero everywhere.
+    """
+
+    uncertainty_suffix = "_mc_uncertainty"
+
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module,
+        n_samples: int = 10,
+        uncertainty_mode: str = "entropy",
+        export_uncertainty_map: bool = True,
+        num_classes: int | None = None,
+        model_input_shape: Sequence[int] | str = (512, 512),
+        step_shape: Sequence[int] | str = (256, 256),
+        output_uncertainty_dir: str | None = None,
+        seed: int = 0,
+        *,
+        tta_mode: str = "none",
+        tile_weight: str = "gaussian",
+        batch_size: int = 0,
+        device: str = "auto",
+        bands: Sequence[int] | None = None,
+        panel_width: int = 8192,
+    ) -> None:
+        config = _config(
+            n_samples=n_samples, mc_dropout=True, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
+            export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
+            model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
+            batch_size=batch_size, device=device, bands=tuple(bands) if bands else None, panel_width=panel_width,
+        )
+        super().__init__(model, config, output_uncertainty_dir)
+        self.dropout_layers = find_dropout_layers(self.model.module)
+        if not self.dropout_layers:
+            warnings.warn(
+                "MC dropout: the model has no active dropout layer (none, or all p = 0); all samples are "
+                "identical and mutual information is 0 everywhere. Set decoder_dropout in the model config.",
+                NoActiveDropoutWarning,
+                stacklevel=2,
+            )
+
+
+class MultiClassInferenceProcessor(_InferenceProcessor):
+    """Deterministic inference (dropout off), with optional test-time augmentation (``tta_mode``)."""
+
+    uncertainty_suffix = "_uncertainty"
+
+    def __init__(
+        self,
+        model: LoadedModel | nn.Module,
+        tta_mode: str = "none",
+        uncertainty_mode: str = "entropy",
+        export_uncertainty_map: bool = True,
+        num_classes: int | None = None,
+        model_input_shape: Sequence[int] | str = (512, 512),
+        step_shape: Sequence[int] | str = (256, 256),
+        output_uncertainty_dir: str | None = None,
+        seed: int = 0,
+        *,
+        tile_weight: str = "gaussian",
+        batch_size: int = 0,
+        device: str = "auto",
+        bands: Sequence[int] | None = None,
+        panel_width: int = 8192,
+    ) -> None:
+        config = _config(
+            n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
+            export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
+            model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
+            batch_size=batch_size, device=device, bands=tuple(bands) if bands else None, panel_width=panel_width,
+        )
+        super().__init__(model, config, output_uncertainty_dir)

@@ -1,0 +1,267 @@
+"""GDAL raster input (windows, validity masks) and crash-safe GeoTIFF output.
+
+Outputs are written under a hidden temporary name in the destination folder (``.{name}.{pid}-{id}.partial``)
+and renamed onto the final name only after the last byte and the overviews are written, so a crash or a
+cancel never leaves a file at the destination that looks complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from typing import Sequence
+
+import numpy as np
+from osgeo import gdal
+
+from .errors import ParameterError, RasterIOError
+from .tiling import Window
+
+__all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX"]
+
+PARTIAL_SUFFIX = ".partial"
+_GDAL_TYPES = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.float32): gdal.GDT_Float32}
+
+
+class RasterReader:
+    """Reads windows of selected bands as float32 together with a validity mask.
+
+    A pixel is invalid (nodata) when any selected band is masked by GDAL (nodata value, alpha band, internal
+    or external mask) or is not finite (NaN / inf holes in float imagery).
+
+    Args:
+        path: any GDAL-readable raster.
+        bands: 1-based band numbers in model order.
+    """
+
+    def __init__(self, path: str, bands: Sequence[int] | None = None) -> None:
+        self.path = str(path)
+        if not os.path.exists(self.path) and not self.path.startswith("/vsi"):
+            raise ParameterError("INPUT", self.path, "be an existing raster file")
+        dataset = gdal.OpenEx(self.path, gdal.OF_RASTER | gdal.OF_READONLY)
+        if dataset is None:
+            raise ParameterError("INPUT", self.path, "be a raster GDAL can read")
+        self._dataset = dataset
+        self.width = dataset.RasterXSize
+        self.height = dataset.RasterYSize
+        self.band_count = dataset.RasterCount
+        if self.band_count < 1:
+            raise ParameterError("INPUT", self.path, "have at least one raster band")
+        self.bands: tuple[int, ...] = tuple(bands) if bands else tuple(range(1, self.band_count + 1))
+        for band in self.bands:
+            if not 1 <= band <= self.band_count:
+                raise ParameterError("BANDS", list(self.bands), f"list bands in 1..{self.band_count} of INPUT")
+        self.geotransform = dataset.GetGeoTransform(can_return_null=True)
+        self.projection = dataset.GetProjection() or ""
+        self._mask_plan = [self._plan_mask(dataset.GetRasterBand(b)) for b in self.bands]
+
+    @staticmethod
+    def _plan_mask(band: gdal.Band) -> tuple[str, float | None]:
+        flags = band.GetMaskFlags()
+        if flags & gdal.GMF_ALL_VALID:
+            return "none", None
+        if flags & gdal.GMF_NODATA:
+            return "nodata", band.GetNoDataValue()
+        return "maskband", None
+
+    def select_bands(self, bands: Sequence[int]) -> "RasterReader":
+        """This reader restricted to ``bands`` (1-based)."""
+        return RasterReader(self.path, bands)
+
+    def read(self, window: Window, tile_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window, padded to the tile size.
+
+        Returns:
+            ``data`` ``(B, tile_h, tile_w) float32`` (padding and invalid pixels hold 0) and ``valid``
+            ``(tile_h, tile_w) bool`` (False on padding and nodata).
+        """
+        ds = self._dataset
+        raw = ds.ReadAsArray(window.col, window.row, window.width, window.height, band_list=list(self.bands))
+        if raw is None:
+            raise RasterIOError(f"INPUT: reading pixels {window.col},{window.row} of '{self.path}' failed: "
+                                f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}.")
+        raw = raw.reshape(len(self.bands), window.height, window.width)
+        valid = np.ones((window.height, window.width), dtype=bool)
+        for index, (kind, nodata) in enumerate(self._mask_plan):
+            if kind == "nodata" and nodata is not None:
+                if isinstance(nodata, float) and math.isnan(nodata):
+                    continue  # NaN is caught by the finiteness test below
+                valid &= raw[index] != np.asarray(nodata).astype(raw.dtype)
+            elif kind == "maskband":
+                mask = ds.GetRasterBand(self.bands[index]).GetMaskBand().ReadAsArray(
+                    window.col, window.row, window.width, window.height
+                )
+                valid &= mask > 0
+        data = raw.astype(np.float32, copy=False)
+        if np.issubdtype(raw.dtype, np.floating):
+            valid &= np.isfinite(data).all(axis=0)
+        tile_h, tile_w = tile_shape
+        out = np.zeros((len(self.bands), tile_h, tile_w), dtype=np.float32)
+        out_valid = np.zeros((tile_h, tile_w), dtype=bool)
+        out[:, : window.height, : window.width] = np.where(valid, data, 0.0)
+        out_valid[: window.height, : window.width] = valid
+        return out, out_valid
+
+    def close(self) -> None:
+        self._dataset = None
+
+
+class GeoTiffWriter:
+    """A single-band tiled, compressed GeoTIFF written under a temporary name.
+
+    Rows may arrive in any row-contiguous pieces per column panel; they are buffered into whole block rows
+    so that every compressed block is written once. :meth:`commit` builds overviews and renames the file onto
+    ``path``; :meth:`abort` deletes the temporary file. Both are safe to call twice.
+    """
+
+    BLOCK = 256
+
+    def __init__(
+        self,
+        path: str,
+        width: int,
+        height: int,
+        dtype: np.dtype,
+        nodata: float,
+        geotransform: Sequence[float] | None,
+        projection: str,
+        description: str = "",
+        metadata: dict[str, str] | None = None,
+        color_table: Sequence[tuple[int, int, int, int]] | None = None,
+        category_names: Sequence[str] | None = None,
+        overview_resampling: str = "NEAREST",
+    ) -> None:
+        self.path = os.path.abspath(path)
+        folder, name = os.path.split(self.path)
+        self.temp_path = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+        self.dtype = np.dtype(dtype)
+        self.width, self.height = width, height
+        self._resampling = overview_resampling
+        self._category_names = list(category_names) if category_names else None
+        driver = gdal.GetDriverByName("GTiff")
+        options = [
+            "TILED=YES",
+            f"BLOCKXSIZE={self.BLOCK}",
+            f"BLOCKYSIZE={self.BLOCK}",
+            "COMPRESS=DEFLATE",
+            f"PREDICTOR={3 if self.dtype.kind == 'f' else 2}",
+            "BIGTIFF=IF_SAFER",
+        ]
+        dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
+        if dataset is None:
+            raise RasterIOError(f"cannot create '{self.path}': {gdal.GetLastErrorMsg() or 'GDAL error'}.")
+        if geotransform is not None:
+            dataset.SetGeoTransform(list(geotransform))
+        if projection:
+            dataset.SetProjection(projection)
+        band = dataset.GetRasterBand(1)
+        band.SetNoDataValue(float(nodata))
+        if description:
+            band.SetDescription(description)
+        if metadata:
+            dataset.SetMetadata({str(k): str(v) for k, v in metadata.items()})
+        if color_table:
+            table = gdal.ColorTable()
+            for index, rgba in enumerate(color_table):
+                table.SetColorEntry(index, tuple(int(v) for v in rgba))
+            band.SetColorTable(table)
+            band.SetColorInterpretation(gdal.GCI_PaletteIndex)
+        self._dataset = dataset
+        self._pending: list[np.ndarray] = []
+        self._pending_row = 0
+        self._pending_col = 0
+        self.done = False
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def write(self, row: int, col: int, block: np.ndarray) -> None:
+        """Write ``block`` (``(h, w)``) at ``(row, col)``; rows of one panel must arrive top to bottom."""
+        pending_rows = sum(p.shape[0] for p in self._pending)
+        if self._pending and (
+            col != self._pending_col
+            or row != self._pending_row + pending_rows
+            or block.shape[1] != self._pending[0].shape[1]
+        ):
+            self.flush()
+            pending_rows = 0
+        if not self._pending:
+            self._pending_row, self._pending_col = row, col
+        self._pending.append(np.asarray(block, dtype=self.dtype))
+        end = self._pending_row + pending_rows + block.shape[0]
+        aligned_end = end if end >= self.height else (end // self.BLOCK) * self.BLOCK
+        if aligned_end > self._pending_row:
+            rows = np.concatenate(self._pending, axis=0)
+            count = aligned_end - self._pending_row
+            self._write_now(self._pending_row, rows[:count])
+            rest = rows[count:]
+            self._pending = [rest] if rest.shape[0] else []
+            self._pending_row = aligned_end
+
+    def flush(self) -> None:
+        """Write buffered rows (end of a column panel)."""
+        if self._pending:
+            self._write_now(self._pending_row, np.concatenate(self._pending, axis=0))
+            self._pending = []
+
+    def _write_now(self, row: int, rows: np.ndarray) -> None:
+        err = self._dataset.GetRasterBand(1).WriteArray(rows, self._pending_col, row)
+        if err != 0:
+            raise RasterIOError(f"writing '{self.path}' failed: {gdal.GetLastErrorMsg() or 'GDAL error'} "
+                                "(is the disk full?).")
+
+    # -- completion ----------------------------------------------------------------------------------------
+    def overview_levels(self) -> list[int]:
+        """Factors 2, 4, 8, ... while the overview keeps at least 32 pixels along the longer side."""
+        levels, factor = [], 2
+        while math.ceil(max(self.width, self.height) / factor) >= 32:
+            levels.append(factor)
+            factor *= 2
+        return levels
+
+    def commit(self) -> str:
+        """Finish and publish in one step. Returns the final path."""
+        self.finish()
+        return self.publish()
+
+    def finish(self) -> None:
+        """Flush, build overviews and close the temporary file (still under its temporary name)."""
+        if self.done or self._dataset is None:
+            return
+        self.flush()
+        dataset = self._dataset
+        levels = self.overview_levels()
+        if levels and dataset.BuildOverviews(self._resampling, levels) != 0:
+            raise RasterIOError(f"building overviews of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
+        if self._category_names:
+            dataset.GetRasterBand(1).SetCategoryNames(self._category_names)
+        dataset.FlushCache()
+        self._dataset = None
+        dataset = None
+
+    def publish(self) -> str:
+        """Rename the finished temporary file (and its .aux.xml sidecar) onto the final path."""
+        if self.done:
+            return self.path
+        if self._dataset is not None:
+            self.finish()
+        aux = self.temp_path + ".aux.xml"
+        final_aux = self.path + ".aux.xml"
+        if os.path.exists(aux):
+            os.replace(aux, final_aux)
+        elif os.path.exists(final_aux):
+            os.remove(final_aux)  # a sidecar from an earlier run would describe the wrong file
+        os.replace(self.temp_path, self.path)
+        self.done = True
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; the final path is left untouched."""
+        if self.done:
+            return
+        self._dataset = None
+        for leftover in (self.temp_path, self.temp_path + ".aux.xml"):
+            try:
+                os.remove(leftover)
+            except FileNotFoundError:
+                pass
+        self.done = True

@@ -1,0 +1,177 @@
+"""Stochastic passes over a tile batch, reduced on the fly to ``p̄`` and ``mean_t H[p_t]``.
+
+For each augmentation ``k`` of the ``K`` test-time transforms and each of the ``T`` dropout samples, one pass
+gives logits -> probabilities ``p_{k,t}`` (softmax over classes; a 1-channel output is a sigmoid and becomes
+``[1 - s, s]``), mapped back through the inverse transform. The sampler keeps only running sums, so memory is
+that of one pass whatever ``T x K``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
+from .errors import InferenceCancelled, ModelLoadError
+from .transforms import Transform
+
+__all__ = ["EnsembleSampler", "logits_to_probs", "select_segmentation_output"]
+
+
+def select_segmentation_output(output: Any) -> torch.Tensor:
+    """The segmentation logits ``(B, C, H, W)`` in a model's output.
+
+    Accepts a tensor, torchvision-style ``{"out": ..., "aux": ...}`` (uses ``out``), SMP ``aux_params``
+    ``(mask, label)`` (uses the only 4-D map). Several spatial maps mean aggregation is undefined: error.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        if "out" in output and isinstance(output["out"], torch.Tensor):
+            return output["out"]
+        maps = [v for v in output.values() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    elif isinstance(output, (tuple, list)):
+        maps = [v for v in output if isinstance(v, torch.Tensor) and v.dim() == 4]
+    else:
+        raise ModelLoadError(f"MODEL returned {type(output).__name__}; expected a (B, C, H, W) tensor.")
+    if len(maps) != 1:
+        raise ModelLoadError(
+            f"MODEL returns {len(maps)} spatial maps; aggregation undefined (multi-head models are out of scope)."
+        )
+    return maps[0]
+
+
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis; one channel is a sigmoid, returned as two classes ``[1 - s, s]``."""
+    if logits.shape[1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1.0 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``-Σ_c p_c ln p_c`` over dim 1, with ``0 ln 0 = 0``."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1)
+
+
+class EnsembleSampler:
+    """Runs ``T x K`` passes of a tile batch and returns the per-tile accumulators.
+
+    Args:
+        module: the network (kept in eval mode).
+        device: torch device.
+        n_samples: T dropout samples per augmentation (1 when ``mc_dropout`` is False).
+        mc_dropout: sample dropout masks; False runs the deterministic network.
+        transforms: the K test-time transforms (identity only when TTA is off).
+        dropout_layers: active dropout layers of ``module``.
+        seed: base seed of the dropout masks.
+        need_expected_entropy: also accumulate ``mean H[p_{k,t}]`` (for mutual information).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        *,
+        n_samples: int,
+        mc_dropout: bool,
+        transforms: Sequence[Transform],
+        dropout_layers: Sequence[DropoutLayer],
+        seed: int,
+        need_expected_entropy: bool,
+    ) -> None:
+        self.module = module
+        self.device = device
+        self.transforms = tuple(transforms)
+        self.layers = list(dropout_layers) if mc_dropout else []
+        # without active dropout every pass is identical: one pass gives the same p̄ and E[H]
+        self.n_samples = n_samples if self.layers else 1
+        self.seed = seed
+        self.need_expected_entropy = need_expected_entropy
+        self.scripted = any(layer.scripted for layer in self.layers)
+
+    @property
+    def passes_per_tile(self) -> int:
+        return self.n_samples * len(self.transforms)
+
+    def _forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        logits = select_segmentation_output(self.module(x)).float()
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+    def _sample_logits(self, x: torch.Tensor, keys: list[tuple[int, ...]], hooks: MCDropoutHooks | None) -> torch.Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        if not self.layers:
+            return self._forward(x, size)
+        if not self.scripted:
+            assert hooks is not None
+            hooks.set_keys(keys)
+            try:
+                return self._forward(x, size)
+            finally:
+                hooks.set_keys(None)
+        outputs = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        for b, key in enumerate(keys):  # TorchScript: one seeded pass per element keeps batch independence
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(derive_seed(self.seed, *key))
+                outputs.append(self._forward(x[b : b + 1], size))
+        return torch.cat(outputs)
+
+    def __call__(
+        self,
+        batch: np.ndarray,
+        tile_keys: Sequence[tuple[int, int]],
+        is_cancelled: Callable[[], bool] | None = None,
+        on_pass: Callable[[], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Accumulate the passes of one batch.
+
+        Args:
+            batch: ``(B, bands, H, W) float32`` normalised tiles.
+            tile_keys: ``(row, col)`` of each tile in the raster; with the seed they fix its dropout masks.
+            is_cancelled: polled between passes; raises :class:`InferenceCancelled` when it returns True.
+            on_pass: called after every pass (progress).
+
+        Returns:
+            ``p̄`` ``(B, C, H, W) float32`` and ``mean_{k,t} H[p_{k,t}]`` ``(B, H, W) float32`` (or None).
+        """
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        prob_sum: torch.Tensor | None = None
+        entropy_sum: torch.Tensor | None = None
+        hooks = MCDropoutHooks(self.layers, self.seed) if self.layers and not self.scripted else None
+        scripted_mode = ScriptedDropoutMode(self.layers) if self.scripted else None
+        with torch.inference_mode():
+            if hooks is not None:
+                hooks.__enter__()
+            if scripted_mode is not None:
+                scripted_mode.__enter__()
+            try:
+                for k, transform in enumerate(self.transforms):
+                    xt = transform.apply(x)
+                    for t in range(self.n_samples):
+                        if is_cancelled is not None and is_cancelled():
+                            raise InferenceCancelled("cancelled by the user.")
+                        keys = [(row, col, k, t) for row, col in tile_keys]
+                        probs = transform.invert(logits_to_probs(self._sample_logits(xt, keys, hooks)))
+                        prob_sum = probs if prob_sum is None else prob_sum + probs
+                        if self.need_expected_entropy:
+                            h = _entropy(probs)
+                            entropy_sum = h if entropy_sum is None else entropy_sum + h
+                        if on_pass is not None:
+                            on_pass()
+            finally:
+                if hooks is not None:
+                    hooks.__exit__(None, None, None)
+                if scripted_mode is not None:
+                    scripted_mode.__exit__(None, None, None)
+        count = float(self.passes_per_tile)
+        assert prob_sum is not None
+        mean_probs = (prob_sum / count).cpu().numpy()
+        expected = (entropy_sum / count).cpu().numpy() if entropy_sum is not None else None
+        return mean_probs, expected

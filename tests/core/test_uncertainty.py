@@ -1,0 +1,66 @@
+"""Known answers of the uncertainty measures, computed by hand here."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mc_uncertainty_plugin.core.uncertainty import (
+    entropy,
+    mutual_information,
+    predictive_entropy,
+    uncertainty_from_accumulators,
+)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 17])
+def test_uniform_distribution_has_entropy_ln_c(classes):
+    probs = np.full((classes, 4, 3), 1.0 / classes, dtype=np.float32)
+    np.testing.assert_allclose(entropy(probs), math.log(classes), rtol=1e-6)
+
+
+def test_one_hot_has_zero_entropy_and_no_nan():
+    probs = np.zeros((4, 2, 2), dtype=np.float32)
+    probs[2] = 1.0
+    result = entropy(probs)
+    assert np.all(np.isfinite(result))
+    np.testing.assert_array_equal(result, 0.0)
+
+
+def test_entropy_of_a_known_distribution():
+    p = np.array([0.5, 0.25, 0.25], dtype=np.float32)[:, None, None]
+    expected = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # 1.0397...
+    np.testing.assert_allclose(entropy(p)[0, 0], expected, rtol=1e-6)
+
+
+def test_single_sample_has_zero_mutual_information():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 4, 5, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(mutual_information(probs), 0.0, atol=1e-6)
+    np.testing.assert_allclose(predictive_entropy(probs), entropy(probs[0]), rtol=1e-5)
+
+
+def test_two_confident_samples_that_disagree_have_mi_ln2():
+    # sample 1 says class 0, sample 2 says class 1: mean = (0.5, 0.5), each sample has entropy 0
+    probs = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)[:, :, None, None]
+    np.testing.assert_allclose(mutual_information(probs)[0, 0], math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(predictive_entropy(probs)[0, 0], math.log(2), rtol=1e-6)
+
+
+def test_agreeing_uncertain_samples_have_high_entropy_but_zero_mi():
+    probs = np.full((5, 3, 1, 1), 1.0 / 3.0, dtype=np.float32)
+    np.testing.assert_allclose(predictive_entropy(probs), math.log(3), rtol=1e-6)
+    np.testing.assert_allclose(mutual_information(probs), 0.0, atol=1e-6)
+
+
+def test_accumulator_form_matches_sample_form():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(6, 4, 3, 3)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    mean = probs.mean(axis=0)
+    expected_entropy = np.mean([entropy(p) for p in probs], axis=0)
+    np.testing.assert_allclose(
+        uncertainty_from_accumulators(mean, expected_entropy, "mutual_information"), mutual_information(probs), atol=1e-6
+    )
+    np.testing.assert_allclose(uncertainty_from_accumulators(mean, None, "entropy"), predictive_entropy(probs), atol=1e-6)
