@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,11 +33,14 @@ __all__ = [
     "load_model",
     "as_loaded_model",
     "DEFAULT_ALLOWED_PREFIXES",
+    "ALLOWED_TARGETS_ENV",
+    "resolve_interpolations",
     "TORCHSCRIPT_SUFFIXES",
 ]
 
 LOGGER = logging.getLogger(__name__)
-DEFAULT_ALLOWED_PREFIXES = ("segmentation_models_pytorch.",)
+DEFAULT_ALLOWED_PREFIXES = ("segmentation_models_pytorch.", "torch.nn.", "mc_uncertainty_plugin.")
+ALLOWED_TARGETS_ENV = "MC_UNCERTAINTY_ALLOWED_TARGETS"  # extra comma-separated prefixes the user trusts
 TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript", ".jit")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,6 +121,51 @@ def _first_conv_in_channels(module: nn.Module) -> int | None:
 
 
 # -- YAML configs ------------------------------------------------------------------------------------------
+_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+
+
+def resolve_interpolations(config: Any, root: Any = None, depth: int = 0) -> Any:
+    """Resolve OmegaConf-style ``${a.b.c}`` references against the whole config (no resolvers, no code).
+
+    A string that is exactly one reference takes the referenced value with its type; references inside longer
+    strings are replaced by the value's text. Resolvers (``${oc.env:X}``) and unknown paths are errors.
+    """
+    root = config if root is None else root
+    if depth > 20:
+        raise ModelLoadError("MODEL: interpolations in the config nest too deeply (a cycle?).")
+    if isinstance(config, dict):
+        return {k: resolve_interpolations(v, root, depth) for k, v in config.items()}
+    if isinstance(config, list):
+        return [resolve_interpolations(v, root, depth) for v in config]
+    if not isinstance(config, str) or "${" not in config:
+        return config
+
+    def lookup(reference: str) -> Any:
+        reference = reference.strip()
+        if ":" in reference or not reference:
+            raise ModelLoadError(f"MODEL: interpolation ${{{reference}}} is not supported (only ${{section.key}}).")
+        node: Any = root
+        for part in reference.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise ModelLoadError(f"MODEL: interpolation ${{{reference}}} refers to a missing key.")
+        return resolve_interpolations(node, root, depth + 1)
+
+    whole = _INTERPOLATION.fullmatch(config)
+    if whole:
+        return lookup(whole.group(1))
+    return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1))), config)
+
+
+def allowed_prefixes_from_environment() -> tuple[str, ...]:
+    """Extra trusted ``_target_`` prefixes from ``MC_UNCERTAINTY_ALLOWED_TARGETS`` (comma-separated)."""
+    return tuple(p.strip() for p in os.environ.get(ALLOWED_TARGETS_ENV, "").split(",") if p.strip())
+
+
+# -- YAML configs (reading)
 def _read_yaml(path: str, parameter: str) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -129,7 +178,7 @@ def _read_yaml(path: str, parameter: str) -> dict:
         raise ModelLoadError(f"{parameter}: '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
     if not isinstance(content, dict):
         raise ModelLoadError(f"{parameter}: '{path}' must hold a YAML mapping, got {type(content).__name__}.")
-    return content
+    return resolve_interpolations(content)
 
 
 def _resolve_target(target: Any, allowed_prefixes: Sequence[str]) -> type:
@@ -293,7 +342,9 @@ def load_model(
     Args:
         path: ``.yaml``/``.yml`` config or ``.pt``/``.torchscript``/``.jit`` TorchScript file (``MODEL``).
         checkpoint: weights for a YAML model (``CHECKPOINT``); overrides the config's ``checkpoint_path``.
-        allowed_prefixes: extra trusted ``_target_`` module prefixes besides ``segmentation_models_pytorch.``.
+        allowed_prefixes: extra trusted ``_target_`` module prefixes besides the defaults
+            (``segmentation_models_pytorch.``, ``torch.nn.``, ``mc_uncertainty_plugin.``) and those in the
+            ``MC_UNCERTAINTY_ALLOWED_TARGETS`` environment variable.
 
     Returns:
         A :class:`LoadedModel` in eval mode on the CPU.
@@ -303,7 +354,8 @@ def load_model(
         raise ParameterError("MODEL", path, "be an existing model config (.yaml) or TorchScript file")
     lower = path.lower()
     if lower.endswith(CONFIG_SUFFIXES):
-        return _load_from_config(path, checkpoint, tuple(DEFAULT_ALLOWED_PREFIXES) + tuple(allowed_prefixes))
+        allowed = DEFAULT_ALLOWED_PREFIXES + tuple(allowed_prefixes) + allowed_prefixes_from_environment()
+        return _load_from_config(path, checkpoint, allowed)
     if lower.endswith(TORCHSCRIPT_SUFFIXES):
         return _load_torchscript(path)
     raise ParameterError("MODEL", path, "end in .yaml/.yml (config) or .pt/.torchscript/.jit (TorchScript)")

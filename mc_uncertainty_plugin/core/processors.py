@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import fields
 from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from .compatibility import check_mc_compatibility
 from .config import InferenceConfig
 from .dropout import find_dropout_layers
 from .engine import RunResult, run_inference
 from .errors import ParameterError
 from .model_loading import LoadedModel, as_loaded_model
 
-__all__ = ["MCDropoutInferenceProcessor", "MultiClassInferenceProcessor", "NoActiveDropoutWarning"]
+__all__ = [
+    "MCDropoutInferenceProcessor",
+    "MultiClassInferenceProcessor",
+    "NoActiveDropoutWarning",
+    "MCCompatibilityWarning",
+]
 
 
 class NoActiveDropoutWarning(UserWarning):
     """MC dropout was asked for on a model without any dropout layer with p > 0."""
+
+
+class MCCompatibilityWarning(UserWarning):
+    """The model is of a kind where MC dropout is risky or partial (EDL, mixture of experts, DropPath ...)."""
 
 
 class _InferenceProcessor:
@@ -91,8 +102,20 @@ class _InferenceProcessor:
         return {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
 
 
-def _config(**kwargs: Any) -> InferenceConfig:
-    return InferenceConfig(**kwargs)
+_CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig) if f.name != "extra"}
+
+
+def _config(model: LoadedModel, **given: Any) -> InferenceConfig:
+    """An :class:`InferenceConfig` from the arguments given; ``None`` falls back to the model config's
+    ``inference_processor:`` section, then to the built-in defaults."""
+    settings = {}
+    for name, value in given.items():
+        if value is None:
+            value = model.inference_defaults.get(name, _CONFIG_DEFAULTS.get(name))
+        settings[name] = value
+    if settings.get("bands") is not None:
+        settings["bands"] = tuple(settings["bands"])
+    return InferenceConfig(**settings)
 
 
 class MCDropoutInferenceProcessor(_InferenceProcessor):
@@ -107,66 +130,69 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
     def __init__(
         self,
         model: LoadedModel | nn.Module,
-        n_samples: int = 10,
-        uncertainty_mode: str = "entropy",
-        export_uncertainty_map: bool = True,
+        n_samples: int | None = None,
+        uncertainty_mode: str | None = None,
+        export_uncertainty_map: bool | None = None,
         num_classes: int | None = None,
-        model_input_shape: Sequence[int] | str = (512, 512),
-        step_shape: Sequence[int] | str = (256, 256),
+        model_input_shape: Sequence[int] | str | None = None,
+        step_shape: Sequence[int] | str | None = None,
         output_uncertainty_dir: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         *,
-        tta_mode: str = "none",
-        tile_weight: str = "gaussian",
-        batch_size: int = 0,
-        device: str = "auto",
+        tta_mode: str | None = None,
+        tile_weight: str | None = None,
+        batch_size: int | None = None,
+        device: str | None = None,
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
     ) -> None:
+        loaded = as_loaded_model(model)
         config = _config(
-            n_samples=n_samples, mc_dropout=True, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
+            loaded, n_samples=n_samples, mc_dropout=True, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
-            batch_size=batch_size, device=device, bands=tuple(bands) if bands else None, panel_width=panel_width,
+            batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
         )
-        super().__init__(model, config, output_uncertainty_dir)
+        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
         self.dropout_layers = find_dropout_layers(self.model.module)
-        if not self.dropout_layers:
-            warnings.warn(
-                "MC dropout: the model has no active dropout layer (none, or all p = 0); all samples are "
-                "identical and mutual information is 0 everywhere. Set decoder_dropout in the model config.",
-                NoActiveDropoutWarning,
-                stacklevel=2,
-            )
+        self.compatibility = check_mc_compatibility(self.model.module)
+        for note in self.compatibility:
+            category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
+            warnings.warn(note.message, category, stacklevel=2)
 
 
 class MultiClassInferenceProcessor(_InferenceProcessor):
-    """Deterministic inference (dropout off), with optional test-time augmentation (``tta_mode``)."""
+    """Deterministic inference (dropout off), with optional test-time augmentation (``tta_mode``).
+
+    The uncertainty comes from the K augmentations (``tta_mode`` ``flip`` or ``d4``); with ``none`` it is the
+    entropy of the single deterministic pass (mutual information 0).
+    """
 
     uncertainty_suffix = "_uncertainty"
 
     def __init__(
         self,
         model: LoadedModel | nn.Module,
-        tta_mode: str = "none",
-        uncertainty_mode: str = "entropy",
-        export_uncertainty_map: bool = True,
+        tta_mode: str | None = None,
+        uncertainty_mode: str | None = None,
+        export_uncertainty_map: bool | None = None,
         num_classes: int | None = None,
-        model_input_shape: Sequence[int] | str = (512, 512),
-        step_shape: Sequence[int] | str = (256, 256),
+        model_input_shape: Sequence[int] | str | None = None,
+        step_shape: Sequence[int] | str | None = None,
         output_uncertainty_dir: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         *,
-        tile_weight: str = "gaussian",
-        batch_size: int = 0,
-        device: str = "auto",
+        tile_weight: str | None = None,
+        batch_size: int | None = None,
+        device: str | None = None,
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
     ) -> None:
+        loaded = as_loaded_model(model)
         config = _config(
-            n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
+            loaded, n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
-            batch_size=batch_size, device=device, bands=tuple(bands) if bands else None, panel_width=panel_width,
+            batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
         )
-        super().__init__(model, config, output_uncertainty_dir)
+        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
