@@ -52,6 +52,7 @@ class RunResult:
     windows: int
     passes_per_window: int
     seconds: float
+    execution_path: str = ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -300,7 +301,8 @@ def run_inference(
     if progress is not None:
         progress(100.0)
     seconds = time.perf_counter() - started
+    say(f"Execution: {sampler.execution_path}.")
     say(f"Done in {seconds:.1f} s ({skipped} nodata window(s) skipped): {segmentation_path}"
         + (f", {uncertainty_path}" if uncertainty_path else ""))
     return RunResult(segmentation_path, uncertainty_path, num_classes, device.type, total_windows,
-                     sampler.passes_per_tile, seconds)
+                     sampler.passes_per_tile, seconds, sampler.execution_path)

@@ -1,5 +1,8 @@
 """Stochastic passes over a tile batch, reduced on the fly to ``p̄`` and ``mean_t H[p_t]``.
 
+With MC dropout on an eager model, the deterministic prefix of the network runs once per tile batch and
+transform (:mod:`.prefix_cache`); only the stochastic suffix runs T times.
+
 For each augmentation ``k`` of the ``K`` test-time transforms and each of the ``T`` dropout samples, one pass
 gives logits -> probabilities ``p_{k,t}`` (softmax over classes; a 1-channel output is a sigmoid and becomes
 ``[1 - s, s]``), mapped back through the inverse transform. The sampler keeps only running sums, so memory is
@@ -8,6 +11,7 @@ that of one pass whatever ``T x K``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,6 +21,7 @@ from torch import nn
 
 from .dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
 from .errors import InferenceCancelled, ModelLoadError
+from .prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
 __all__ = ["EnsembleSampler", "logits_to_probs", "select_segmentation_output"]
@@ -83,6 +88,7 @@ class EnsembleSampler:
         dropout_layers: Sequence[DropoutLayer],
         seed: int,
         need_expected_entropy: bool,
+        cache_prefix: bool = True,
     ) -> None:
         self.module = module
         self.device = device
@@ -93,6 +99,24 @@ class EnsembleSampler:
         self.seed = seed
         self.need_expected_entropy = need_expected_entropy
         self.scripted = any(layer.scripted for layer in self.layers)
+        self.prefix_cache: PrefixCache | None = None
+        self.cache_status = "off"
+        if not self.layers:
+            self.execution_path = "one deterministic pass per transform (no active dropout)"
+        elif self.scripted or isinstance(module, torch.jit.ScriptModule):
+            self.execution_path = "full passes (TorchScript modules cannot be split)"
+        elif self.n_samples < 2:
+            self.execution_path = "full passes (T = 1)"
+        elif not cache_prefix:
+            self.execution_path = "full passes (prefix caching disabled)"
+        else:
+            cache = PrefixCache(module, self.layers)
+            if cache.applicable:
+                self.prefix_cache = cache
+                self.cache_status = "unverified"
+                self.execution_path = "deterministic prefix once per tile batch, stochastic suffix T times"
+            else:
+                self.execution_path = "full passes (dropout at the network input: nothing deterministic to cache)"
 
     @property
     def passes_per_tile(self) -> int:
@@ -123,6 +147,26 @@ class EnsembleSampler:
                 outputs.append(self._forward(x[b : b + 1], size))
         return torch.cat(outputs)
 
+    def _pass(self, xt: torch.Tensor, keys: list[tuple[int, ...]], hooks: MCDropoutHooks | None,
+              cache: PrefixCache | None, t: int) -> torch.Tensor:
+        """One stochastic pass; with the prefix cache, pass 0 records and later passes replay the prefix."""
+        if cache is None:
+            return self._sample_logits(xt, keys, hooks)
+        try:
+            with cache.pass_(xt, recording=(t == 0)):
+                logits = self._sample_logits(xt, keys, hooks)
+            if t == 1 and self.cache_status == "unverified":
+                cache.verify(lambda: self._sample_logits(xt, keys, hooks), lambda: logits)
+                self.cache_status = "on"
+                self.execution_path += (f" ({cache.last_replayed} module call(s) replayed, "
+                                        f"{cache.last_recomputed} recomputed per pass)")
+            return logits
+        except PrefixCacheError as exc:
+            self.cache_status = "off"
+            self.execution_path = f"full passes (prefix cache refused: {exc})"
+            cache.clear()
+            return self._sample_logits(xt, keys, hooks)
+
     def __call__(
         self,
         batch: np.ndarray,
@@ -146,30 +190,34 @@ class EnsembleSampler:
         entropy_sum: torch.Tensor | None = None
         hooks = MCDropoutHooks(self.layers, self.seed) if self.layers and not self.scripted else None
         scripted_mode = ScriptedDropoutMode(self.layers) if self.scripted else None
-        with torch.inference_mode():
+        cache = self.prefix_cache if self.cache_status in ("unverified", "on") else None
+        # the cache checks tensor version counters, which inference tensors do not keep
+        grad_mode = torch.no_grad() if cache is not None else torch.inference_mode()
+        with grad_mode, contextlib.ExitStack() as stack:
             if hooks is not None:
-                hooks.__enter__()
+                stack.enter_context(hooks)
             if scripted_mode is not None:
-                scripted_mode.__enter__()
-            try:
-                for k, transform in enumerate(self.transforms):
-                    xt = transform.apply(x)
-                    for t in range(self.n_samples):
-                        if is_cancelled is not None and is_cancelled():
-                            raise InferenceCancelled("cancelled by the user.")
-                        keys = [(row, col, k, t) for row, col in tile_keys]
-                        probs = transform.invert(logits_to_probs(self._sample_logits(xt, keys, hooks)))
-                        prob_sum = probs if prob_sum is None else prob_sum + probs
-                        if self.need_expected_entropy:
-                            h = _entropy(probs)
-                            entropy_sum = h if entropy_sum is None else entropy_sum + h
-                        if on_pass is not None:
-                            on_pass()
-            finally:
-                if hooks is not None:
-                    hooks.__exit__(None, None, None)
-                if scripted_mode is not None:
-                    scripted_mode.__exit__(None, None, None)
+                stack.enter_context(scripted_mode)
+            if cache is not None:
+                stack.enter_context(cache)
+            for k, transform in enumerate(self.transforms):
+                xt = transform.apply(x)
+                for t in range(self.n_samples):
+                    if is_cancelled is not None and is_cancelled():
+                        raise InferenceCancelled("cancelled by the user.")
+                    keys = [(row, col, k, t) for row, col in tile_keys]
+                    logits = self._pass(xt, keys, hooks, cache, t)
+                    if cache is not None and self.cache_status == "off":
+                        cache = None  # verification failed: full passes from here on
+                    probs = transform.invert(logits_to_probs(logits))
+                    prob_sum = probs if prob_sum is None else prob_sum + probs
+                    if self.need_expected_entropy:
+                        h = _entropy(probs)
+                        entropy_sum = h if entropy_sum is None else entropy_sum + h
+                    if on_pass is not None:
+                        on_pass()
+                if cache is not None:
+                    cache.clear()
         count = float(self.passes_per_tile)
         assert prob_sum is not None
         mean_probs = (prob_sum / count).cpu().numpy()

@@ -1,0 +1,108 @@
+"""The deterministic prefix runs once per tile batch, with results equal to full passes."""
+
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from core_fixtures import random_image, read_raster, write_geotiff
+from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor
+from mc_uncertainty_plugin.core.dropout import find_dropout_layers
+from mc_uncertainty_plugin.core.model_loading import _inject_decoder_dropout
+from mc_uncertainty_plugin.core.sampler import EnsembleSampler
+from mc_uncertainty_plugin.core.transforms import transforms_for
+
+
+def fpn():
+    return smp.FPN("resnet18", encoder_weights=None, encoder_depth=3, classes=3, decoder_dropout=0.3, upsampling=2)
+
+
+def unet_injected():
+    net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(32, 16, 8), classes=3)
+    _inject_decoder_dropout(net, 0.3)
+    return net
+
+
+def deeplab():
+    return smp.DeepLabV3Plus("resnet18", encoder_weights=None, classes=3)
+
+
+class InPlaceAfterDropout(nn.Module):
+    """The suffix adds into a deterministic activation in place: a cache without checks would corrupt it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.drop = nn.Dropout2d(0.5)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        features = self.stem(x)
+        skip = self.branch(features)
+        skip += self.drop(features)  # in place on a cached output
+        return self.head(skip)
+
+
+def sampler(net, cache_prefix, n=4, tta="none"):
+    net = net.eval()
+    torch.manual_seed(0)
+    return EnsembleSampler(net, torch.device("cpu"), n_samples=n, mc_dropout=True, transforms=transforms_for(tta),
+                           dropout_layers=find_dropout_layers(net), seed=3, need_expected_entropy=True,
+                           cache_prefix=cache_prefix)
+
+
+@pytest.mark.parametrize("build", [fpn, unet_injected, deeplab], ids=["FPN", "Unet+injected", "DeepLabV3+"])
+def test_cached_prefix_equals_full_passes(build):
+    torch.manual_seed(1)
+    net = build().eval()
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    keys = [(0, 0), (0, 64)]
+    cached = sampler(net, True)
+    full = sampler(net, False)
+    p_cached, e_cached = cached(x, keys)
+    p_full, e_full = full(x, keys)
+    assert cached.cache_status == "on", cached.execution_path
+    assert "replayed" in cached.execution_path
+    np.testing.assert_allclose(p_cached, p_full, atol=1e-5)
+    np.testing.assert_allclose(e_cached, e_full, atol=1e-5)
+    p_again, _ = cached(x, keys)  # the cache is per batch: a second batch recomputes the prefix
+    np.testing.assert_allclose(p_again, p_full, atol=1e-5)
+
+
+def test_in_place_change_of_a_cached_activation_falls_back_to_full_passes():
+    torch.manual_seed(2)
+    net = InPlaceAfterDropout().eval()
+    x = np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    cached = sampler(net, True)
+    p_cached, e_cached = cached(x, [(0, 0)])
+    p_full, e_full = sampler(net, False)(x, [(0, 0)])
+    assert cached.cache_status == "off"
+    assert "modified in place" in cached.execution_path
+    np.testing.assert_allclose(p_cached, p_full, atol=1e-6)
+    np.testing.assert_allclose(e_cached, e_full, atol=1e-6)
+    assert e_full.max() > 0  # the uncertainty did not silently vanish
+
+
+def test_cache_works_with_tta_and_counts_the_prefix_once(tmp_path):
+    calls = {"stem": 0}
+    net = fpn().eval()
+    # the encoder's first conv runs only when the encoder really computes (a replayed call skips its children)
+    net.encoder.conv1.register_forward_hook(lambda *a: calls.__setitem__("stem", calls["stem"] + 1))
+    x = np.random.default_rng(2).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    s = sampler(net, True, n=5, tta="flip")
+    p_cached, _ = s(x, [(0, 0)])
+    # 4 transforms x 1 recording pass, plus 1 full pass verifying the cache on the first batch; not 4 x 5
+    assert calls["stem"] == 4 + 1
+    p_full, _ = sampler(net, False, n=5, tta="flip")(x, [(0, 0)])
+    np.testing.assert_allclose(p_cached, p_full, atol=1e-5)
+
+
+def test_engine_logs_the_execution_path(tmp_path):
+    image = write_geotiff(tmp_path / "in.tif", random_image((64, 64)))
+    lines = []
+    MCDropoutInferenceProcessor(fpn(), n_samples=3, model_input_shape=64, step_shape=64).process(
+        image, output_path=str(tmp_path / "o.tif"), log=lines.append)
+    assert any(line.startswith("Execution: deterministic prefix once per tile batch") for line in lines)
+    assert read_raster(str(tmp_path / "o_mc_uncertainty.tif")).max() > 0
