@@ -98,6 +98,8 @@ class InferenceConfig:
         bands: 1-based input bands in model order; ``None`` = the first ``in_channels`` bands (``BANDS``).
         panel_width: widest column panel processed at once; bounds memory for very wide rasters. A multiple
             of 256; results do not depend on it.
+        cache_prefix: run the deterministic prefix of the network once per tile batch (results are equal;
+            False forces T full passes, for comparison).
     """
 
     n_samples: int = 10
@@ -114,6 +116,7 @@ class InferenceConfig:
     device: str = "auto"
     bands: tuple[int, ...] | None = None
     panel_width: int = 8192
+    cache_prefix: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

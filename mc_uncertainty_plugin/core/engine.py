@@ -185,7 +185,7 @@ def run_inference(
     sampler = EnsembleSampler(
         model.module, device, n_samples=config.n_samples, mc_dropout=config.mc_dropout,
         transforms=transforms, dropout_layers=layers, seed=config.seed,
-        need_expected_entropy=config.uncertainty_needs_expected_entropy,
+        need_expected_entropy=config.uncertainty_needs_expected_entropy, cache_prefix=config.cache_prefix,
     )
     grid = TileGrid((reader.height, reader.width), tile, config.step_shape)
     weights = tile_weight_map(config.tile_weight, tile)[: grid.window_height, : grid.window_width]

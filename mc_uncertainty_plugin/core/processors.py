@@ -145,6 +145,7 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
         device: str | None = None,
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
+        cache_prefix: bool = True,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -152,6 +153,7 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
+            cache_prefix=cache_prefix,
         )
         super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
         self.dropout_layers = find_dropout_layers(self.model.module)
@@ -187,6 +189,7 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
         device: str | None = None,
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
+        cache_prefix: bool = True,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -194,5 +197,6 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
+            cache_prefix=cache_prefix,
         )
         super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""`make bench`: MC dropout speed (naive T full passes vs the cached deterministic prefix) and memory.
+
+Part 1, speed, measured side by side in one run: for FPN (dropout before the head), Unet with injected decoder
+dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster and tiling:
+- naive: T full forward passes per tile batch (what the reference trainer does);
+- ours: the deterministic prefix once per tile batch, the stochastic suffix T times;
+- ideal speed-up T*F / (F_det + T*F_stoch) from measured full-pass (F), prefix (F_det) and suffix (F_stoch)
+  times, where F_stoch = (time of a replayed pass) and F_det = F - F_stoch;
+- model compute alone: the same passes on in-memory tensors (no GDAL, no merge), to show the overhead.
+Part 2, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
+
+Prints Markdown tables (pasted into the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
+from osgeo import gdal, osr  # noqa: E402
+
+from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor  # noqa: E402
+from mc_uncertainty_plugin.core.dropout import find_dropout_layers  # noqa: E402
+from mc_uncertainty_plugin.core.model_loading import _inject_decoder_dropout  # noqa: E402
+from mc_uncertainty_plugin.core.sampler import EnsembleSampler  # noqa: E402
+from mc_uncertainty_plugin.core.transforms import transforms_for  # noqa: E402
+
+
+def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:
+    """A synthetic RGB scene, written block by block (never the whole raster in memory)."""
+    driver = gdal.GetDriverByName("GTiff")
+    ds = driver.Create(str(path), size, size, bands, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
+    ds.SetGeoTransform([500000, 0.5, 0, 4100000, 0, -0.5])
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(seed)
+    block = 1024
+    pattern = rng.integers(0, 255, (bands, block, block), dtype=np.uint8)
+    for row in range(0, size, block):
+        h = min(block, size - row)
+        for col in range(0, size, block):
+            w = min(block, size - col)
+            ds.WriteRaster(col, row, w, h, np.roll(pattern, row // 7 + col // 13, axis=2)[:, :h, :w].tobytes())
+    ds = None
+    return str(path)
+
+
+def architectures() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    fpn = smp.FPN("resnet34", encoder_weights=None, classes=5, decoder_dropout=0.2)
+    unet = smp.Unet("resnet34", encoder_weights=None, classes=5)
+    _inject_decoder_dropout(unet, 0.2)
+    deeplab = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=5)
+    return {"FPN (decoder dropout)": fpn, "Unet (injected dropout)": unet, "DeepLabV3+ (ASPP dropout)": deeplab}
+
+
+def time_passes(net: torch.nn.Module, x: np.ndarray, n: int, cache: bool, repeat: int = 2) -> float:
+    """Seconds for the T = n passes of one batch on in-memory tensors (best of ``repeat``)."""
+    sampler = EnsembleSampler(net, torch.device("cpu"), n_samples=n, mc_dropout=True, transforms=transforms_for("none"),
+                              dropout_layers=find_dropout_layers(net), seed=0, need_expected_entropy=False,
+                              cache_prefix=cache)
+    sampler(x, [(0, 0)] * x.shape[0])  # warm-up (and the cache's one-off verification)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sampler(x, [(0, 0)] * x.shape[0])
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def speed(args: argparse.Namespace, work: Path) -> list[str]:
+    image = write_raster(work / "speed.tif", args.size)
+    tile = args.tile
+    rows = ["| model | T | naive s | ours s | speed-up | ideal | % of ideal | ours / model compute |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    x = np.random.default_rng(0).normal(size=(1, 3, tile, tile)).astype(np.float32)
+    windows = (len(range(0, args.size - tile, tile)) + 1) ** 2
+    for name, net in architectures().items():
+        net.eval()
+        model = LoadedModel(net, in_channels=3)
+        full = time_passes(net, x, 1, cache=False, repeat=3)  # F per tile
+        replay = (time_passes(net, x, 6, cache=True, repeat=2) - full) / 5  # F_stoch: extra cost of a replayed pass
+        replay = max(replay, 1e-6)
+        det = max(full - replay, 0.0)
+        for t in args.samples:
+            results = {}
+            for label, cache in (("naive", False), ("ours", True)):
+                proc = MCDropoutInferenceProcessor(model, n_samples=t, model_input_shape=tile, step_shape=tile,
+                                                   batch_size=1, seed=0, cache_prefix=cache)
+                start = time.perf_counter()
+                proc.process(image, output_path=str(work / f"out_{label}.tif"))
+                results[label] = time.perf_counter() - start
+            compute = windows * time_passes(net, x, t, cache=True, repeat=1) if t > 1 else windows * full
+            ideal = t * full / (det + t * replay) if t > 1 else 1.0
+            speedup = results["naive"] / results["ours"]
+            rows.append(f"| {name} | {t} | {results['naive']:.1f} | {results['ours']:.1f} | {speedup:.2f}x | "
+                        f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {results['ours'] / compute:.2f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def peak_rss_of(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Peak resident memory (GiB) and seconds of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return usage.ru_maxrss / 1024**2, time.perf_counter() - start
+
+
+def memory(args: argparse.Namespace, work: Path) -> list[str]:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.2),
+                              torch.nn.Conv2d(16, 5, 1)).eval()
+    model_path = work / "tiny.pt"
+    torch.jit.save(torch.jit.script(net), str(model_path))
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    rows = ["| raster | pixels | peak RSS of qgis_process | time |", "|---|---:|---:|---:|"]
+    for size in args.memory_sizes:
+        image = write_raster(work / f"mem_{size}.tif", size)
+        command = ["qgis_process.bin", "run", "mc_uncertainty:mc_dropout", "--",
+                   f"INPUT={image}", f"MODEL={model_path}", "N_SAMPLES=2", "MODEL_INPUT_SHAPE=512",
+                   "STEP_SHAPE=512", f"OUTPUT={work / f'mem_{size}_classes.tif'}"]
+        rss, seconds = peak_rss_of(command, env)
+        rows.append(f"| {size} x {size} | {size * size / 1e6:.0f} MP | {rss:.2f} GiB | {seconds:.0f} s |")
+        print(rows[-1], flush=True)
+        for leftover in work.glob(f"mem_{size}*"):
+            leftover.unlink()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="speed raster side (px)")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30])
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="mc_bench_") as folder:
+        work = Path(folder)
+        print(f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"CPU only\n")
+        if not args.skip_speed:
+            print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1\n")
+            rows = speed(args, work)
+            print("\n" + "\n".join(rows) + "\n")
+        if args.memory_sizes:
+            print("## Memory: qgis_process mc_dropout, tiny TorchScript model, 512 px tiles\n")
+            rows = memory(args, work)
+            print("\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
