@@ -1,0 +1,170 @@
+"""Find torch for QGIS's Python: the plugin looks for it itself.
+
+QGIS runs its own Python interpreter, which usually lacks torch. When ``import torch`` fails, this module adds
+the ``site-packages`` of a configured virtual environment to ``sys.path`` (appended, so QGIS's own numpy/GDAL
+keep precedence) and tries again. The environment is taken from, in priority order:
+
+1. the environment variable ``MC_UNCERTAINTY_PYTHON_ENV`` (path of a venv, or of a ``site-packages`` folder);
+2. the QGIS setting ``mc_uncertainty_plugin/python_env`` (same meaning);
+3. the file ``python_env.txt`` in the plugin folder (written by ``make install``: the repository's ``.venv``).
+
+Nothing here imports torch at module import time, so the Processing provider loads without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import site
+import sys
+from pathlib import Path
+
+__all__ = [
+    "ENV_VAR",
+    "SETTINGS_KEY",
+    "ENV_FILE_NAME",
+    "INSTALL_COMMAND",
+    "configured_environments",
+    "site_packages_dirs",
+    "torch_available",
+    "ensure_torch",
+    "missing_torch_message",
+]
+
+ENV_VAR = "MC_UNCERTAINTY_PYTHON_ENV"
+SETTINGS_KEY = "mc_uncertainty_plugin/python_env"
+ENV_FILE_NAME = "python_env.txt"
+INSTALL_COMMAND = "pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0"
+REQUIRED_MODULES = ("torch",)
+# Needed for YAML (SMP) models only; looked up in the environment too, but not imported here (slow).
+COMPANION_MODULES = ("segmentation_models_pytorch",)
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+
+
+def _setting_value() -> str:
+    """The QGIS setting ``mc_uncertainty_plugin/python_env``, or "" outside QGIS."""
+    try:
+        from qgis.core import QgsSettings
+    except ImportError:  # pure-Python use of the package
+        return ""
+    value = QgsSettings().value(SETTINGS_KEY, "")
+    return str(value or "").strip()
+
+
+def _file_value(plugin_dir: Path) -> str:
+    """The first non-empty line of ``python_env.txt`` in the plugin folder, or ""."""
+    path = plugin_dir / ENV_FILE_NAME
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
+
+
+def configured_environments(plugin_dir: Path | None = None) -> list[tuple[str, str]]:
+    """The configured environments, highest priority first.
+
+    Returns:
+        ``(source, path)`` pairs, e.g. ``("MC_UNCERTAINTY_PYTHON_ENV", "/home/me/venv")``; unset sources are left out.
+    """
+    plugin_dir = PLUGIN_DIR if plugin_dir is None else plugin_dir
+    candidates = [
+        (ENV_VAR, os.environ.get(ENV_VAR, "").strip()),
+        (f"QGIS setting {SETTINGS_KEY}", _setting_value()),
+        (str(plugin_dir / ENV_FILE_NAME), _file_value(plugin_dir)),
+    ]
+    return [(source, os.path.expanduser(path)) for source, path in candidates if path]
+
+
+def site_packages_dirs(env_path: str | os.PathLike[str]) -> list[Path]:
+    """The ``site-packages`` folders of ``env_path`` that match the running Python.
+
+    ``env_path`` may be a venv (``lib/python3.X/site-packages``, ``lib64/...``, Windows ``Lib/site-packages``)
+    or a ``site-packages`` folder itself. Returns an empty list when nothing matches.
+    """
+    root = Path(env_path)
+    if root.name in ("site-packages", "dist-packages") and root.is_dir():
+        return [root]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        root / "lib" / version / "site-packages",
+        root / "lib64" / version / "site-packages",
+        root / "Lib" / "site-packages",
+    ]
+    found: list[Path] = []
+    for candidate in candidates:
+        if candidate.is_dir() and all(candidate.resolve() != f.resolve() for f in found):
+            found.append(candidate)
+    return found
+
+
+def _other_pythons(env_path: str) -> list[str]:
+    """Python versions an environment was made for (to explain a version mismatch)."""
+    lib = Path(env_path) / "lib"
+    if not lib.is_dir():
+        return []
+    return sorted(p.name for p in lib.glob("python3.*") if (p / "site-packages").is_dir())
+
+
+def torch_available() -> bool:
+    """True when every required module imports in this interpreter (no sys.path change)."""
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return False
+    return True
+
+
+def _companions_found() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in COMPANION_MODULES)
+
+
+def ensure_torch(plugin_dir: Path | None = None) -> bool:
+    """Make torch (and segmentation-models-pytorch) importable, adding a configured environment to
+    ``sys.path`` when needed.
+
+    Returns:
+        True when torch imports afterwards.
+    """
+    if torch_available() and _companions_found():
+        return True
+    for _source, env_path in configured_environments(plugin_dir):
+        for folder in site_packages_dirs(env_path):
+            if str(folder) not in sys.path:
+                site.addsitedir(str(folder))  # appends, and runs the folder's .pth files
+        importlib.invalidate_caches()
+        if torch_available() and _companions_found():
+            return True
+    return torch_available()
+
+
+def missing_torch_message(plugin_dir: Path | None = None) -> str:
+    """A one-paragraph explanation of why torch is missing and how to install it."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    lines = [
+        f"MC Uncertainty needs PyTorch, which QGIS's Python {version} cannot import.",
+    ]
+    environments = configured_environments(plugin_dir)
+    for source, env_path in environments:
+        if not Path(env_path).exists():
+            lines.append(f"The environment from {source} does not exist: {env_path!r}.")
+        elif not site_packages_dirs(env_path):
+            others = _other_pythons(env_path)
+            made_for = f" (it has {', '.join(others)})" if others else ""
+            lines.append(
+                f"The environment from {source} ({env_path!r}) has no site-packages for python{version}{made_for}."
+            )
+        else:
+            lines.append(f"The environment from {source} ({env_path!r}) does not provide a working torch.")
+    if not environments:
+        lines.append("No Python environment is configured.")
+    lines.append(
+        f"Install it into a virtual environment made with python{version} "
+        f"(python{version} -m venv --system-site-packages ENV; ENV/bin/{INSTALL_COMMAND}) "
+        f"and point the environment variable {ENV_VAR} or the QGIS setting {SETTINGS_KEY} at ENV, "
+        "or run `make install` in the plugin's repository."
+    )
+    return " ".join(lines)

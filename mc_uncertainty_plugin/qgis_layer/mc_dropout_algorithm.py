@@ -1,0 +1,74 @@
+"""Processing algorithm ``mc_uncertainty:mc_dropout``: MC Dropout segmentation with an uncertainty map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback
+from qgis.PyQt.QtGui import QIcon
+
+from .core_runner import run_processor
+from .parameters import N_SAMPLES, add_common_parameters, read_common_values, tr
+from .provider_icon import plugin_icon
+
+__all__ = ["McDropoutAlgorithm"]
+
+# One paragraph per line: the Toolbox shows each line as a paragraph, qgis_process help prints it as is.
+_HELP = "\n".join((
+    "Semantic segmentation of a raster with a trained model, plus a per-pixel uncertainty map, by Monte Carlo "
+    "Dropout (Gal & Ghahramani, 2016).",
+    "The model's dropout layers stay active at inference and every tile is predicted T = N_SAMPLES times with "
+    "different random dropout masks. The mean of the T class probabilities p̄ gives the class raster (argmax); "
+    "their spread gives the uncertainty:",
+    "• entropy: H[p̄] = −Σc p̄c ln p̄c, the total uncertainty;",
+    "• mutual_information (BALD): H[p̄] − mean over t of H[pt], the disagreement between the samples "
+    "(epistemic uncertainty).",
+    "Both lie in [0, ln C] for C classes: low = confident, high = uncertain. The model must contain dropout (for "
+    "SMP models set decoder_dropout in the config); without it all passes agree, the uncertainty is 0 and a "
+    "warning is shown. The raster is processed in overlapping tiles (MODEL_INPUT_SHAPE, STEP_SHAPE) blended with "
+    "TILE_WEIGHT; run time grows linearly with N_SAMPLES, and with the 4 (flip) or 8 (d4) transforms of TTA_MODE.",
+    "Outputs: OUTPUT, a uint8 class raster (255 = nodata), and OUTPUT_UNCERTAINTY, a float32 raster which, left "
+    "empty, is written beside OUTPUT with _mc_uncertainty added to its name (classes.tif: "
+    "classes_mc_uncertainty.tif). Both have the input's grid and CRS.",
+    "Command line: qgis_process run mc_uncertainty:mc_dropout -- INPUT=image.tif MODEL=model.yaml "
+    "CHECKPOINT=model.ckpt OUTPUT=classes.tif N_SAMPLES=10 UNCERTAINTY_MODE=entropy",
+))
+
+
+class McDropoutAlgorithm(QgsProcessingAlgorithm):
+    """MC Dropout segmentation: T stochastic passes per tile, mean prediction and uncertainty."""
+
+    UNCERTAINTY_SUFFIX = "_mc_uncertainty"
+
+    def name(self) -> str:
+        return "mc_dropout"
+
+    def displayName(self) -> str:  # noqa: N802
+        return tr("MC Dropout segmentation with uncertainty")
+
+    def shortDescription(self) -> str:  # noqa: N802
+        return tr("Segment a raster with a trained model and map its uncertainty by Monte Carlo Dropout.")
+
+    def tags(self) -> list[str]:
+        return [tr(t) for t in ("segmentation", "uncertainty", "dropout", "monte carlo", "deep learning", "pytorch", "entropy")]
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return tr(_HELP)
+
+    def icon(self) -> QIcon:
+        return plugin_icon()
+
+    def createInstance(self) -> McDropoutAlgorithm:  # noqa: N802
+        return type(self)()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        add_common_parameters(self, with_n_samples=True, tta_default="none", uncertainty_suffix=self.UNCERTAINTY_SUFFIX)
+
+    def processAlgorithm(  # noqa: N802
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        values = read_common_values(self, parameters, context)
+        n_samples = self.parameterAsInt(parameters, N_SAMPLES, context)
+        return run_processor(
+            "MCDropoutInferenceProcessor", {"n_samples": n_samples}, values, context, feedback
+        )

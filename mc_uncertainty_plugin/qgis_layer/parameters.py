@@ -1,0 +1,368 @@
+"""Processing parameters shared by the provider's algorithms, and reading them back.
+
+Keys, kinds and defaults follow the parameter table of PRODUCT.md. Enum parameters store option *names*
+(``usesStaticStrings``) and accept an option index too, so ``qgis_process run ... -- TILE_WEIGHT=pyramid``,
+``TILE_WEIGHT=1`` and ``processing.run(..., {"TILE_WEIGHT": "pyramid"})`` (or ``1``) all work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+__all__ = [
+    "INPUT",
+    "MODEL",
+    "CHECKPOINT",
+    "BANDS",
+    "NUM_CLASSES",
+    "MODEL_INPUT_SHAPE",
+    "STEP_SHAPE",
+    "TILE_WEIGHT",
+    "UNCERTAINTY_MODE",
+    "EXPORT_UNCERTAINTY_MAP",
+    "N_SAMPLES",
+    "TTA_MODE",
+    "SEED",
+    "BATCH_SIZE",
+    "DEVICE",
+    "OUTPUT",
+    "OUTPUT_UNCERTAINTY",
+    "TILE_WEIGHTS",
+    "UNCERTAINTY_MODES",
+    "TTA_MODES",
+    "DEVICES",
+    "MODEL_FILE_FILTER",
+    "CHECKPOINT_FILE_FILTER",
+    "tr",
+    "NamedEnumParameter",
+    "read_enum",
+    "read_bands",
+    "add_common_parameters",
+    "CommonValues",
+    "read_common_values",
+]
+
+INPUT = "INPUT"
+MODEL = "MODEL"
+CHECKPOINT = "CHECKPOINT"
+BANDS = "BANDS"
+NUM_CLASSES = "NUM_CLASSES"
+MODEL_INPUT_SHAPE = "MODEL_INPUT_SHAPE"
+STEP_SHAPE = "STEP_SHAPE"
+TILE_WEIGHT = "TILE_WEIGHT"
+UNCERTAINTY_MODE = "UNCERTAINTY_MODE"
+EXPORT_UNCERTAINTY_MAP = "EXPORT_UNCERTAINTY_MAP"
+N_SAMPLES = "N_SAMPLES"
+TTA_MODE = "TTA_MODE"
+SEED = "SEED"
+BATCH_SIZE = "BATCH_SIZE"
+DEVICE = "DEVICE"
+OUTPUT = "OUTPUT"
+OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
+
+# The same choices as mc_uncertainty_plugin.core.config (not imported here: the core imports torch).
+# tests/qgis checks that both stay equal.
+TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
+UNCERTAINTY_MODES = ("entropy", "mutual_information")
+TTA_MODES = ("none", "flip", "d4")
+DEVICES = ("auto", "cpu", "cuda")
+
+MODEL_FILE_FILTER = "Model config or TorchScript (*.yaml *.yml *.pt *.torchscript *.jit);;All files (*.*)"
+CHECKPOINT_FILE_FILTER = "Checkpoint (*.pth *.pt *.ckpt *.safetensors);;All files (*.*)"
+
+
+def tr(text: str) -> str:
+    """Translate ``text`` in the plugin's context."""
+    return QCoreApplication.translate("McUncertainty", text)
+
+
+def _with_help(parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> QgsProcessingParameterDefinition:
+    parameter.setHelp(tr(help_text))
+    if advanced:
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
+
+
+def _as_index(value: Any) -> int | None:
+    """``value`` as an option index (``1``, ``"1"``), or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+class NamedEnumParameter(QgsProcessingParameterEnum):
+    """A single-choice enum whose value is the option name; an option index is accepted as well.
+
+    QGIS 3.22 enums take either indices or (``usesStaticStrings``) names; this one takes both, so the
+    ``qgis_process help`` text ("Number of selected option") and the names in our help both work.
+    """
+
+    def __init__(self, name: str, description: str, options: list[str], default: str) -> None:
+        super().__init__(name, description, options, False, default, False, True)
+
+    def clone(self) -> NamedEnumParameter:
+        copy = NamedEnumParameter(self.name(), self.description(), self.options(), self.defaultValue())
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setMetadata(self.metadata())
+        return copy
+
+    def checkValueIsAcceptable(self, value: Any, context: QgsProcessingContext | None = None) -> bool:  # noqa: N802
+        index = _as_index(value)
+        if index is not None:
+            return 0 <= index < len(self.options())
+        return super().checkValueIsAcceptable(value, context)
+
+
+def _choices_help(options: tuple[str, ...]) -> str:
+    """``'Name or index: a (0), b (1)'`` for the help of an enum parameter."""
+    return "Name or index: " + ", ".join(f"{name} ({i})" for i, name in enumerate(options))
+
+
+def _enum(key: str, description: str, options: tuple[str, ...], default: str) -> QgsProcessingParameterEnum:
+    return NamedEnumParameter(key, tr(description), list(options), default)
+
+
+def read_enum(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], key: str, context: QgsProcessingContext
+) -> str:
+    """The option name of enum ``key``, given as a name or an index (QGIS's reader would drop indices).
+
+    Raises:
+        QgsProcessingException: the value is neither an option name nor an index, naming the key and the value.
+    """
+    definition = algorithm.parameterDefinition(key)
+    options = definition.options()
+    text = algorithm.parameterAsString(parameters, key, context).strip()
+    if not text:
+        return str(definition.defaultValue())
+    if text in options:
+        return text
+    index = _as_index(text)
+    if index is not None and 0 <= index < len(options):
+        return options[index]
+    raise QgsProcessingException(tr(f"{key} must be one of {', '.join(options)} (or 0..{len(options) - 1}), got {text!r}."))
+
+
+def read_bands(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext) -> list[int]:
+    """BANDS as a list of band numbers; also accepts ``"3,2,1"`` (QGIS itself reads ``"3;2;1"`` only)."""
+    raw = parameters.get(BANDS)
+    if isinstance(raw, str):
+        if not raw.strip():
+            return []
+        parameters = {**parameters, BANDS: raw.replace(",", ";")}
+    return algorithm.parameterAsInts(parameters, BANDS, context)
+
+
+def add_common_parameters(
+    algorithm: QgsProcessingAlgorithm,
+    *,
+    with_n_samples: bool,
+    tta_default: str,
+    uncertainty_suffix: str,
+) -> None:
+    """Add the PRODUCT.md parameters to ``algorithm`` (inside its ``initAlgorithm``).
+
+    Args:
+        algorithm: the algorithm being initialised.
+        with_n_samples: add ``N_SAMPLES`` (MC dropout only).
+        tta_default: default of ``TTA_MODE`` (``none`` for mc_dropout, ``d4`` for tta).
+        uncertainty_suffix: file-name suffix of the default uncertainty raster, e.g. ``_mc_uncertainty``.
+    """
+    add = algorithm.addParameter
+    add(_with_help(
+        QgsProcessingParameterRasterLayer(INPUT, tr("Input raster")),
+        "Any GDAL-readable raster (GeoTIFF, VRT, ...). Its pixel values are normalised as the model config says "
+        "(default: ImageNet mean/std on 0..255 data).",
+    ))
+    add(_with_help(
+        QgsProcessingParameterFile(MODEL, tr("Model (config YAML or TorchScript)"),
+                                   behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILE_FILTER),
+        "A model config YAML in pytorch_segmentation_models_trainer style (model: _target_: "
+        "segmentation_models_pytorch.FPN, in_channels, classes, decoder_dropout ...) or a TorchScript file "
+        "(.pt/.torchscript/.jit). Nothing is downloaded: weights come from the checkpoint.",
+    ))
+    add(_with_help(
+        QgsProcessingParameterFile(CHECKPOINT, tr("Checkpoint (weights for a YAML model)"),
+                                   behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILE_FILTER,
+                                   optional=True),
+        "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file. "
+        "Overrides checkpoint_path of the config. Leave empty for TorchScript models.",
+    ))
+    add(_with_help(
+        QgsProcessingParameterBand(BANDS, tr("Input bands (in model order)"), parentLayerParameterName=INPUT,
+                                   optional=True, allowMultiple=True),
+        "The input bands fed to the model, in order. Empty: the first in_channels bands. "
+        "qgis_process: BANDS=3,2,1 or the key repeated (BANDS=3 BANDS=2 BANDS=1).",
+    ))
+    add(_with_help(
+        QgsProcessingParameterNumber(NUM_CLASSES, tr("Number of classes (0 = from the model)"),
+                                     type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=255),
+        "Expected number of classes C. 0 takes the model's output channels; a different value than the model's "
+        "is an error. The uncertainty lies in [0, ln C].",
+    ))
+    add(_with_help(
+        QgsProcessingParameterString(MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"),
+        'Size of the tiles the model sees, "H,W" (e.g. "512,512") or one integer for square tiles.',
+    ))
+    add(_with_help(
+        QgsProcessingParameterString(STEP_SHAPE, tr("Tile stride (H,W or one integer)"), defaultValue="256,256"),
+        'Distance between tile origins, "H,W" or one integer; at most the tile size. Smaller strides overlap more '
+        "tiles (smoother, slower).",
+    ))
+    add(_with_help(
+        _enum(TILE_WEIGHT, "Tile weighting", TILE_WEIGHTS, "gaussian"),
+        "How overlapping tiles are blended: gaussian (default), pyramid or mean. "
+        f"{_choices_help(TILE_WEIGHTS)}; e.g. TILE_WEIGHT=pyramid.",
+        advanced=True,
+    ))
+    add(_with_help(
+        _enum(UNCERTAINTY_MODE, "Uncertainty measure", UNCERTAINTY_MODES, "entropy"),
+        "entropy: predictive entropy of the mean prediction (total uncertainty). mutual_information: BALD, "
+        "the disagreement between the samples (epistemic only). Both lie in [0, ln C]. "
+        f"{_choices_help(UNCERTAINTY_MODES)}.",
+    ))
+    add(_with_help(
+        QgsProcessingParameterBoolean(EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True),
+        "Unchecked (false): only the class raster is written, by the faster mean-prediction path; "
+        "OUTPUT_UNCERTAINTY is then ignored and its result is empty.",
+    ))
+    if with_n_samples:
+        add(_with_help(
+            QgsProcessingParameterNumber(N_SAMPLES, tr("Number of stochastic passes (T)"),
+                                         type=QgsProcessingParameterNumber.Integer, defaultValue=10, minValue=1),
+            "T forward passes with dropout kept active; time grows linearly with T. 10 suits most uses, "
+            "30 gives a finer uncertainty estimate.",
+        ))
+    add(_with_help(
+        _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
+        "none, flip (4 transforms) or d4 (8 transforms: flips and 90-degree rotations). "
+        + ("Combined with MC dropout this gives T x K samples. " if with_n_samples else "")
+        + f"{_choices_help(TTA_MODES)}.",
+    ))
+    add(_with_help(
+        QgsProcessingParameterNumber(SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer,
+                                     defaultValue=0, minValue=0),
+        "Same seed and same inputs give identical outputs.",
+        advanced=True,
+    ))
+    add(_with_help(
+        QgsProcessingParameterNumber(BATCH_SIZE, tr("Batch size (0 = automatic)"),
+                                     type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+        "Tiles per forward pass. 0 chooses from the available memory. Never changes the results.",
+        advanced=True,
+    ))
+    add(_with_help(
+        _enum(DEVICE, "Device", DEVICES, "auto"),
+        "auto (CUDA when available, else CPU), cpu or cuda. The device used is reported in the log. "
+        f"{_choices_help(DEVICES)}.",
+        advanced=True,
+    ))
+    add(_with_help(
+        QgsProcessingParameterRasterDestination(OUTPUT, tr("Class raster")),
+        "GeoTIFF, 1 band, uint8 class index, on the grid and CRS of the input; 255 = nodata.",
+    ))
+    add(_with_help(
+        QgsProcessingParameterRasterDestination(
+            OUTPUT_UNCERTAINTY,
+            tr(f"Uncertainty raster (empty: X{uncertainty_suffix}.tif beside the class raster X.tif)"),
+            optional=True,
+            createByDefault=False,
+        ),
+        "GeoTIFF, 1 band, float32 in [0, ln C] on the grid of the input. Left empty (in the Toolbox: "
+        f"'Skip output'), it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded "
+        "with it; to write no uncertainty raster, uncheck EXPORT_UNCERTAINTY_MAP.",
+    ))
+
+
+@dataclass(frozen=True)
+class CommonValues:
+    """The parameter values every algorithm passes to the core.
+
+    Attributes:
+        input_path: GDAL source of INPUT.
+        model_path: MODEL file.
+        checkpoint_path: CHECKPOINT file, or None.
+        output_path: OUTPUT file (temporary outputs already resolved).
+        uncertainty_path: OUTPUT_UNCERTAINTY file, or None to let the core write it beside OUTPUT.
+        processor_kwargs: keyword arguments of the core processors shared by all algorithms.
+    """
+
+    input_path: str
+    model_path: str
+    checkpoint_path: str | None
+    output_path: str
+    uncertainty_path: str | None
+    processor_kwargs: dict[str, Any]
+
+
+def read_common_values(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
+) -> CommonValues:
+    """Read the parameters added by :func:`add_common_parameters` (without ``N_SAMPLES``).
+
+    Raises:
+        QgsProcessingException: INPUT is not a GDAL raster, or MODEL is missing.
+    """
+    layer = algorithm.parameterAsRasterLayer(parameters, INPUT, context)
+    if layer is None:
+        raise QgsProcessingException(algorithm.invalidRasterError(parameters, INPUT))
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            tr(f"INPUT must be a GDAL raster (a file), got a '{layer.providerType()}' layer: {layer.source()!r}.")
+        )
+    model_path = algorithm.parameterAsFile(parameters, MODEL, context)
+    if not model_path:
+        raise QgsProcessingException(tr(f"MODEL must be a model config YAML or a TorchScript file, got {model_path!r}."))
+    checkpoint_path = algorithm.parameterAsFile(parameters, CHECKPOINT, context) or None
+    bands = read_bands(algorithm, parameters, context)
+    export_uncertainty = algorithm.parameterAsBoolean(parameters, EXPORT_UNCERTAINTY_MAP, context)
+    output_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT, context)
+    # Only resolved when written: resolving registers the layer for loading in the Toolbox.
+    uncertainty_path = None
+    if export_uncertainty:
+        uncertainty_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_UNCERTAINTY, context) or None
+    processor_kwargs: dict[str, Any] = {
+        "uncertainty_mode": read_enum(algorithm, parameters, UNCERTAINTY_MODE, context),
+        "export_uncertainty_map": export_uncertainty,
+        "num_classes": algorithm.parameterAsInt(parameters, NUM_CLASSES, context) or None,
+        "model_input_shape": algorithm.parameterAsString(parameters, MODEL_INPUT_SHAPE, context),
+        "step_shape": algorithm.parameterAsString(parameters, STEP_SHAPE, context),
+        "tile_weight": read_enum(algorithm, parameters, TILE_WEIGHT, context),
+        "tta_mode": read_enum(algorithm, parameters, TTA_MODE, context),
+        "seed": algorithm.parameterAsInt(parameters, SEED, context),
+        "batch_size": algorithm.parameterAsInt(parameters, BATCH_SIZE, context),
+        "device": read_enum(algorithm, parameters, DEVICE, context),
+        "bands": tuple(bands) if bands else None,
+    }
+    return CommonValues(
+        input_path=layer.source(),
+        model_path=model_path,
+        checkpoint_path=checkpoint_path,
+        output_path=output_path,
+        uncertainty_path=uncertainty_path,
+        processor_kwargs=processor_kwargs,
+    )

@@ -1,0 +1,40 @@
+"""The Processing provider ``mc_uncertainty`` ("MC Uncertainty"); lists its algorithms explicitly."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .mc_dropout_algorithm import McDropoutAlgorithm
+from .provider_icon import ICON_PATH, plugin_icon
+
+__all__ = ["McUncertaintyProvider"]
+
+
+class McUncertaintyProvider(QgsProcessingProvider):
+    """Segmentation-with-uncertainty algorithms. Loading it never imports torch."""
+
+    def id(self) -> str:
+        return "mc_uncertainty"
+
+    def name(self) -> str:
+        return "MC Uncertainty"
+
+    def longName(self) -> str:  # noqa: N802
+        return "MC Uncertainty: segmentation with uncertainty maps (MC Dropout, TTA)"
+
+    def icon(self) -> QIcon:
+        return plugin_icon()
+
+    def svgIconPath(self) -> str:  # noqa: N802
+        return ICON_PATH
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        self.addAlgorithm(McDropoutAlgorithm())
+
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
+        # The core writes GeoTIFF only.
+        return ["tif"]
+
+    def defaultRasterFileExtension(self) -> str:  # noqa: N802
+        return "tif"

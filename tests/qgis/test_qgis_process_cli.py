@@ -1,0 +1,72 @@
+"""Deploy with resources/tools/deploy.py into a temporary profile, then `qgis_process.bin run` in a new process.
+
+The plugin finds torch through the python_env.txt written by deploy.py (QGIS's own Python has no torch here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from osgeo import gdal
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+
+
+def _clean_env(config_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MC_UNCERTAINTY_PYTHON_ENV", "PYTHONPATH")}
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(config_root)
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return env
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
+    config_root = tmp_path / "qgis"
+    profile = config_root / "profiles" / "default"
+    env = _clean_env(config_root)
+    deploy = [sys.executable, str(REPO_ROOT / "resources" / "tools" / "deploy.py"), "--profile-dir", str(profile)]
+    copied = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=180)
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    plugin_dir = profile / "python" / "plugins" / "mc_uncertainty_plugin"
+    assert (plugin_dir / "metadata.txt").is_file() and (plugin_dir / "icon.svg").is_file()
+    assert (plugin_dir / "core" / "processors.py").is_file()
+    assert not list(plugin_dir.rglob("__pycache__")) and not list(plugin_dir.rglob("tests"))
+    assert Path((plugin_dir / "python_env.txt").read_text().strip()) == (REPO_ROOT / ".venv").resolve()
+
+    enabled = subprocess.run(deploy + ["--enable"], env=env, capture_output=True, text=True, timeout=180)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    assert "mc_uncertainty_plugin=true" in (profile / "QGIS" / "QGIS3.ini").read_text()
+
+    output = tmp_path / "out" / "classes.tif"
+    output.parent.mkdir()
+    run = subprocess.run(
+        [QGIS_PROCESS, "--json", "run", "mc_uncertainty:mc_dropout", "--",
+         f"INPUT={raster_path}", f"MODEL={torchscript_model}", f"OUTPUT={output}",
+         "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=32", "N_SAMPLES=2", "TILE_WEIGHT=pyramid", "BANDS=3,2,1"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(run.stdout)["results"]
+    assert results["OUTPUT"] == str(output)
+    assert results["OUTPUT_UNCERTAINTY"] == str(tmp_path / "out" / "classes_mc_uncertainty.tif")
+    for path in results.values():
+        dataset = gdal.Open(path)
+        assert (dataset.RasterXSize, dataset.RasterYSize) == (100, 80)
+    assert gdal.Open(results["OUTPUT_UNCERTAINTY"]).GetMetadataItem("MC_TILE_WEIGHT") == "pyramid"
+
+    # a bad parameter: a one-line error naming it, non-zero exit
+    bad = subprocess.run(
+        [QGIS_PROCESS, "run", "mc_uncertainty:mc_dropout", "--", f"INPUT={raster_path}",
+         f"MODEL={torchscript_model}", f"OUTPUT={tmp_path / 'bad.tif'}", "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=65"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "STEP_SHAPE" in bad.stdout + bad.stderr
+    assert not (tmp_path / "bad.tif").exists()

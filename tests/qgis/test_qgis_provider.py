@@ -1,0 +1,168 @@
+"""The provider, its algorithm and the parameter contract of PRODUCT.md, as QGIS sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# key: (class, default, optional, advanced) -- the table of PRODUCT.md
+EXPECTED_PARAMETERS = {
+    "INPUT": (QgsProcessingParameterRasterLayer, None, False, False),
+    "MODEL": (QgsProcessingParameterFile, None, False, False),
+    "CHECKPOINT": (QgsProcessingParameterFile, None, True, False),
+    "BANDS": (QgsProcessingParameterBand, None, True, False),
+    "NUM_CLASSES": (QgsProcessingParameterNumber, 0, False, False),
+    "MODEL_INPUT_SHAPE": (QgsProcessingParameterString, "512,512", False, False),
+    "STEP_SHAPE": (QgsProcessingParameterString, "256,256", False, False),
+    "TILE_WEIGHT": (QgsProcessingParameterEnum, "gaussian", False, True),
+    "UNCERTAINTY_MODE": (QgsProcessingParameterEnum, "entropy", False, False),
+    "EXPORT_UNCERTAINTY_MAP": (QgsProcessingParameterBoolean, True, False, False),
+    "N_SAMPLES": (QgsProcessingParameterNumber, 10, False, False),
+    "TTA_MODE": (QgsProcessingParameterEnum, "none", False, False),
+    "SEED": (QgsProcessingParameterNumber, 0, False, True),
+    "BATCH_SIZE": (QgsProcessingParameterNumber, 0, False, True),
+    "DEVICE": (QgsProcessingParameterEnum, "auto", False, True),
+    "OUTPUT": (QgsProcessingParameterRasterDestination, None, False, False),
+    "OUTPUT_UNCERTAINTY": (QgsProcessingParameterRasterDestination, None, True, False),
+}
+
+
+def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
+    provider = registry.providerById("mc_uncertainty")
+    assert provider is not None
+    assert provider.name() == "MC Uncertainty"
+    assert not provider.icon().isNull()
+    assert Path(provider.svgIconPath()).is_file()
+    assert [alg.id() for alg in provider.algorithms()] == ["mc_uncertainty:mc_dropout"]
+    algorithm = registry.algorithmById("mc_uncertainty:mc_dropout")
+    assert algorithm.displayName() == "MC Dropout segmentation with uncertainty"
+    assert "Monte Carlo Dropout" in algorithm.shortHelpString()
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif"]
+
+
+def test_parameters_follow_the_product_table(registry: Any) -> None:
+    algorithm = registry.createAlgorithmById("mc_uncertainty:mc_dropout")
+    definitions = {d.name(): d for d in algorithm.parameterDefinitions()}
+    assert list(definitions) == list(EXPECTED_PARAMETERS)
+    for key, (kind, default, optional, advanced) in EXPECTED_PARAMETERS.items():
+        definition = definitions[key]
+        assert isinstance(definition, kind), key
+        assert definition.defaultValue() == default, key
+        assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional) == optional, key
+        assert bool(definition.flags() & QgsProcessingParameterDefinition.FlagAdvanced) == advanced, key
+        assert len(definition.help()) > 20, f"{key} has no help"
+    assert definitions["BANDS"].allowMultiple()
+    assert definitions["BANDS"].parentLayerParameterName() == "INPUT"
+    assert definitions["N_SAMPLES"].minimum() == 1
+    assert not definitions["OUTPUT_UNCERTAINTY"].createByDefault()
+    # outputs exist for the Modeler to chain
+    assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "OUTPUT_UNCERTAINTY"}
+    # background thread: no FlagNoThreading
+    assert not algorithm.flags() & QgsProcessingAlgorithm.FlagNoThreading
+
+
+def test_enum_options_match_the_core(registry: Any) -> None:
+    from mc_uncertainty_plugin.core import config
+
+    algorithm = registry.createAlgorithmById("mc_uncertainty:mc_dropout")
+    assert tuple(algorithm.parameterDefinition("TILE_WEIGHT").options()) == config.TILE_WEIGHTS
+    assert tuple(algorithm.parameterDefinition("UNCERTAINTY_MODE").options()) == config.UNCERTAINTY_MODES
+    assert tuple(algorithm.parameterDefinition("TTA_MODE").options()) == config.TTA_MODES
+    assert tuple(algorithm.parameterDefinition("DEVICE").options()) == config.DEVICES
+
+
+def test_enums_accept_names_and_indices(registry: Any, raster_path: str, torchscript_model: str) -> None:
+    from qgis.core import QgsProcessingContext
+
+    algorithm = registry.createAlgorithmById("mc_uncertainty:mc_dropout")
+    base = {"INPUT": raster_path, "MODEL": torchscript_model, "OUTPUT": "out.tif"}
+    context = QgsProcessingContext()
+    for value, accepted in (("pyramid", True), (1, True), ("2", True), ("3", False), ("Pyramid", False), ("x", False)):
+        ok, _message = algorithm.checkParameterValues({**base, "TILE_WEIGHT": value}, context)
+        assert ok == accepted, value
+    clone = algorithm.parameterDefinition("TILE_WEIGHT").clone()
+    assert clone.checkValueIsAcceptable("1") and clone.checkValueIsAcceptable("mean")
+    assert clone.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+
+
+def test_missing_torch_fails_with_install_message(
+    run_mc_dropout: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mc_uncertainty_plugin import python_env
+
+    monkeypatch.setattr(python_env, "ensure_torch", lambda plugin_dir=None: False)
+    with pytest.raises(QgsProcessingException) as raised:
+        run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"))
+    message = str(raised.value)
+    assert "pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0" in message
+    assert "MC_UNCERTAINTY_PYTHON_ENV" in message and "make install" in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "classes.tif").exists()
+
+
+def test_plugin_loads_without_torch(raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
+    """In a fresh Python where ``import torch`` fails: the provider loads, torch is never imported, and the
+    algorithm fails with the install message."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError("No module named 'torch' (blocked by the test)")
+                return None
+        sys.meta_path.insert(0, BlockTorch())
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+        app = QgsApplication([], False)
+        app.initQgis()
+        import mc_uncertainty_plugin
+        plugin = mc_uncertainty_plugin.classFactory(None)
+        plugin.initProcessing()
+        registry = QgsApplication.processingRegistry()
+        report = {{"algorithms": [a.id() for a in registry.providerById("mc_uncertainty").algorithms()],
+                   "torch_imported": "torch" in sys.modules}}
+        algorithm = registry.createAlgorithmById("mc_uncertainty:mc_dropout")
+        try:
+            algorithm.processAlgorithm({{"INPUT": {raster_path!r}, "MODEL": {torchscript_model!r},
+                                         "OUTPUT": {str(tmp_path / "out.tif")!r}}},
+                                       QgsProcessingContext(), QgsProcessingFeedback())
+        except QgsProcessingException as error:
+            report["error"] = str(error)
+        plugin.unload()
+        print("REPORT" + json.dumps(report))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MC_UNCERTAINTY_PYTHON_ENV", "PYTHONPATH")}
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(tmp_path / "settings")  # no python_env setting there
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    assert lines, done.stdout + done.stderr
+    report = json.loads(lines[-1][len("REPORT"):])
+    assert report["algorithms"] == ["mc_uncertainty:mc_dropout"]
+    assert report["torch_imported"] is False
+    assert "pip install torch==2.14.1" in report.get("error", ""), report
+
