@@ -242,9 +242,10 @@ def run_inference(
 
         done = 0
 
-        def on_pass() -> None:
+        def advance(windows: int) -> None:
+            """``windows`` windows went through one more pass."""
             nonlocal done
-            done += 1
+            done += windows
             if progress is not None:
                 progress(min(99.0, 100.0 * done / total_passes))
 
@@ -265,15 +266,15 @@ def run_inference(
                         data, valid = reader.read(window, tile)
                         if not valid.any():  # entirely nodata: nothing to predict
                             skipped += 1
-                            for _ in range(sampler.passes_per_tile):
-                                on_pass()
+                            advance(sampler.passes_per_tile)
                             continue
                         chunk.append(window)
                         tiles.append(np.where(valid, model.normalization.apply(data), 0.0).astype(np.float32))
                         valids.append(valid)
                     if not chunk:
                         continue
-                    mean_probs, expected = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled, on_pass)
+                    mean_probs, expected = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
+                                                   lambda n=len(chunk): advance(n))
                     for b, window in enumerate(chunk):
                         h, w = window.height, window.width
                         merger.aggregate(

@@ -47,6 +47,7 @@ __all__ = [
     "TILE_WEIGHTS",
     "UNCERTAINTY_MODES",
     "TTA_MODES",
+    "TTA_HELP",
     "DEVICES",
     "MODEL_FILE_FILTER",
     "CHECKPOINT_FILE_FILTER",
@@ -83,6 +84,15 @@ TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
 UNCERTAINTY_MODES = ("entropy", "mutual_information")
 TTA_MODES = ("none", "flip", "d4")
 DEVICES = ("auto", "cpu", "cuda")
+
+TTA_HELP = (
+    "TTA_MODE: none = one deterministic pass (the uncertainty is that pass's entropy; mutual information is 0); "
+    "flip = 4 transforms that keep the tile's shape: identity, horizontal flip, vertical flip and both (= rotation "
+    "by 180°), exact for any tile; d4 = the 8 symmetries of the square: those 4 plus the rotations by 90° and "
+    "270° and the two transposes. These 4 turn an H x W tile into a W x H one, which is fed to the model as is "
+    "(no padding, no resampling), so d4 stays exact on non-square tiles; the model must accept both "
+    "orientations (SMP models: both sides multiples of 32). Run time grows with the number of transforms."
+)
 
 MODEL_FILE_FILTER = "Model config or TorchScript (*.yaml *.yml *.pt *.torchscript *.jit);;All files (*.*)"
 CHECKPOINT_FILE_FILTER = "Checkpoint (*.pth *.pt *.ckpt *.safetensors);;All files (*.*)"
@@ -259,8 +269,9 @@ def add_common_parameters(
         ))
     add(_with_help(
         _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
-        "none, flip (4 transforms) or d4 (8 transforms: flips and 90-degree rotations). "
-        + ("Combined with MC dropout this gives T x K samples. " if with_n_samples else "")
+        TTA_HELP + " "
+        + ("Combined with MC dropout: T x K samples, each transform with its own dropout masks. "
+           if with_n_samples else "")
         + f"{_choices_help(TTA_MODES)}.",
     ))
     add(_with_help(

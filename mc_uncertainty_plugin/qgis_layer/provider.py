@@ -6,6 +6,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .mc_dropout_algorithm import McDropoutAlgorithm
+from .tta_algorithm import TtaAlgorithm
 from .provider_icon import ICON_PATH, plugin_icon
 
 __all__ = ["McUncertaintyProvider"]
@@ -31,6 +32,7 @@ class McUncertaintyProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         self.addAlgorithm(McDropoutAlgorithm())
+        self.addAlgorithm(TtaAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         # The core writes GeoTIFF only.

@@ -55,11 +55,23 @@ def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
     assert provider.name() == "MC Uncertainty"
     assert not provider.icon().isNull()
     assert Path(provider.svgIconPath()).is_file()
-    assert [alg.id() for alg in provider.algorithms()] == ["mc_uncertainty:mc_dropout"]
+    assert sorted(alg.id() for alg in provider.algorithms()) == ["mc_uncertainty:mc_dropout", "mc_uncertainty:tta"]
     algorithm = registry.algorithmById("mc_uncertainty:mc_dropout")
     assert algorithm.displayName() == "MC Dropout segmentation with uncertainty"
     assert "Monte Carlo Dropout" in algorithm.shortHelpString()
     assert provider.supportedOutputRasterLayerExtensions() == ["tif"]
+    tta = registry.algorithmById("mc_uncertainty:tta")
+    assert tta.displayName() == "TTA segmentation with uncertainty"
+    assert "horizontal flip, vertical flip" in tta.shortHelpString() and "non-square" in tta.shortHelpString()
+
+
+def test_tta_parameters_are_those_of_mc_dropout_without_n_samples(registry: Any) -> None:
+    algorithm = registry.createAlgorithmById("mc_uncertainty:tta")
+    definitions = {d.name(): d for d in algorithm.parameterDefinitions()}
+    assert list(definitions) == [key for key in EXPECTED_PARAMETERS if key != "N_SAMPLES"]
+    assert definitions["TTA_MODE"].defaultValue() == "d4"
+    assert "_uncertainty.tif" in definitions["OUTPUT_UNCERTAINTY"].description()
+    assert not algorithm.flags() & QgsProcessingAlgorithm.FlagNoThreading
 
 
 def test_parameters_follow_the_product_table(registry: Any) -> None:
@@ -162,7 +174,7 @@ def test_plugin_loads_without_torch(raster_path: str, torchscript_model: str, tm
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     assert lines, done.stdout + done.stderr
     report = json.loads(lines[-1][len("REPORT"):])
-    assert report["algorithms"] == ["mc_uncertainty:mc_dropout"]
+    assert report["algorithms"] == ["mc_uncertainty:mc_dropout", "mc_uncertainty:tta"]
     assert report["torch_imported"] is False
     assert "pip install torch==2.14.1" in report.get("error", ""), report
 

@@ -1,0 +1,66 @@
+"""Processing algorithm ``mc_uncertainty:tta``: test-time-augmentation segmentation with an uncertainty map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback
+from qgis.PyQt.QtGui import QIcon
+
+from .core_runner import run_processor
+from .parameters import TTA_HELP, add_common_parameters, read_common_values, tr
+from .provider_icon import plugin_icon
+
+__all__ = ["TtaAlgorithm"]
+
+_HELP = "\n".join((
+    "Semantic segmentation of a raster with a trained model, plus a per-pixel uncertainty map from test-time "
+    "augmentation (TTA): every tile is predicted once per geometric transform, each prediction is mapped back "
+    "exactly (inverse transform) and the K class probabilities are averaged. The mean p̄ gives the class raster "
+    "(argmax); the spread across transforms gives the uncertainty — high where the model's output changes when "
+    "the input is flipped or rotated (lack of geometric invariance).",
+    TTA_HELP,
+    "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
+    "between transforms. Both lie in [0, ln C]. The model runs deterministically (dropout off); for dropout "
+    "sampling use MC Dropout segmentation, whose TTA_MODE combines both.",
+    "Outputs: OUTPUT, a uint8 class raster (255 = nodata), and OUTPUT_UNCERTAINTY, a float32 raster which, left "
+    "empty, is written beside OUTPUT with _uncertainty added to its name (classes.tif: classes_uncertainty.tif).",
+    "Command line: qgis_process run mc_uncertainty:tta -- INPUT=image.tif MODEL=model.yaml TTA_MODE=d4 "
+    "OUTPUT=classes.tif",
+))
+
+
+class TtaAlgorithm(QgsProcessingAlgorithm):
+    """TTA segmentation: K transforms per tile (deterministic model), mean prediction and uncertainty."""
+
+    UNCERTAINTY_SUFFIX = "_uncertainty"
+
+    def name(self) -> str:
+        return "tta"
+
+    def displayName(self) -> str:  # noqa: N802
+        return tr("TTA segmentation with uncertainty")
+
+    def shortDescription(self) -> str:  # noqa: N802
+        return tr("Segment a raster with a trained model and map its uncertainty by test-time augmentation.")
+
+    def tags(self) -> list[str]:
+        return [tr(t) for t in ("segmentation", "uncertainty", "tta", "augmentation", "d4", "deep learning", "pytorch")]
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return tr(_HELP)
+
+    def icon(self) -> QIcon:
+        return plugin_icon()
+
+    def createInstance(self) -> TtaAlgorithm:  # noqa: N802
+        return type(self)()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        add_common_parameters(self, with_n_samples=False, tta_default="d4", uncertainty_suffix=self.UNCERTAINTY_SUFFIX)
+
+    def processAlgorithm(  # noqa: N802
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        values = read_common_values(self, parameters, context)
+        return run_processor("MultiClassInferenceProcessor", {}, values, context, feedback)
