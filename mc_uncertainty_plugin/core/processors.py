@@ -105,13 +105,14 @@ class _InferenceProcessor:
 _CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig) if f.name != "extra"}
 
 
-def _config(model: LoadedModel, **given: Any) -> InferenceConfig:
+def _config(model: LoadedModel, builtin: dict[str, Any] | None = None, **given: Any) -> InferenceConfig:
     """An :class:`InferenceConfig` from the arguments given; ``None`` falls back to the model config's
-    ``inference_processor:`` section, then to the built-in defaults."""
+    ``inference_processor:`` section, then to ``builtin``, then to the :class:`InferenceConfig` defaults."""
+    defaults = {**_CONFIG_DEFAULTS, **(builtin or {})}
     settings = {}
     for name, value in given.items():
         if value is None:
-            value = model.inference_defaults.get(name, _CONFIG_DEFAULTS.get(name))
+            value = model.inference_defaults.get(name, defaults.get(name))
         settings[name] = value
     if settings.get("bands") is not None:
         settings["bands"] = tuple(settings["bands"])
@@ -164,7 +165,7 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
 
 
 class MultiClassInferenceProcessor(_InferenceProcessor):
-    """Deterministic inference (dropout off), with optional test-time augmentation (``tta_mode``).
+    """Deterministic inference (dropout off) with test-time augmentation (``tta_mode``, default ``d4``).
 
     The uncertainty comes from the K augmentations (``tta_mode`` ``flip`` or ``d4``); with ``none`` it is the
     entropy of the single deterministic pass (mutual information 0).
@@ -193,7 +194,7 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
-            loaded, n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
+            loaded, {"tta_mode": "d4"}, n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,

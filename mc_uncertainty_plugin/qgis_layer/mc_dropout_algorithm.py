@@ -8,7 +8,7 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessin
 from qgis.PyQt.QtGui import QIcon
 
 from .core_runner import run_processor
-from .parameters import N_SAMPLES, add_common_parameters, read_common_values, tr
+from .parameters import N_SAMPLES, add_common_parameters, given, read_common_values, tr
 from .provider_icon import plugin_icon
 
 __all__ = ["McDropoutAlgorithm"]
@@ -68,7 +68,7 @@ class McDropoutAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         values = read_common_values(self, parameters, context)
-        n_samples = self.parameterAsInt(parameters, N_SAMPLES, context)
+        n_samples = self.parameterAsInt(parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None
         return run_processor(
             "MCDropoutInferenceProcessor", {"n_samples": n_samples}, values, context, feedback
         )

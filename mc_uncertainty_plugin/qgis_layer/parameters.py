@@ -58,6 +58,7 @@ __all__ = [
     "add_common_parameters",
     "CommonValues",
     "read_common_values",
+    "given",
 ]
 
 INPUT = "INPUT"
@@ -330,6 +331,11 @@ class CommonValues:
     processor_kwargs: dict[str, Any]
 
 
+def given(parameters: dict[str, Any], key: str) -> bool:
+    """Whether the caller gave ``key`` (the Toolbox gives all; qgis_process and processing.run may not)."""
+    return parameters.get(key) not in (None, "")
+
+
 def read_common_values(
     algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
 ) -> CommonValues:
@@ -369,6 +375,14 @@ def read_common_values(
         "device": read_enum(algorithm, parameters, DEVICE, context),
         "bands": tuple(bands) if bands else None,
     }
+    # Left out (qgis_process, processing.run): the model config's inference_processor section decides, then
+    # the built-in default. The Toolbox dialog always passes every value.
+    config_keys = {UNCERTAINTY_MODE: "uncertainty_mode", NUM_CLASSES: "num_classes", MODEL_INPUT_SHAPE: "model_input_shape",
+                   STEP_SHAPE: "step_shape", TILE_WEIGHT: "tile_weight", TTA_MODE: "tta_mode", SEED: "seed",
+                   BATCH_SIZE: "batch_size", DEVICE: "device"}
+    for key, name in config_keys.items():
+        if not given(parameters, key):
+            processor_kwargs[name] = None
     return CommonValues(
         input_path=layer.source(),
         model_path=model_path,

@@ -165,8 +165,8 @@ def test_aux_and_torchvision_outputs_use_the_mask(tmp_path, output):
     plain = Heads("plain")
     other = Heads(output)
     other.load_state_dict(plain.state_dict())
-    a = MultiClassInferenceProcessor(plain, model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "a.tif"))
-    b = MultiClassInferenceProcessor(other, model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "b.tif"))
+    a = MultiClassInferenceProcessor(plain, tta_mode="none", model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "a.tif"))
+    b = MultiClassInferenceProcessor(other, tta_mode="none", model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "b.tif"))
     np.testing.assert_array_equal(read_raster(a["uncertainty"]), read_raster(b["uncertainty"]))
 
 

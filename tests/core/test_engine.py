@@ -30,6 +30,8 @@ def entropy(p, axis=0):
 
 
 def run(model, image, out, cls=MultiClassInferenceProcessor, **kwargs):
+    if cls is MultiClassInferenceProcessor:
+        kwargs.setdefault("tta_mode", "none")  # one deterministic pass
     paths = cls(model, **kwargs).process(image, out.parent, output_path=str(out))
     return read_raster(paths["segmentation"]), (read_raster(paths["uncertainty"]) if paths["uncertainty"] else None)
 
@@ -166,7 +168,7 @@ def test_the_default_uncertainty_name_and_directory(tmp_path, rgb_raster):
                                        output_uncertainty_dir=str(unc_dir))
     paths = proc.process(rgb_raster, str(out_dir))
     assert paths == {"segmentation": str(out_dir / "scene.tif"), "uncertainty": str(unc_dir / "scene_mc_uncertainty.tif")}
-    tta = MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32)
+    tta = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32)
     assert tta.process(rgb_raster, str(out_dir))["uncertainty"] == str(out_dir / "scene_uncertainty.tif")
 
 
@@ -263,7 +265,7 @@ def test_progress_is_monotonic_and_ends_at_100(tmp_path, rgb_raster):
 def test_class_names_and_colours_are_written(tmp_path, rgb_raster):
     model = LoadedModel(ConstantLogits([0.0, 1.0, 0.0]), class_names=("soil", "roof", "water"),
                         class_colors=("#000000", "#e41a1c", "#377eb8"), in_channels=3)
-    paths = MultiClassInferenceProcessor(model, model_input_shape=32, step_shape=32).process(rgb_raster, str(tmp_path))
+    paths = MultiClassInferenceProcessor(model, tta_mode="none", model_input_shape=32, step_shape=32).process(rgb_raster, str(tmp_path))
     # (GDAL 3.6's Python GetCategoryNames misses names kept in the .aux.xml; gdal.Info reads them)
     assert gdal.Info(paths["segmentation"], format="json")["bands"][0]["categories"][:3] == ["soil", "roof", "water"]
     ds = gdal.Open(paths["segmentation"])  # keep the dataset alive while its band is used
@@ -292,7 +294,7 @@ def test_bad_parameters_are_named_and_nothing_is_written(tmp_path, rgb_raster, k
 
 def test_output_equal_to_input_is_refused(tmp_path, rgb_raster):
     with pytest.raises(ParameterError, match="OUTPUT"):
-        MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32).process(
+        MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
             rgb_raster, output_path=rgb_raster)
 
 
@@ -300,7 +302,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, rgb_raster):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ParameterError, match="DEVICE"):
-        MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32, device="cuda").process(
+        MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32, device="cuda").process(
             rgb_raster, str(tmp_path))
 
 

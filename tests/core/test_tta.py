@@ -115,3 +115,12 @@ def test_each_augmentation_gets_its_own_dropout_masks(tmp_path):
     np.testing.assert_allclose(read_raster(none["uncertainty"]), 0.0, atol=1e-6)  # T = 1, K = 1: MI is 0
     b = MCDropoutInferenceProcessor(model, tta_mode="flip", **kwargs).process(image, output_path=str(tmp_path / "b.tif"))
     np.testing.assert_array_equal(read_raster(a["uncertainty"]), read_raster(b["uncertainty"]))
+
+
+def test_multiclass_processor_defaults_to_d4_and_config_can_change_it(tmp_path):
+    net = torch.nn.Conv2d(3, 2, 1)
+    assert MultiClassInferenceProcessor(net).config.tta_mode == "d4"
+    model = LoadedModel(net, in_channels=3, inference_defaults={"tta_mode": "flip"})
+    assert MultiClassInferenceProcessor(model).config.tta_mode == "flip"
+    assert MultiClassInferenceProcessor(model, tta_mode="none").config.tta_mode == "none"
+    assert MCDropoutInferenceProcessor(torch.nn.Sequential(net, torch.nn.Dropout2d(0.1))).config.tta_mode == "none"

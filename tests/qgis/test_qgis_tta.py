@@ -59,3 +59,25 @@ def test_mc_dropout_with_tta_reports_progress_over_all_passes(run_mc_dropout: An
     assert values == sorted(values)
     assert len(set(values)) >= 2 * 12
     assert sorted(set(values))[-2] == pytest.approx(99, abs=1.5)  # the passes account for the whole run
+
+
+def test_values_left_out_come_from_the_configs_inference_processor(mc_plugin: Any, raster_path: str, data_dir: Path,
+                                                                   torchscript_model: str, tmp_path: Path) -> None:
+    import shutil
+
+    import processing
+
+    model = tmp_path / "model.pt"
+    shutil.copy(torchscript_model, model)
+    (tmp_path / "model.yaml").write_text(
+        "inference_processor:\n  n_samples: 2\n  uncertainty_mode: mutual_information\n  model_input_shape: [64, 64]\n"
+        "  step_shape: 64\n  seed: 7\n", encoding="utf-8")
+    results = processing.run("mc_uncertainty:mc_dropout",
+                             {"INPUT": raster_path, "MODEL": str(model), "OUTPUT": str(tmp_path / "c.tif")})
+    dataset = gdal.Open(results["OUTPUT_UNCERTAINTY"])
+    meta = dataset.GetMetadata()
+    assert (meta["MC_N_SAMPLES"], meta["MC_UNCERTAINTY_MODE"], meta["MC_TILE"], meta["MC_STEP"], meta["MC_SEED"]) == (
+        "2", "mutual_information", "64,64", "64,64", "7")
+    explicit = processing.run("mc_uncertainty:mc_dropout", {"INPUT": raster_path, "MODEL": str(model), "N_SAMPLES": 3,
+                                                            "MODEL_INPUT_SHAPE": "64", "OUTPUT": str(tmp_path / "e.tif")})
+    assert gdal.Open(explicit["OUTPUT_UNCERTAINTY"]).GetMetadataItem("MC_N_SAMPLES") == "3"
