@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -99,6 +100,22 @@ def _check_output(path: str, parameter: str, input_path: str) -> str:
     return path
 
 
+def _check_free_space(paths: Sequence[str], width: int, height: int) -> None:
+    """Refuse to start when the output folder cannot hold the outputs (uncompressed size + overviews)."""
+    per_pixel = {0: 1, 1: 4}  # class raster uint8, uncertainty float32
+    needed: dict[str, float] = {}
+    for index, path in enumerate(paths):
+        folder = os.path.dirname(path)
+        needed[folder] = needed.get(folder, 0.0) + width * height * per_pixel[min(index, 1)] * 4 / 3
+    for folder, size in needed.items():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise ParameterError(
+                "OUTPUT", folder, f"have room for the outputs: about {size / 2**20:.0f} MiB needed, "
+                f"{free / 2**20:.0f} MiB free"
+            )
+
+
 def _probe_classes(model: LoadedModel, device: torch.device, bands: int, tile: tuple[int, int]) -> int:
     """Output channels of the network on one zero tile (also checks that the tile shape is accepted)."""
     x = torch.zeros((1, bands) + tuple(tile), device=device)
@@ -131,6 +148,7 @@ def run_inference(
     progress: ProgressCallback | None = None,
     is_cancelled: CancelCallback | None = None,
     log: LogCallback | None = None,
+    warn: LogCallback | None = None,
 ) -> RunResult:
     """Run the configured inference over ``input_path`` and write the outputs.
 
@@ -144,6 +162,13 @@ def run_inference(
         LOGGER.info(message)
         if log is not None:
             log(message)
+
+    def caution(message: str) -> None:
+        LOGGER.warning(message)
+        if warn is not None:
+            warn(message)
+        elif log is not None:
+            log(f"Warning: {message}")
 
     reader = RasterReader(input_path)
     in_channels = model.in_channels
@@ -179,6 +204,17 @@ def run_inference(
         uncertainty_path = _check_output(uncertainty_path, "OUTPUT_UNCERTAINTY", input_path)
         if uncertainty_path == segmentation_path:
             raise ParameterError("OUTPUT_UNCERTAINTY", uncertainty_path, "differ from OUTPUT")
+
+    _check_free_space([segmentation_path] + ([uncertainty_path] if uncertainty_path else []), reader.width, reader.height)
+    if not reader.projection:
+        caution(f"INPUT '{input_path}' has no CRS: the outputs have none either.")
+    value_range = reader.approximate_range()
+    scale = model.normalization.max_pixel_value
+    if value_range is not None and (value_range[1] > 1.5 * scale or value_range[0] < -0.5 * scale):
+        caution(
+            f"INPUT values span about {value_range[0]:g}..{value_range[1]:g} but the normalization expects "
+            f"0..{scale:g} (max_pixel_value); check the model config's normalization for this imagery."
+        )
 
     layers = find_dropout_layers(model.module) if config.mc_dropout else []
     transforms = transforms_for(config.tta_mode)

@@ -32,6 +32,7 @@ from .dropout import DropoutLayer
 __all__ = ["PrefixCache", "PrefixCacheError"]
 
 _SIMPLE = (int, float, str, bool, type(None))
+_INSTALL_LOCK = threading.Lock()  # patching forward is check-then-set: one run at a time
 
 
 class PrefixCacheError(RuntimeError):
@@ -119,16 +120,18 @@ class PrefixCache:
 
     # -- installation ---------------------------------------------------------------------------------------
     def __enter__(self) -> "PrefixCache":
-        for name, module in self.modules:
-            if "forward" in module.__dict__:
-                continue  # already patched by someone else: leave it alone
-            module.forward = self._wrap(name, module.forward)  # type: ignore[method-assign]
-            self._installed.append(module)
+        with _INSTALL_LOCK:
+            for name, module in self.modules:
+                if "forward" in module.__dict__:
+                    continue  # patched by a concurrent run (or the user): its wrapper passes our calls through
+                module.forward = self._wrap(name, module.forward)  # type: ignore[method-assign]
+                self._installed.append(module)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for module in self._installed:
-            del module.forward
+        with _INSTALL_LOCK:
+            for module in self._installed:
+                module.__dict__.pop("forward", None)
         self._installed = []
         self.clear()
 

@@ -70,6 +70,7 @@ class _InferenceProcessor:
         progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> dict[str, str | None]:
         """Run over one raster.
 
@@ -81,6 +82,7 @@ class _InferenceProcessor:
             progress: receives 0..100.
             is_cancelled: polled between passes.
             log: receives one-line messages.
+            warn: receives warnings (no CRS, values outside the normalisation); default: ``log``.
 
         Returns:
             ``{"segmentation": path, "uncertainty": path or None}``.
@@ -96,7 +98,7 @@ class _InferenceProcessor:
         result = run_inference(
             self.model, self.config, os.fspath(image_path), output_path,
             uncertainty_path if self.config.export_uncertainty_map else None,
-            progress=progress, is_cancelled=is_cancelled, log=log,
+            progress=progress, is_cancelled=is_cancelled, log=log, warn=warn,
         )
         self.last_result = result
         return {"segmentation": result.segmentation, "uncertainty": result.uncertainty}

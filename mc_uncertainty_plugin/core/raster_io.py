@@ -7,8 +7,10 @@ cancel never leaves a file at the destination that looks complete.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
+import re
 import uuid
 from typing import Sequence
 
@@ -18,10 +20,40 @@ from osgeo import gdal
 from .errors import ParameterError, RasterIOError
 from .tiling import Window
 
-__all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX"]
+__all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX", "remove_stale_partials"]
 
 PARTIAL_SUFFIX = ".partial"
 _GDAL_TYPES = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.float32): gdal.GDT_Float32}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Delete temporaries of ``path`` left by runs that died (``kill -9``, power loss); returns what went.
+
+    A temporary is ``.{name}.{pid}-{id}.partial`` (plus ``.aux.xml``); it is stale when process ``pid`` is gone.
+    Temporaries of runs still alive (another run writing the same file) are kept.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    removed = []
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + r"(\.aux\.xml)?$")
+    for candidate in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*{PARTIAL_SUFFIX}*")):
+        match = pattern.match(os.path.basename(candidate))
+        if match and not _process_alive(int(match.group(1))):
+            try:
+                os.remove(candidate)
+                removed.append(candidate)
+            except OSError:
+                pass
+    return removed
 
 
 class RasterReader:
@@ -53,6 +85,7 @@ class RasterReader:
             if not 1 <= band <= self.band_count:
                 raise ParameterError("BANDS", list(self.bands), f"list bands in 1..{self.band_count} of INPUT")
         self.geotransform = dataset.GetGeoTransform(can_return_null=True)
+        self.data_types = [gdal.GetDataTypeName(dataset.GetRasterBand(b).DataType) for b in self.bands]
         self.projection = dataset.GetProjection() or ""
         self._mask_plan = [self._plan_mask(dataset.GetRasterBand(b)) for b in self.bands]
 
@@ -64,6 +97,21 @@ class RasterReader:
         if flags & gdal.GMF_NODATA:
             return "nodata", band.GetNoDataValue()
         return "maskband", None
+
+    def approximate_range(self) -> tuple[float, float] | None:
+        """Approximate (min, max) over the selected bands (GDAL's sampled statistics); None if unknown."""
+        lows, highs = [], []
+        for band_number in self.bands:
+            band = self._dataset.GetRasterBand(band_number)
+            try:
+                values = band.ComputeRasterMinMax(True)
+            except RuntimeError:
+                return None
+            if values is None:
+                return None
+            lows.append(values[0])
+            highs.append(values[1])
+        return (min(lows), max(highs)) if lows else None
 
     def select_bands(self, bands: Sequence[int]) -> "RasterReader":
         """This reader restricted to ``bands`` (1-based)."""
@@ -134,7 +182,7 @@ class GeoTiffWriter:
     ) -> None:
         self.path = os.path.abspath(path)
         folder, name = os.path.split(self.path)
-        self.temp_path = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+        self.temp_path = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
         self.dtype = np.dtype(dtype)
         self.width, self.height = width, height
         self._resampling = overview_resampling
@@ -172,6 +220,7 @@ class GeoTiffWriter:
         self._pending_row = 0
         self._pending_col = 0
         self.done = False
+        self.stale_removed = remove_stale_partials(self.path)
 
     # -- writing -------------------------------------------------------------------------------------------
     def write(self, row: int, col: int, block: np.ndarray) -> None:

@@ -1,0 +1,278 @@
+"""Bad inputs, odd inputs, crashes, cancels and concurrent runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from osgeo import gdal
+
+from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
+from mc_uncertainty_plugin.core import (
+    LoadedModel,
+    MCDropoutInferenceProcessor,
+    McUncertaintyError,
+    MultiClassInferenceProcessor,
+    Normalization,
+    ParameterError,
+)
+from mc_uncertainty_plugin.core.merger import CLASS_NODATA
+from mc_uncertainty_plugin.core.raster_io import PARTIAL_SUFFIX, GeoTiffWriter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def outputs_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_kill_9_leaves_nothing_that_looks_complete_and_the_next_run_cleans_up(tmp_path):
+    image = write_geotiff(tmp_path / "in.tif", random_image((256, 256)))
+    out = tmp_path / "out"
+    out.mkdir()
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor
+        class Slow(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 2, 1)
+                self.drop = torch.nn.Dropout2d(0.3)
+            def forward(self, x):
+                time.sleep(0.2)
+                return self.drop(self.conv(x))
+        MCDropoutInferenceProcessor(Slow(), n_samples=5, model_input_shape=32, step_shape=32, batch_size=1).process(
+            {image!r}, output_path={str(out / "classes.tif")!r})
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(PARTIAL_SUFFIX in name for name in outputs_in(out)):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert child.poll() is None, "the run ended before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    names = outputs_in(out)
+    assert "classes.tif" not in names and "classes_mc_uncertainty.tif" not in names
+    assert names and all(name.startswith(".") and PARTIAL_SUFFIX in name for name in names)
+    # the next run writes the outputs and removes the dead run's temporaries
+    MCDropoutInferenceProcessor(SmallConvNet(in_channels=3, p=0.2), n_samples=2, model_input_shape=64,
+                                step_shape=64).process(image, output_path=str(out / "classes.tif"))
+    assert outputs_in(out) == ["classes.tif", "classes_mc_uncertainty.tif"]
+
+
+def test_temporaries_of_a_live_run_are_kept(tmp_path):
+    live = tmp_path / f".classes.tif.{os.getpid()}-abc123{PARTIAL_SUFFIX}"
+    live.write_bytes(b"x")
+    writer = GeoTiffWriter(str(tmp_path / "classes.tif"), 10, 10, np.uint8, 255, None, "")
+    writer.abort()
+    assert live.exists()
+
+
+def test_not_enough_disk_space_is_refused_before_writing(tmp_path, rgb_raster, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ParameterError, match=r"OUTPUT must have room for the outputs: about .* MiB needed"):
+        MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32).process(
+            rgb_raster, str(out))
+    assert outputs_in(out) == []
+
+
+def test_outputs_over_4_gb_are_bigtiff(tmp_path):
+    writer = GeoTiffWriter(str(tmp_path / "huge.tif"), 60000, 60000, np.float32, -1.0, None, "")
+    try:
+        writer._dataset.FlushCache()
+        with open(writer.temp_path, "rb") as handle:
+            header = handle.read(4)
+        assert header[:2] == b"II" and header[2] == 43  # BigTIFF magic number
+    finally:
+        writer.abort()
+    assert outputs_in(tmp_path) == []
+
+
+def test_raster_without_crs_warns_and_outputs_have_none(tmp_path):
+    image = write_geotiff(tmp_path / "in.tif", random_image((40, 40)), epsg=None, geotransform=None)
+    warnings_seen = []
+    paths = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
+        image, output_path=str(tmp_path / "o.tif"), warn=warnings_seen.append)
+    assert any("has no CRS" in w for w in warnings_seen)
+    for path in paths.values():
+        dataset = gdal.Open(path)
+        assert dataset.GetProjection() == ""
+
+
+def test_16_bit_imagery_outside_the_normalisation_warns(tmp_path):
+    data = (random_image((40, 40)).astype(np.uint16) * 40)  # up to ~10000, as 16-bit satellite data
+    image = write_geotiff(tmp_path / "in.tif", data)
+    seen = []
+    MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
+        image, output_path=str(tmp_path / "o.tif"), warn=seen.append)
+    assert any("normalization expects 0..255" in w for w in seen)
+    ok = LoadedModel(SmallConvNet(), normalization=Normalization((0.5,), (0.25,), 10000.0), in_channels=3)
+    seen.clear()
+    MultiClassInferenceProcessor(ok, tta_mode="none", model_input_shape=32, step_shape=32).process(
+        image, output_path=str(tmp_path / "p.tif"), warn=seen.append)
+    assert seen == []
+
+
+def test_alpha_band_and_internal_mask_are_nodata(tmp_path):
+    rgba = random_image((40, 50), bands=4)
+    rgba[3] = 255
+    rgba[3, :10, :] = 0  # transparent rows
+    path = tmp_path / "rgba.tif"
+    write_geotiff(path, rgba)
+    dataset = gdal.Open(str(path), gdal.GA_Update)
+    dataset.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+    dataset = None
+    classes = read_raster(MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32,
+                                                       step_shape=32).process(str(path), output_path=str(tmp_path / "a.tif"))["segmentation"])
+    assert np.all(classes[:10] == CLASS_NODATA) and np.all(classes[10:] != CLASS_NODATA)
+
+    masked = tmp_path / "masked.tif"
+    gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")
+    try:
+        dataset = gdal.GetDriverByName("GTiff").Create(str(masked), 50, 40, 3, gdal.GDT_Byte)
+        dataset.WriteArray(random_image((40, 50)))
+        dataset.CreateMaskBand(gdal.GMF_PER_DATASET)
+        mask = np.full((40, 50), 255, np.uint8)
+        mask[:, :7] = 0
+        dataset.GetRasterBand(1).GetMaskBand().WriteArray(mask)
+        dataset = None
+    finally:
+        gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
+    classes = read_raster(MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32,
+                                                       step_shape=32).process(str(masked), output_path=str(tmp_path / "m.tif"))["segmentation"])
+    assert np.all(classes[:, :7] == CLASS_NODATA) and np.all(classes[:, 7:] != CLASS_NODATA)
+
+
+def test_vrt_input(tmp_path):
+    a = write_geotiff(tmp_path / "a.tif", random_image((40, 30), seed=1))
+    vrt = str(tmp_path / "mosaic.vrt")
+    gdal.BuildVRT(vrt, [a]).FlushCache()
+    direct = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=16).process(
+        a, output_path=str(tmp_path / "direct.tif"))
+    via_vrt = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=16).process(
+        vrt, output_path=str(tmp_path / "vrt.tif"))
+    np.testing.assert_array_equal(read_raster(direct["segmentation"]), read_raster(via_vrt["segmentation"]))
+
+
+def test_two_concurrent_runs_on_one_model_equal_sequential_runs(tmp_path, rgb_raster):
+    net = SmallConvNet(p=0.4).eval()
+    kwargs = dict(n_samples=4, model_input_shape=32, step_shape=16, uncertainty_mode="mutual_information", seed=2)
+    threads_before = torch.get_num_threads()
+    sequential = [MCDropoutInferenceProcessor(net, **kwargs).process(rgb_raster, output_path=str(tmp_path / f"s{i}.tif"))
+                  for i in range(2)]
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            results[i] = MCDropoutInferenceProcessor(net, **kwargs).process(rgb_raster, output_path=str(tmp_path / f"c{i}.tif"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    for i in range(2):
+        for key in ("segmentation", "uncertainty"):
+            np.testing.assert_allclose(read_raster(results[i][key]), read_raster(sequential[0][key]), atol=1e-6)
+    assert torch.get_num_threads() == threads_before
+
+
+# -- property-based: random parameters and rasters give valid outputs or one clean error ----------------------
+OUTCOMES = {"error": 0, "outputs": 0}
+TINY = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3),
+                           torch.nn.Conv2d(4, 3, 1)).eval()
+
+
+INVALID = {
+    "n_samples": st.integers(-2, 0),
+    "mode": st.just("bogus"),
+    "tta": st.just("x"),
+    "tile": st.one_of(st.integers(-2, 0), st.text(alphabet="ab,;x ", max_size=5)),
+    "step": st.one_of(st.integers(-1, 0), st.just(99), st.just("a")),
+    "batch": st.just(-1),
+}
+
+
+@st.composite
+def run_parameters(draw):
+    """Valid values for everything, then (two times in three) one parameter made invalid."""
+    params = {
+        "tile": draw(st.one_of(st.integers(8, 48), st.tuples(st.integers(4, 40), st.integers(4, 40)))),
+        "step": draw(st.integers(1, 8)),
+        "n_samples": draw(st.integers(1, 3)),
+        "mode": draw(st.sampled_from(["entropy", "mutual_information"])),
+        "tta": draw(st.sampled_from(["none", "flip", "d4"])),
+        "batch": draw(st.integers(0, 3)),
+    }
+    broken = draw(st.sampled_from([None, *INVALID]))
+    if broken is not None and draw(st.integers(0, 2)) > 0:
+        params[broken] = draw(INVALID[broken])
+    return params
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.integers(1, 40), width=st.integers(1, 40), bands=st.integers(1, 4),
+    dtype=st.sampled_from(["uint8", "uint16", "float32"]), holes=st.booleans(),
+    weight=st.sampled_from(["gaussian", "pyramid", "mean"]), params=run_parameters(),
+)
+def test_random_parameters_give_outputs_or_a_clean_error(tmp_path_factory, height, width, bands, dtype, holes,
+                                                         weight, params):
+    tile, step, n_samples, mode, tta, batch = (params[k] for k in ("tile", "step", "n_samples", "mode", "tta", "batch"))
+    folder = tmp_path_factory.mktemp("prop")
+    rng = np.random.default_rng(height * 100 + width)
+    data = rng.integers(0, 255, (bands, height, width)).astype(dtype)
+    if holes and dtype == "float32":
+        data[:, rng.integers(0, height), :] = np.nan
+    image = write_geotiff(folder / "in.tif", data)
+    out = folder / "out"
+    out.mkdir()
+    try:
+        proc = MCDropoutInferenceProcessor(TINY, n_samples=n_samples, uncertainty_mode=mode, tta_mode=tta,
+                                           tile_weight=weight, model_input_shape=tile, step_shape=step,
+                                           batch_size=batch, seed=1)
+        paths = proc.process(image, str(out))
+    except McUncertaintyError as error:
+        message = str(error)
+        assert "\n" not in message and len(message) < 600
+        assert any(key in message for key in ("INPUT", "BANDS", "N_SAMPLES", "MODEL_INPUT_SHAPE", "STEP_SHAPE",
+                                              "UNCERTAINTY_MODE", "TTA_MODE", "BATCH_SIZE", "MODEL")), message
+        assert outputs_in(out) == []
+        OUTCOMES["error"] += 1
+        return
+    OUTCOMES["outputs"] += 1
+    assert outputs_in(out) == ["in.tif", "in_mc_uncertainty.tif"]
+    classes, unc = read_raster(paths["segmentation"]), read_raster(paths["uncertainty"])
+    assert classes.shape == (height, width)
+    valid = classes != CLASS_NODATA
+    assert np.all(classes[valid] < 3)
+    assert np.all((unc[valid] >= 0) & (unc[valid] <= np.log(3) + 1e-5)) and np.all(unc[~valid] == -1.0)
+
+
+def test_the_property_test_saw_both_outcomes():
+    """Runs after the property test (file order): both branches must have been exercised."""
+    if OUTCOMES["error"] + OUTCOMES["outputs"] == 0:
+        pytest.skip("the property test did not run in this session")
+    assert OUTCOMES["error"] >= 3 and OUTCOMES["outputs"] >= 3, OUTCOMES
