@@ -19,7 +19,7 @@ __all__ = [
     "parse_shape",
 ]
 
-UNCERTAINTY_MODES = ("entropy", "mutual_information")
+UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "variation_ratio")
 TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
 TTA_MODES = ("none", "flip", "d4")
 DEVICES = ("auto", "cpu", "cuda")
@@ -86,7 +86,8 @@ class InferenceConfig:
         n_samples: T, stochastic passes per tile and augmentation (``N_SAMPLES``). 1 for plain TTA.
         mc_dropout: keep dropout sampling during inference (MC dropout) or run the model deterministically.
         tta_mode: ``none``, ``flip`` or ``d4`` (``TTA_MODE``).
-        uncertainty_mode: ``entropy`` or ``mutual_information`` (``UNCERTAINTY_MODE``).
+        uncertainty_mode: ``entropy``, ``mutual_information``, ``expected_entropy`` or ``variation_ratio``
+            (``UNCERTAINTY_MODE``).
         export_uncertainty_map: write the uncertainty raster (``EXPORT_UNCERTAINTY_MAP``).
         num_classes: expected number of classes; ``None``/0 takes the model's output channels (``NUM_CLASSES``).
         model_input_shape: tile (H, W) (``MODEL_INPUT_SHAPE``).
@@ -159,5 +160,10 @@ class InferenceConfig:
 
     @property
     def uncertainty_needs_expected_entropy(self) -> bool:
-        """True when the merge must also blend mean_t H[p_t] (mutual information)."""
-        return self.export_uncertainty_map and self.uncertainty_mode == "mutual_information"
+        """True when the merge must also blend mean_t H[p_t] (mutual information, expected entropy)."""
+        return self.export_uncertainty_map and self.uncertainty_mode in ("mutual_information", "expected_entropy")
+
+    @property
+    def uncertainty_needs_votes(self) -> bool:
+        """True when the merge must also blend the per-class vote shares (variation ratio)."""
+        return self.export_uncertainty_map and self.uncertainty_mode == "variation_ratio"

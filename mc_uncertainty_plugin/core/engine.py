@@ -29,6 +29,7 @@ from .raster_io import GeoTiffWriter, RasterReader
 from .sampler import EnsembleSampler, select_segmentation_output
 from .tiling import TileGrid, tile_weight_map
 from .transforms import transforms_for
+from .uncertainty import uncertainty_maximum
 
 __all__ = ["RunResult", "run_inference", "resolve_device", "auto_batch_size", "UNCERTAINTY_DESCRIPTIONS"]
 
@@ -36,6 +37,8 @@ LOGGER = logging.getLogger("mc_uncertainty_plugin")
 UNCERTAINTY_DESCRIPTIONS = {
     "entropy": "predictive entropy H[mean p] (nats)",
     "mutual_information": "mutual information / BALD (nats)",
+    "expected_entropy": "expected entropy mean H[p] (aleatoric, nats)",
+    "variation_ratio": "variation ratio 1 - modal vote share",
 }
 ProgressCallback = Callable[[float], None]
 CancelCallback = Callable[[], bool]
@@ -54,6 +57,7 @@ class RunResult:
     passes_per_window: int
     seconds: float
     execution_path: str = ""
+    confidence: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +149,7 @@ def run_inference(
     segmentation_path: str,
     uncertainty_path: str | None,
     *,
+    confidence_path: str | None = None,
     progress: ProgressCallback | None = None,
     is_cancelled: CancelCallback | None = None,
     log: LogCallback | None = None,
@@ -204,8 +209,12 @@ def run_inference(
         uncertainty_path = _check_output(uncertainty_path, "OUTPUT_UNCERTAINTY", input_path)
         if uncertainty_path == segmentation_path:
             raise ParameterError("OUTPUT_UNCERTAINTY", uncertainty_path, "differ from OUTPUT")
+    if confidence_path is not None:
+        confidence_path = _check_output(confidence_path, "OUTPUT_CONFIDENCE", input_path)
+        if confidence_path in (segmentation_path, uncertainty_path):
+            raise ParameterError("OUTPUT_CONFIDENCE", confidence_path, "differ from OUTPUT and OUTPUT_UNCERTAINTY")
 
-    _check_free_space([segmentation_path] + ([uncertainty_path] if uncertainty_path else []), reader.width, reader.height)
+    _check_free_space([p for p in (segmentation_path, uncertainty_path, confidence_path) if p], reader.width, reader.height)
     if not reader.projection:
         caution(f"INPUT '{input_path}' has no CRS: the outputs have none either.")
     value_range = reader.approximate_range()
@@ -222,6 +231,7 @@ def run_inference(
         model.module, device, n_samples=config.n_samples, mc_dropout=config.mc_dropout,
         transforms=transforms, dropout_layers=layers, seed=config.seed,
         need_expected_entropy=config.uncertainty_needs_expected_entropy, cache_prefix=config.cache_prefix,
+        need_votes=config.uncertainty_needs_votes,
     )
     grid = TileGrid((reader.height, reader.width), tile, config.step_shape)
     weights = tile_weight_map(config.tile_weight, tile)[: grid.window_height, : grid.window_width]
@@ -264,10 +274,18 @@ def run_inference(
                 uncertainty_path, dtype=np.float32, nodata=UNCERTAINTY_NODATA,
                 description=UNCERTAINTY_DESCRIPTIONS[config.uncertainty_mode],
                 metadata={**metadata, "MC_UNCERTAINTY_MODE": config.uncertainty_mode,
-                          "MC_UNCERTAINTY_MAX": f"{math.log(num_classes):.6f}"},
+                          "MC_UNCERTAINTY_MAX": f"{uncertainty_maximum(config.uncertainty_mode, num_classes):.6f}"},
                 overview_resampling="AVERAGE", **common,
             )
             writers.append(uncertainty_writer)
+        confidence_writer = None
+        if confidence_path is not None:
+            confidence_writer = GeoTiffWriter(
+                confidence_path, dtype=np.float32, nodata=UNCERTAINTY_NODATA,
+                description="confidence max_c mean p (calibration)", metadata=metadata,
+                overview_resampling="AVERAGE", **common,
+            )
+            writers.append(confidence_writer)
 
         def emit(rows: FinishedRows | None) -> None:
             if rows is None:
@@ -275,6 +293,8 @@ def run_inference(
             class_writer.write(rows.row, rows.col, rows.classes)
             if uncertainty_writer is not None and rows.uncertainty is not None:
                 uncertainty_writer.write(rows.row, rows.col, rows.uncertainty)
+            if confidence_writer is not None and rows.confidence is not None:
+                confidence_writer.write(rows.row, rows.col, rows.confidence)
 
         done = 0
 
@@ -292,7 +312,8 @@ def run_inference(
         mode = config.uncertainty_mode if uncertainty_writer is not None else None
         skipped = 0
         for panel in panels:
-            merger = StreamingMerger(num_classes, reader.height, panel, grid.window_height, mode)
+            merger = StreamingMerger(num_classes, reader.height, panel, grid.window_height, mode,
+                                     with_confidence=confidence_writer is not None)
             for i in range(len(grid.row_starts)):
                 windows = grid.windows_in_row(i, panel)
                 for first in range(0, len(windows), batch_size):
@@ -309,15 +330,16 @@ def run_inference(
                         valids.append(valid)
                     if not chunk:
                         continue
-                    mean_probs, expected = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
-                                                   lambda n=len(chunk): advance(n))
+                    reduced = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
+                                      lambda n=len(chunk): advance(n))
                     for b, window in enumerate(chunk):
                         h, w = window.height, window.width
                         merger.aggregate(
                             window,
-                            mean_probs[b, :, :h, :w],
-                            expected[b, :h, :w] if expected is not None else None,
+                            reduced.mean_probs[b, :, :h, :w],
+                            reduced.expected_entropy[b, :h, :w] if reduced.expected_entropy is not None else None,
                             weights * valids[b][:h, :w],
+                            reduced.votes[b, :, :h, :w] if reduced.votes is not None else None,
                         )
                 next_row = grid.row_starts[i + 1] if i + 1 < len(grid.row_starts) else reader.height
                 emit(merger.pop_rows(next_row))
@@ -339,7 +361,7 @@ def run_inference(
         progress(100.0)
     seconds = time.perf_counter() - started
     say(f"Execution: {sampler.execution_path}.")
-    say(f"Done in {seconds:.1f} s ({skipped} nodata window(s) skipped): {segmentation_path}"
-        + (f", {uncertainty_path}" if uncertainty_path else ""))
+    say(f"Done in {seconds:.1f} s ({skipped} nodata window(s) skipped): "
+        + ", ".join(p for p in (segmentation_path, uncertainty_path, confidence_path) if p))
     return RunResult(segmentation_path, uncertainty_path, num_classes, device.type, total_windows,
-                     sampler.passes_per_tile, seconds, sampler.execution_path)
+                     sampler.passes_per_tile, seconds, sampler.execution_path, confidence_path)

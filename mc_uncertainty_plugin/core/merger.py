@@ -28,13 +28,14 @@ class FinishedRows:
     col: int
     classes: np.ndarray  # (h, w) uint8, CLASS_NODATA where no valid input
     uncertainty: np.ndarray | None  # (h, w) float32, UNCERTAINTY_NODATA where no valid input
+    confidence: np.ndarray | None = None  # (h, w) float32 max_c p̄_c, UNCERTAINTY_NODATA where no valid input
 
 
 class StreamingMerger:
     """Weighted blend of tile outputs over columns ``[col0, col1)`` of a raster ``height`` rows tall.
 
-    Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_e = Σ_k w_k E_k`` (when MI is exported) and
-    ``S_w = Σ_k w_k``, where ``w_k`` is the tile weight at the pixel, zeroed where the input is nodata. A pixel
+    Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_e = Σ_k w_k E_k`` (for MI and expected
+    entropy), ``S_v = Σ_k w_k v_k`` (vote shares, for the variation ratio) and ``S_w = Σ_k w_k``, where ``w_k`` is the tile weight at the pixel, zeroed where the input is nodata. A pixel
     with ``S_w = 0`` is nodata in both outputs.
 
     Args:
@@ -42,7 +43,8 @@ class StreamingMerger:
         height: raster height.
         col_range: ``(col0, col1)``, the panel's columns.
         buffer_rows: rows kept in memory; at least the tile height.
-        uncertainty_mode: ``entropy``, ``mutual_information`` or ``None`` (no uncertainty output).
+        uncertainty_mode: a mode of :mod:`.uncertainty`, or ``None`` (no uncertainty output).
+        with_confidence: also hand out ``max_c p̄_c``.
     """
 
     def __init__(
@@ -52,18 +54,24 @@ class StreamingMerger:
         col_range: tuple[int, int],
         buffer_rows: int,
         uncertainty_mode: str | None,
+        with_confidence: bool = False,
     ) -> None:
         self.num_classes = num_classes
         self.height = height
         self.col0, self.col1 = col_range
         self.uncertainty_mode = uncertainty_mode
+        self.with_confidence = with_confidence
         self.top = 0  # first row not yet handed out
         rows = min(buffer_rows, height)
         cols = self.col1 - self.col0
         self._probs = np.zeros((num_classes, rows, cols), dtype=np.float32)
         self._weights = np.zeros((rows, cols), dtype=np.float32)
         self._expected = (
-            np.zeros((rows, cols), dtype=np.float32) if uncertainty_mode == "mutual_information" else None
+            np.zeros((rows, cols), dtype=np.float32)
+            if uncertainty_mode in ("mutual_information", "expected_entropy") else None
+        )
+        self._votes = (
+            np.zeros((num_classes, rows, cols), dtype=np.float32) if uncertainty_mode == "variation_ratio" else None
         )
 
     def aggregate(
@@ -72,6 +80,7 @@ class StreamingMerger:
         mean_probs: np.ndarray,
         expected_entropy: np.ndarray | None,
         weights: np.ndarray,
+        votes: np.ndarray | None = None,
     ) -> None:
         """Add one window's output.
 
@@ -80,6 +89,7 @@ class StreamingMerger:
             mean_probs: ``(C, h, w) float32`` per-tile p̄, already cropped to the window size.
             expected_entropy: ``(h, w) float32`` per-tile mean_t H[p_t], or ``None`` if not needed.
             weights: ``(h, w) float32`` tile weight times input validity (0 on nodata).
+            votes: ``(C, h, w) float32`` per-tile vote shares, or ``None`` if not needed.
         """
         r0 = window.row - self.top
         if r0 < 0:
@@ -98,6 +108,8 @@ class StreamingMerger:
         self._probs[:, rows, dst] += mean_probs[:, :, src] * w
         if self._expected is not None and expected_entropy is not None:
             self._expected[rows, dst] += expected_entropy[:, src] * w
+        if self._votes is not None and votes is not None:
+            self._votes[:, rows, dst] += votes[:, :, src] * w
 
     def pop_rows(self, until_row: int) -> FinishedRows | None:
         """Finish rows ``[top, until_row)`` (no later window may touch them) and release their memory."""
@@ -116,10 +128,15 @@ class StreamingMerger:
         uncertainty = None
         if self.uncertainty_mode is not None:
             expected = self._expected[:count] / safe if self._expected is not None else None
-            uncertainty = uncertainty_from_accumulators(probs, expected, self.uncertainty_mode)
+            votes = self._votes[:, :count] / safe if self._votes is not None else None
+            uncertainty = uncertainty_from_accumulators(probs, expected, self.uncertainty_mode, votes)
             uncertainty[~valid] = UNCERTAINTY_NODATA
-        finished = FinishedRows(self.top, self.col0, classes, uncertainty)
-        for buffer in (self._probs, self._weights, self._expected):
+        confidence = None
+        if self.with_confidence:
+            confidence = probs.max(axis=0).astype(np.float32)
+            confidence[~valid] = UNCERTAINTY_NODATA
+        finished = FinishedRows(self.top, self.col0, classes, uncertainty, confidence)
+        for buffer in (self._probs, self._weights, self._expected, self._votes):
             if buffer is None:
                 continue
             axis = buffer.ndim - 2

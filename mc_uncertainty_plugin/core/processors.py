@@ -67,6 +67,7 @@ class _InferenceProcessor:
         *,
         output_path: str | None = None,
         uncertainty_path: str | None = None,
+        confidence_path: str | None = None,
         progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
@@ -79,13 +80,14 @@ class _InferenceProcessor:
             output_dir: folder for ``{stem}.tif`` (and the uncertainty file unless ``output_uncertainty_dir``).
             output_path: explicit class raster path (overrides ``output_dir``).
             uncertainty_path: explicit uncertainty path; default ``{output stem}{suffix}.tif`` beside it.
+            confidence_path: where to write ``max_c p̄_c`` (float32, for calibration); None writes none.
             progress: receives 0..100.
             is_cancelled: polled between passes.
             log: receives one-line messages.
             warn: receives warnings (no CRS, values outside the normalisation); default: ``log``.
 
         Returns:
-            ``{"segmentation": path, "uncertainty": path or None}``.
+            ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"`` when written.
         """
         if output_path is None:
             if output_dir is None:
@@ -98,10 +100,14 @@ class _InferenceProcessor:
         result = run_inference(
             self.model, self.config, os.fspath(image_path), output_path,
             uncertainty_path if self.config.export_uncertainty_map else None,
+            confidence_path=os.fspath(confidence_path) if confidence_path else None,
             progress=progress, is_cancelled=is_cancelled, log=log, warn=warn,
         )
         self.last_result = result
-        return {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
+        paths = {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
+        if result.confidence:
+            paths["confidence"] = result.confidence
+        return paths
 
 
 _CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig) if f.name != "extra"}

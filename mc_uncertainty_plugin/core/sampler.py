@@ -12,7 +12,7 @@ that of one pass whatever ``T x K``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,15 @@ from .errors import InferenceCancelled, ModelLoadError
 from .prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
-__all__ = ["EnsembleSampler", "logits_to_probs", "select_segmentation_output"]
+__all__ = ["EnsembleSampler", "TileAccumulators", "logits_to_probs", "select_segmentation_output"]
+
+
+class TileAccumulators(NamedTuple):
+    """Per-tile reductions of the ``N = T x K`` passes of a batch (numpy, float32)."""
+
+    mean_probs: np.ndarray  # (B, C, H, W): p̄ = (1/N) Σ p_n
+    expected_entropy: np.ndarray | None  # (B, H, W): (1/N) Σ H[p_n]
+    votes: np.ndarray | None  # (B, C, H, W): (1/N) Σ 1[argmax p_n = c]
 
 
 def select_segmentation_output(output: Any) -> torch.Tensor:
@@ -74,7 +82,8 @@ class EnsembleSampler:
         transforms: the K test-time transforms (identity only when TTA is off).
         dropout_layers: active dropout layers of ``module``.
         seed: base seed of the dropout masks.
-        need_expected_entropy: also accumulate ``mean H[p_{k,t}]`` (for mutual information).
+        need_expected_entropy: also accumulate ``mean H[p_{k,t}]`` (mutual information, expected entropy).
+        need_votes: also accumulate the vote shares of the classes (variation ratio).
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class EnsembleSampler:
         seed: int,
         need_expected_entropy: bool,
         cache_prefix: bool = True,
+        need_votes: bool = False,
     ) -> None:
         self.module = module
         self.device = device
@@ -98,6 +108,7 @@ class EnsembleSampler:
         self.n_samples = n_samples if self.layers else 1
         self.seed = seed
         self.need_expected_entropy = need_expected_entropy
+        self.need_votes = need_votes
         self.scripted = any(layer.scripted for layer in self.layers)
         self.prefix_cache: PrefixCache | None = None
         self.cache_status = "off"
@@ -173,7 +184,7 @@ class EnsembleSampler:
         tile_keys: Sequence[tuple[int, int]],
         is_cancelled: Callable[[], bool] | None = None,
         on_pass: Callable[[], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    ) -> TileAccumulators:
         """Accumulate the passes of one batch.
 
         Args:
@@ -183,11 +194,12 @@ class EnsembleSampler:
             on_pass: called after every pass (progress).
 
         Returns:
-            ``p̄`` ``(B, C, H, W) float32`` and ``mean_{k,t} H[p_{k,t}]`` ``(B, H, W) float32`` (or None).
+            :class:`TileAccumulators`: ``p̄``, ``mean H[p]`` (or None) and vote shares (or None).
         """
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         prob_sum: torch.Tensor | None = None
         entropy_sum: torch.Tensor | None = None
+        vote_sum: torch.Tensor | None = None
         hooks = MCDropoutHooks(self.layers, self.seed) if self.layers and not self.scripted else None
         scripted_mode = ScriptedDropoutMode(self.layers) if self.scripted else None
         cache = self.prefix_cache if self.cache_status in ("unverified", "on") else None
@@ -214,6 +226,9 @@ class EnsembleSampler:
                     if self.need_expected_entropy:
                         h = _entropy(probs)
                         entropy_sum = h if entropy_sum is None else entropy_sum + h
+                    if self.need_votes:
+                        vote = F.one_hot(probs.argmax(dim=1), probs.shape[1]).permute(0, 3, 1, 2).float()
+                        vote_sum = vote if vote_sum is None else vote_sum + vote
                     if on_pass is not None:
                         on_pass()
                 if cache is not None:
@@ -222,4 +237,5 @@ class EnsembleSampler:
         assert prob_sum is not None
         mean_probs = (prob_sum / count).cpu().numpy()
         expected = (entropy_sum / count).cpu().numpy() if entropy_sum is not None else None
-        return mean_probs, expected
+        votes = (vote_sum / count).cpu().numpy() if vote_sum is not None else None
+        return TileAccumulators(mean_probs, expected, votes)

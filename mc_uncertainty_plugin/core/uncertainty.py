@@ -6,10 +6,15 @@ Notation: ``p_t(c|x)`` is the softmax of stochastic pass ``t = 1..T`` (dropout m
 - predictive entropy: ``H[p̄]`` — total uncertainty (aleatoric + epistemic).
 - mutual information (BALD): ``MI = H[p̄] - (1/T) Σ_t H[p_t]`` — epistemic part, the samples' disagreement.
   ``MI >= 0`` because ``H`` is concave (Jensen); it is clipped at 0 against float rounding.
+- expected entropy: ``(1/T) Σ_t H[p_t]`` — the aleatoric part (``H[p̄] = MI + expected entropy``).
+- variation ratio: ``1 - max_c v_c`` with ``v_c = (1/T) Σ_t 1[argmax p_t = c]``, the share of samples that do
+  not vote for the modal class; in ``[0, 1 - 1/C]``.
+- confidence: ``max_c p̄_c`` (for calibration), in ``[1/C, 1]``.
 
 Blending over overlapping tiles (see :mod:`.merger`) keeps these *linear* accumulators per pixel,
 ``Σ_k w_k p̄_k`` and ``Σ_k w_k E_k`` with ``E_k = (1/T) Σ_t H[p_{k,t}]``, normalised by ``Σ_k w_k``. Entropy
-and MI are then computed from the blended ``p̄`` and ``E``: the blend is itself the predictive mean of a
+and MI are then computed from the blended ``p̄`` and ``E`` (and the variation ratio from the blended vote
+shares ``Σ_k w_k v_k / Σ_k w_k``): the blend is itself the predictive mean of a
 mixture over tiles and samples, so the class map (argmax of blended ``p̄``) and the uncertainty describe the
 same distribution, and MI stays in ``[0, ln C]``.
 """
@@ -23,7 +28,22 @@ __all__ = [
     "predictive_entropy",
     "mutual_information",
     "uncertainty_from_accumulators",
+    "variation_ratio",
+    "uncertainty_maximum",
 ]
+
+
+def uncertainty_maximum(mode: str, num_classes: int) -> float:
+    """Largest possible value of a mode: ``ln C`` for the entropies and MI, ``1 - 1/C`` for the variation ratio."""
+    return 1.0 - 1.0 / num_classes if mode == "variation_ratio" else float(np.log(num_classes))
+
+
+def variation_ratio(sample_probs: np.ndarray) -> np.ndarray:
+    """``1 - max_c (1/T) Σ_t 1[argmax p_t = c]`` for ``(T, C, ...)`` sample probabilities; ``(...)`` float32."""
+    sample_probs = np.asarray(sample_probs)
+    votes = np.argmax(sample_probs, axis=1)
+    shares = np.stack([(votes == c).mean(axis=0) for c in range(sample_probs.shape[1])])
+    return (1.0 - shares.max(axis=0)).astype(np.float32)
 
 
 def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -57,24 +77,35 @@ def mutual_information(sample_probs: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_from_accumulators(
-    mean_probs: np.ndarray, expected_entropy: np.ndarray | None, mode: str
+    mean_probs: np.ndarray, expected_entropy: np.ndarray | None, mode: str, votes: np.ndarray | None = None
 ) -> np.ndarray:
     """Uncertainty from blended accumulators (already divided by the weight sum).
 
     Args:
         mean_probs: blended ``p̄``, ``(C, H, W)``.
-        expected_entropy: blended ``(1/T) Σ_t H[p_t]``, ``(H, W)``; needed for ``mutual_information``.
-        mode: ``entropy`` -> ``H[p̄]``; ``mutual_information`` -> ``H[p̄] - E``, clipped to ``[0, ln C]``.
+        expected_entropy: blended ``(1/T) Σ_t H[p_t]``, ``(H, W)``; for ``mutual_information`` and
+            ``expected_entropy``.
+        mode: ``entropy`` -> ``H[p̄]``; ``mutual_information`` -> ``H[p̄] - E``, clipped to ``[0, ln C]``;
+            ``expected_entropy`` -> ``E``; ``variation_ratio`` -> ``1 - max_c v_c``.
+        votes: blended vote shares ``v``, ``(C, H, W)``; for ``variation_ratio``.
 
     Returns:
         ``(H, W) float32``.
     """
+    num_classes = mean_probs.shape[0]
+    if mode == "expected_entropy":
+        if expected_entropy is None:
+            raise ValueError("expected_entropy needs the blended expected entropy.")
+        return np.clip(expected_entropy, 0.0, np.log(num_classes)).astype(np.float32)
+    if mode == "variation_ratio":
+        if votes is None:
+            raise ValueError("variation_ratio needs the blended vote shares.")
+        return np.clip(1.0 - votes.max(axis=0), 0.0, 1.0 - 1.0 / num_classes).astype(np.float32)
     total = entropy(mean_probs, axis=0)
     if mode == "entropy":
         return total
     if mode == "mutual_information":
         if expected_entropy is None:
             raise ValueError("mutual_information needs the blended expected entropy.")
-        num_classes = mean_probs.shape[0]
         return np.clip(total - expected_entropy, 0.0, np.log(num_classes)).astype(np.float32)
     raise ValueError(f"unknown uncertainty mode {mode!r}.")

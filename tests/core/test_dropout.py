@@ -58,7 +58,7 @@ def test_every_sample_is_one_enumerated_mask_and_masks_occur_with_their_probabil
     counts = np.zeros(len(outcomes))
     draws = 1500
     for key in range(draws):
-        probs, _ = sampler(as_tile(PIXELS), [(key, 0)])
+        probs, _, _ = sampler(as_tile(PIXELS), [(key, 0)])
         sample = probs[0, :, 0, :].T  # (P, C)
         distances = [np.abs(sample - softmax).max() for _, softmax in outcomes]
         best = int(np.argmin(distances))
@@ -163,13 +163,38 @@ def test_torchscript_dropout_is_found_and_sampled(tmp_path):
                               need_expected_entropy=False)
     seen = set()
     for key in range(40):
-        probs, _ = sampler(as_tile(PIXELS), [(key, 0)])
+        probs, _, _ = sampler(as_tile(PIXELS), [(key, 0)])
         sample = probs[0, :, 0, :].T
         distances = [np.abs(sample - s).max() for _, s in outcomes]
         assert min(distances) < 1e-5
         seen.add(int(np.argmin(distances)))
     assert len(seen) > 3
     assert not scripted.dropout.training  # flags restored
-    again, _ = sampler(as_tile(PIXELS), [(5, 0)])
-    first, _ = sampler(as_tile(PIXELS), [(5, 0)])
+    again, _, _ = sampler(as_tile(PIXELS), [(5, 0)])
+    first, _, _ = sampler(as_tile(PIXELS), [(5, 0)])
     np.testing.assert_array_equal(again, first)
+
+
+def test_variation_ratio_expected_entropy_and_confidence_against_the_enumeration(tmp_path):
+    net = PerPixelDropoutNet(p=0.5, seed=3).eval()
+    outcomes = enumerate_masks(net, PIXELS)
+    classes = outcomes[0][1].shape[1]
+    exact_mean = sum(prob * s for prob, s in outcomes)
+    vote_share = sum(prob * np.eye(classes)[s.argmax(axis=1)] for prob, s in outcomes)  # (P, C)
+    exact_vr = 1 - vote_share.max(axis=1)
+    exact_expected_entropy = sum(prob * entropy_np(s) for prob, s in outcomes)
+    image = write_geotiff(tmp_path / "pixels.tif", as_tile(PIXELS)[0])
+    model = LoadedModel(net, normalization=IDENTITY, in_channels=2)
+    n = 1000
+    got = {}
+    for mode in ("variation_ratio", "expected_entropy"):
+        paths = MCDropoutInferenceProcessor(model, n_samples=n, uncertainty_mode=mode, model_input_shape=(1, 4),
+                                            step_shape=(1, 4), seed=11).process(
+            image, output_path=str(tmp_path / f"{mode}.tif"), confidence_path=str(tmp_path / f"{mode}_conf.tif"))
+        got[mode] = read_raster(paths["uncertainty"])[0]
+        confidence = read_raster(paths["confidence"])[0]
+    # binomial / bounded-variable standard errors, 5 sigma
+    assert np.all(np.abs(got["variation_ratio"] - exact_vr) < 5 * 0.5 / math.sqrt(n))
+    assert np.all(np.abs(got["expected_entropy"] - exact_expected_entropy) < 5 * math.log(classes) / math.sqrt(n))
+    assert np.all(np.abs(confidence - exact_mean.max(axis=1)) < 5 * 0.5 / math.sqrt(n))
+    assert exact_vr.max() > 0.1  # the check is not vacuous

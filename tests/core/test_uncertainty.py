@@ -10,6 +10,8 @@ from mc_uncertainty_plugin.core.uncertainty import (
     mutual_information,
     predictive_entropy,
     uncertainty_from_accumulators,
+    uncertainty_maximum,
+    variation_ratio,
 )
 
 
@@ -64,3 +66,31 @@ def test_accumulator_form_matches_sample_form():
         uncertainty_from_accumulators(mean, expected_entropy, "mutual_information"), mutual_information(probs), atol=1e-6
     )
     np.testing.assert_allclose(uncertainty_from_accumulators(mean, None, "entropy"), predictive_entropy(probs), atol=1e-6)
+
+
+def test_variation_ratio_known_answers():
+    # 4 samples, 3 classes, one pixel: votes 0, 0, 1, 2 -> modal share 2/4 -> 0.5
+    logits = np.array([[5, 0, 0], [4, 1, 0], [0, 3, 0], [0, 0, 2]], dtype=np.float32)[:, :, None]
+    np.testing.assert_allclose(variation_ratio(logits), [0.5])
+    unanimous = np.array([[0.2, 0.7, 0.1]] * 5, dtype=np.float32)[:, :, None]
+    np.testing.assert_allclose(variation_ratio(unanimous), [0.0])
+
+
+def test_expected_entropy_is_entropy_minus_mutual_information():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(7, 3, 4)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    mean = probs.mean(axis=0)
+    expected = np.mean([entropy(p) for p in probs], axis=0)
+    np.testing.assert_allclose(uncertainty_from_accumulators(mean, expected, "expected_entropy"), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        uncertainty_from_accumulators(mean, expected, "expected_entropy")
+        + uncertainty_from_accumulators(mean, expected, "mutual_information"),
+        uncertainty_from_accumulators(mean, None, "entropy"), atol=1e-6)
+    votes = np.stack([(probs.argmax(axis=1) == c).mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(uncertainty_from_accumulators(mean, None, "variation_ratio", votes), variation_ratio(probs))
+
+
+def test_maximum_per_mode():
+    assert uncertainty_maximum("entropy", 5) == pytest.approx(math.log(5))
+    assert uncertainty_maximum("variation_ratio", 4) == pytest.approx(0.75)
