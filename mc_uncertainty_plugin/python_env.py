@@ -30,6 +30,8 @@ __all__ = [
     "torch_available",
     "ensure_torch",
     "missing_torch_message",
+    "missing_model_modules",
+    "missing_modules_message",
 ]
 
 ENV_VAR = "MC_UNCERTAINTY_PYTHON_ENV"
@@ -39,6 +41,8 @@ INSTALL_COMMAND = "pip install torch==2.14.1 torchvision==0.29.1 segmentation-mo
 REQUIRED_MODULES = ("torch",)
 # Needed for YAML (SMP) models only; looked up in the environment too, but not imported here (slow).
 COMPANION_MODULES = ("segmentation_models_pytorch",)
+# pip distribution of each importable module a model config may need.
+DISTRIBUTIONS = {"segmentation_models_pytorch": "segmentation-models-pytorch==0.6.0"}
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -168,3 +172,48 @@ def missing_torch_message(plugin_dir: Path | None = None) -> str:
         "or run `make install` in the plugin's repository."
     )
     return " ".join(lines)
+
+
+def _module_found(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_model_modules(model_path: str | os.PathLike[str]) -> list[str]:
+    """Modules a model config YAML needs that this interpreter cannot import (after :func:`ensure_torch`).
+
+    A YAML whose ``model._target_`` starts with ``segmentation_models_pytorch.`` needs that package; TorchScript
+    files and unreadable configs need nothing here (the core reports unreadable configs itself).
+    """
+    if Path(model_path).suffix.lower() not in (".yaml", ".yml"):
+        return []
+    try:
+        import yaml
+
+        with open(model_path, encoding="utf-8") as stream:
+            config = yaml.safe_load(stream)
+        target = config["model"]["_target_"]
+    except Exception:  # noqa: BLE001 - any unreadable config is the core's to report
+        return []
+    if not isinstance(target, str):
+        return []
+    return [name for name in COMPANION_MODULES if target.startswith(name + ".") and not _module_found(name)]
+
+
+def missing_modules_message(modules: list[str], plugin_dir: Path | None = None) -> str:
+    """A one-paragraph explanation that ``modules`` (e.g. segmentation_models_pytorch) are missing, and how to
+    install them where torch was found."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    packages = " ".join(DISTRIBUTIONS.get(name, name) for name in modules)
+    environments = configured_environments(plugin_dir)
+    where = (
+        f"into the environment that provides torch ({environments[0][1]!r}, from {environments[0][0]})"
+        if environments else f"into QGIS's Python {version}"
+    )
+    return (
+        f"MC Uncertainty: this model config needs {', '.join(modules)}, which QGIS's Python {version} cannot "
+        f"import (torch itself was found). Install it {where}: pip install {packages} "
+        f"(all requirements: {INSTALL_COMMAND}), or run `make install` in the plugin's repository."
+    )

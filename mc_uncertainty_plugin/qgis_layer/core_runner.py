@@ -1,13 +1,15 @@
 """The one call from a Processing algorithm into the core, shared by all algorithms.
 
 Finds torch (see :mod:`mc_uncertainty_plugin.python_env`), imports the core only then, wires ``feedback`` into
-the core's callbacks, turns the core's errors into ``QgsProcessingException`` with the same one-line message,
-and arranges loading and styling of the uncertainty raster in the Toolbox.
+the core's callbacks (two weighted stages: loading the model, inference with an ETA in the log), turns the core's
+errors into ``QgsProcessingException`` with the same one-line message, and arranges loading, naming, grouping
+and styling of both outputs when the Toolbox loads them.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any, Callable
 
@@ -20,9 +22,14 @@ from qgis.core import (
 
 from .. import python_env
 from .parameters import OUTPUT, OUTPUT_UNCERTAINTY, CommonValues, tr
-from .styling import UncertaintyLayerStyler, uncertainty_maximum
+from .progress import EtaLog, StagedFeedback, format_seconds
+from .result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, result_names
+from .styling import uncertainty_mode
 
-__all__ = ["require_torch", "run_processor"]
+__all__ = ["require_torch", "require_dependencies", "run_processor"]
+
+# Share of the progress bar: loading a model takes seconds, inference up to hours.
+_STAGES = (("Loading the model", 3.0), ("Inference (tiles x passes)", 97.0))
 
 
 def require_torch() -> None:
@@ -35,10 +42,23 @@ def require_torch() -> None:
         raise QgsProcessingException(python_env.missing_torch_message())
 
 
+def require_dependencies(model_path: str) -> None:
+    """torch, and segmentation-models-pytorch when the model config needs it, or the install instructions.
+
+    Raises:
+        QgsProcessingException: a needed package cannot be imported even from the configured environment.
+    """
+    require_torch()
+    missing = python_env.missing_model_modules(model_path)
+    if missing:
+        raise QgsProcessingException(python_env.missing_modules_message(missing))
+
+
 def run_processor(
     processor_name: str,
     processor_kwargs: dict[str, Any],
     values: CommonValues,
+    method: Method,
     context: QgsProcessingContext,
     feedback: QgsProcessingFeedback,
 ) -> dict[str, str | None]:
@@ -48,6 +68,7 @@ def run_processor(
         processor_name: class exported by ``mc_uncertainty_plugin.core``, e.g. ``"MCDropoutInferenceProcessor"``.
         processor_kwargs: its algorithm-specific keyword arguments (added to ``values.processor_kwargs``).
         values: the parameters read by :func:`~.parameters.read_common_values`.
+        method: names the result layers and their group (:data:`~.result_layers.MC_DROPOUT`, ``TTA``).
         context: the Processing context (layers to load on completion).
         feedback: progress, cancellation and log.
 
@@ -57,13 +78,15 @@ def run_processor(
     Raises:
         QgsProcessingException: torch is missing, a parameter is bad, the run failed or was cancelled.
     """
-    require_torch()
+    require_dependencies(values.model_path)
     from .. import core  # imports torch
     from ..core.errors import McUncertaintyError
 
     processor_class: Callable[..., Any] = getattr(core, processor_name)
-    log: Callable[[str], None] = feedback.pushInfo
+    stages = StagedFeedback(feedback, _STAGES)
+    started = time.monotonic()
     try:
+        stages.start(0)
         model = core.load_model(values.model_path, checkpoint=values.checkpoint_path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -71,35 +94,52 @@ def run_processor(
         for warning in caught:
             if issubclass(warning.category, UserWarning):
                 feedback.pushWarning(str(warning.message))
+        loaded = time.monotonic()
+        feedback.pushInfo(f"Model loaded in {format_seconds(loaded - started)}: {os.path.basename(values.model_path)}.")
+        stages.start(1)
         paths = processor.process(
             values.input_path,
             os.path.dirname(values.output_path),
             output_path=values.output_path,
             uncertainty_path=values.uncertainty_path,
-            progress=feedback.setProgress,
+            progress=EtaLog(stages.set_progress, feedback.pushInfo),
             is_cancelled=feedback.isCanceled,
-            log=log,
+            log=feedback.pushInfo,
+            warn=feedback.pushWarning,
         )
     except McUncertaintyError as error:
         raise QgsProcessingException(str(error)) from None
+    stages.set_progress(100.0)
+    finished = time.monotonic()
+    feedback.pushInfo(
+        f"Total {format_seconds(finished - started)}: model {format_seconds(loaded - started)}, "
+        f"inference and writing {format_seconds(finished - loaded)}."
+    )
 
     segmentation_path = paths["segmentation"]
     uncertainty_path = paths.get("uncertainty")
-    if uncertainty_path:
-        _load_and_style_uncertainty(uncertainty_path, values, segmentation_path, context)
+    _arrange_result_layers(segmentation_path, uncertainty_path, values, method, context)
     return {OUTPUT: segmentation_path, OUTPUT_UNCERTAINTY: uncertainty_path}
 
 
-def _load_and_style_uncertainty(
-    uncertainty_path: str, values: CommonValues, segmentation_path: str, context: QgsProcessingContext
+def _arrange_result_layers(
+    segmentation_path: str,
+    uncertainty_path: str | None,
+    values: CommonValues,
+    method: Method,
+    context: QgsProcessingContext,
 ) -> None:
-    """Load a default-path uncertainty raster with the class raster, and style it when it is loaded."""
-    if values.uncertainty_path is None and context.willLoadLayerOnCompletion(segmentation_path):
+    """When the class raster is loaded on completion (Toolbox, batch, runAndLoadResults): load a default-path
+    uncertainty raster with it, and give both outputs a post-processor that styles, names and groups them."""
+    names = result_names(values.input_name, method, uncertainty_mode(uncertainty_path) if uncertainty_path else None)
+    group = ResultGroup.new(names.group)
+    if (uncertainty_path and values.uncertainty_path is None and context.willLoadLayerOnCompletion(segmentation_path)
+            and not context.willLoadLayerOnCompletion(uncertainty_path)):
+        project = context.layerToLoadOnCompletionDetails(segmentation_path).project or context.project()
         details = QgsProcessingContext.LayerDetails(
-            tr("Uncertainty raster"), context.project(), OUTPUT_UNCERTAINTY, QgsProcessingUtils.LayerHint.Raster
+            tr("Uncertainty raster"), project, OUTPUT_UNCERTAINTY, QgsProcessingUtils.LayerHint.Raster
         )
         context.addLayerToLoadOnCompletion(uncertainty_path, details)
-    if context.willLoadLayerOnCompletion(uncertainty_path):
-        num_classes = values.processor_kwargs.get("num_classes")
-        styler = UncertaintyLayerStyler.create(uncertainty_path, uncertainty_maximum(uncertainty_path, num_classes))
-        context.layerToLoadOnCompletionDetails(uncertainty_path).setPostProcessor(styler)
+    ResultLayerPostProcessor.attach(context, segmentation_path, CLASSES, names.classes, group)
+    if uncertainty_path:
+        ResultLayerPostProcessor.attach(context, uncertainty_path, UNCERTAINTY, names.uncertainty, group)

@@ -10,6 +10,7 @@ from qgis.PyQt.QtGui import QIcon
 from .core_runner import run_processor
 from .parameters import N_SAMPLES, add_common_parameters, given, read_common_values, tr
 from .provider_icon import plugin_icon
+from .result_layers import MC_DROPOUT
 
 __all__ = ["McDropoutAlgorithm"]
 
@@ -22,14 +23,29 @@ _HELP = "\n".join((
     "their spread gives the uncertainty:",
     "• entropy: H[p̄] = −Σc p̄c ln p̄c, the total uncertainty;",
     "• mutual_information (BALD): H[p̄] − mean over t of H[pt], the disagreement between the samples "
-    "(epistemic uncertainty).",
-    "Both lie in [0, ln C] for C classes: low = confident, high = uncertain. The model must contain dropout (for "
-    "SMP models set decoder_dropout in the config); without it all passes agree, the uncertainty is 0 and a "
-    "warning is shown. The raster is processed in overlapping tiles (MODEL_INPUT_SHAPE, STEP_SHAPE) blended with "
+    "(epistemic uncertainty);",
+    "• expected_entropy: mean over t of H[pt], the noise each sample sees (aleatoric uncertainty);",
+    "• variation_ratio: 1 − the share of the T samples that vote for the most voted class.",
+    "The entropies lie in [0, ln C] for C classes, the variation ratio in [0, 1 − 1/C]: low = confident, "
+    "high = uncertain. The model must contain dropout (for "
+    "SMP models set decoder_dropout in the config); without it all passes agree (mutual information and "
+    "variation ratio are 0, entropy is that of one pass) and a warning is shown. The raster is processed in overlapping tiles (MODEL_INPUT_SHAPE, STEP_SHAPE) blended with "
     "TILE_WEIGHT; run time grows linearly with N_SAMPLES, and with the 4 (flip) or 8 (d4) transforms of TTA_MODE.",
+    "Choosing N_SAMPLES (cost relative to one standard pass; less when the dropout sits near the head, since "
+    "the part of the network before the first dropout runs once per tile): 5 ≈ 5×, a coarse estimate; "
+    "10 ≈ 10×, good for most uses (default); 30 ≈ 30×, a high-quality estimate; 50 and more, diminishing "
+    "returns. The class map converges sooner (10–20 samples).",
+    "Which models work: SMP models with decoder_dropout > 0 in the config ✓ (also Unet & co., which get a "
+    "Dropout2d before the head); SMP models without decoder_dropout: degenerate, all samples identical, "
+    "mutual information 0 (a warning is shown); a custom UNet with Dropout2d ✓; HRNet-OCR ✓ (internal Dropout2d); "
+    "evidential (EDL) models: not recommended (two uncertainty sources with conflicting meanings); mixture of "
+    "experts: risky (router noise and dropout interact); detection and multi-head models (e.g. PolygonMapper): "
+    "out of scope.",
     "Outputs: OUTPUT, a uint8 class raster (255 = nodata), and OUTPUT_UNCERTAINTY, a float32 raster which, left "
     "empty, is written beside OUTPUT with _mc_uncertainty added to its name (classes.tif: "
-    "classes_mc_uncertainty.tif). Both have the input's grid and CRS.",
+    "classes_mc_uncertainty.tif). Both have the input's grid and CRS. In the Toolbox both are loaded in one "
+    "group named after the input: the uncertainty in viridis from 0 to its maximum (ln C), the classes with the config's "
+    "class names and colours. \"Run as Batch Process…\" runs it on several rasters.",
     "Command line: qgis_process run mc_uncertainty:mc_dropout -- INPUT=image.tif MODEL=model.yaml "
     "CHECKPOINT=model.ckpt OUTPUT=classes.tif N_SAMPLES=10 UNCERTAINTY_MODE=entropy",
 ))
@@ -70,5 +86,5 @@ class McDropoutAlgorithm(QgsProcessingAlgorithm):
         values = read_common_values(self, parameters, context)
         n_samples = self.parameterAsInt(parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None
         return run_processor(
-            "MCDropoutInferenceProcessor", {"n_samples": n_samples}, values, context, feedback
+            "MCDropoutInferenceProcessor", {"n_samples": n_samples}, values, MC_DROPOUT, context, feedback
         )

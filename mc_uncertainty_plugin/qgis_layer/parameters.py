@@ -82,7 +82,7 @@ OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
 # The same choices as mc_uncertainty_plugin.core.config (not imported here: the core imports torch).
 # tests/qgis checks that both stay equal.
 TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
-UNCERTAINTY_MODES = ("entropy", "mutual_information")
+UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "variation_ratio")
 TTA_MODES = ("none", "flip", "d4")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -233,7 +233,7 @@ def add_common_parameters(
         QgsProcessingParameterNumber(NUM_CLASSES, tr("Number of classes (0 = from the model)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=255),
         "Expected number of classes C. 0 takes the model's output channels; a different value than the model's "
-        "is an error. The uncertainty lies in [0, ln C].",
+        "is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
     ))
     add(_with_help(
         QgsProcessingParameterString(MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"),
@@ -253,7 +253,9 @@ def add_common_parameters(
     add(_with_help(
         _enum(UNCERTAINTY_MODE, "Uncertainty measure", UNCERTAINTY_MODES, "entropy"),
         "entropy: predictive entropy of the mean prediction (total uncertainty). mutual_information: BALD, "
-        "the disagreement between the samples (epistemic only). Both lie in [0, ln C]. "
+        "the disagreement between the samples (epistemic only). expected_entropy: the mean entropy of the "
+        "samples (aleatoric only; entropy = mutual_information + expected_entropy). These three lie in [0, ln C]. "
+        "variation_ratio: 1 − the share of samples voting for the most voted class, in [0, 1 − 1/C]. "
         f"{_choices_help(UNCERTAINTY_MODES)}.",
     ))
     add(_with_help(
@@ -304,7 +306,7 @@ def add_common_parameters(
             optional=True,
             createByDefault=False,
         ),
-        "GeoTIFF, 1 band, float32 in [0, ln C] on the grid of the input. Left empty (in the Toolbox: "
+        "GeoTIFF, 1 band, float32 in [0, ln C] (variation_ratio: [0, 1 − 1/C]) on the grid of the input. Left empty (in the Toolbox: "
         f"'Skip output'), it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded "
         "with it; to write no uncertainty raster, uncheck EXPORT_UNCERTAINTY_MAP.",
     ))
@@ -316,6 +318,7 @@ class CommonValues:
 
     Attributes:
         input_path: GDAL source of INPUT.
+        input_name: INPUT's layer name (a file's stem when INPUT was a path), for the result layers' names.
         model_path: MODEL file.
         checkpoint_path: CHECKPOINT file, or None.
         output_path: OUTPUT file (temporary outputs already resolved).
@@ -324,6 +327,7 @@ class CommonValues:
     """
 
     input_path: str
+    input_name: str
     model_path: str
     checkpoint_path: str | None
     output_path: str
@@ -385,6 +389,7 @@ def read_common_values(
             processor_kwargs[name] = None
     return CommonValues(
         input_path=layer.source(),
+        input_name=layer.name(),
         model_path=model_path,
         checkpoint_path=checkpoint_path,
         output_path=output_path,

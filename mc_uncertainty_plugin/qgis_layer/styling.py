@@ -1,30 +1,71 @@
-"""Style the uncertainty raster when the Toolbox loads it: singleband pseudocolor, viridis, 0 .. ln C."""
+"""Renderers for the two outputs, read from the files themselves.
+
+- Uncertainty raster: singleband pseudocolor, viridis, from 0 to the measure's maximum, ``MC_UNCERTAINTY_MAX``
+  written by the core (ln C for the entropies and mutual information, 1 − 1/C for the variation ratio).
+- Class raster: paletted, one entry per class 0 .. C-1 with the config's ``class_names`` / ``class_colors``
+  (the core writes them as GDAL category names and colour table), a fixed qualitative palette otherwise;
+  the nodata value 255 is no class and stays transparent.
+
+Nothing here touches a project: these functions take a layer and set its renderer. They are used by the
+Processing post-processors (:mod:`.result_layers`), the task (:mod:`.task`) and ``resources/tools/make_styles.py``.
+"""
 
 from __future__ import annotations
 
+import colorsys
 import math
+from dataclasses import dataclass
 
 from osgeo import gdal
 from qgis.core import (
     QgsColorRampShader,
     QgsGradientColorRamp,
     QgsGradientStop,
-    QgsMapLayer,
-    QgsProcessingContext,
-    QgsProcessingFeedback,
-    QgsProcessingLayerPostProcessorInterface,
+    QgsPalettedRasterRenderer,
     QgsRasterLayer,
+    QgsRasterRange,
     QgsRasterShader,
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
 )
 from qgis.PyQt.QtGui import QColor
 
-__all__ = ["viridis_ramp", "uncertainty_maximum", "style_uncertainty_layer", "UncertaintyLayerStyler"]
+__all__ = [
+    "CLASS_NODATA",
+    "DEFAULT_CLASS_COLORS",
+    "ClassLegend",
+    "viridis_ramp",
+    "uncertainty_maximum",
+    "uncertainty_mode",
+    "read_class_legend",
+    "default_class_color",
+    "style_uncertainty_layer",
+    "style_class_layer",
+]
 
+CLASS_NODATA = 255  # the core's class nodata value
 _VIRIDIS_STOPS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725")
-_MAXIMUM_KEY = "MC_UNCERTAINTY_MAX"  # written by the core: ln C
+# Colour-blind-friendly qualitative palette (matplotlib's tab10) for models whose config gives no class_colors.
+DEFAULT_CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                        "#bcbd22", "#17becf")
+_MAXIMUM_KEY = "MC_UNCERTAINTY_MAX"  # written by the core: ln C (1 - 1/C for variation_ratio)
 _CLASS_COUNT_KEY = "MC_NUM_CLASSES"
+_MODE_KEY = "MC_UNCERTAINTY_MODE"
+
+
+@dataclass(frozen=True)
+class ClassLegend:
+    """What a class raster says about its classes.
+
+    Attributes:
+        names: one label per class index 0 .. C-1 (the config's class_names, else ``"class i"``).
+        colors: one ``#rrggbb`` per class (the file's colour table, else :data:`DEFAULT_CLASS_COLORS`).
+        from_config: True when names or colours came from the file (i.e. from the model config).
+    """
+
+    names: tuple[str, ...]
+    colors: tuple[str, ...]
+    from_config: bool
 
 
 def viridis_ramp() -> QgsGradientColorRamp:
@@ -37,12 +78,15 @@ def viridis_ramp() -> QgsGradientColorRamp:
     return QgsGradientColorRamp(colors[0], colors[-1], False, stops)
 
 
+def _metadata(path: str) -> dict[str, str]:
+    dataset = gdal.Open(path)
+    return (dataset.GetMetadata() or {}) if dataset is not None else {}
+
+
 def uncertainty_maximum(uncertainty_path: str, num_classes: int | None = None) -> float | None:
-    """ln C for an uncertainty raster: from its metadata (``MC_UNCERTAINTY_MAX``, ``MC_NUM_CLASSES``), else from
-    ``num_classes``; None when unknown."""
-    dataset = gdal.Open(uncertainty_path)
-    metadata = (dataset.GetMetadata() or {}) if dataset is not None else {}
-    dataset = None
+    """Top of an uncertainty raster's scale: its ``MC_UNCERTAINTY_MAX`` metadata, else ln C from its
+    ``MC_NUM_CLASSES`` or from ``num_classes``; None when unknown."""
+    metadata = _metadata(uncertainty_path)
     try:
         return float(metadata[_MAXIMUM_KEY])
     except (KeyError, ValueError):
@@ -56,12 +100,59 @@ def uncertainty_maximum(uncertainty_path: str, num_classes: int | None = None) -
     return math.log(num_classes)
 
 
+def uncertainty_mode(uncertainty_path: str) -> str | None:
+    """The measure an uncertainty raster holds (``MC_UNCERTAINTY_MODE``: entropy, mutual_information), or None."""
+    return _metadata(uncertainty_path).get(_MODE_KEY) or None
+
+
+def default_class_color(index: int) -> str:
+    """Colour of class ``index`` when the config gives none: tab10, then evenly spread hues."""
+    if index < len(DEFAULT_CLASS_COLORS):
+        return DEFAULT_CLASS_COLORS[index]
+    hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps keep neighbours apart
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.9)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def read_class_legend(class_path: str, num_classes: int | None = None) -> ClassLegend:
+    """Names and colours of the classes of a class raster written by the core.
+
+    Args:
+        class_path: the class GeoTIFF (its ``MC_NUM_CLASSES`` metadata gives C).
+        num_classes: C when the file does not say it; else the largest of the file's category names, colour
+            table entries (not all 256 a GeoTIFF palette holds: only those below 255) and 1.
+    """
+    dataset = gdal.Open(class_path)
+    if dataset is None:
+        raise ValueError(f"class raster cannot be opened: {class_path!r}.")
+    # Metadata first: GDAL 3.6's GTiff driver loads the .aux.xml (where category names live) lazily, on a
+    # metadata read, and GetCategoryNames() alone returns None.
+    metadata = dataset.GetMetadata() or {}
+    band = dataset.GetRasterBand(1)
+    names = [str(n) for n in (band.GetCategoryNames() or [])]
+    table = band.GetColorTable()
+    try:
+        count = int(metadata[_CLASS_COUNT_KEY])
+    except (KeyError, ValueError):
+        count = num_classes or len(names) or 1
+    count = max(1, min(count, CLASS_NODATA))
+    colors = []
+    for index in range(count):
+        if table is not None and index < table.GetCount():
+            r, g, b, _alpha = table.GetColorEntry(index)
+            colors.append(f"#{r:02x}{g:02x}{b:02x}")
+        else:
+            colors.append(default_class_color(index))
+    labels = [names[i] if i < len(names) and names[i] else f"class {i}" for i in range(count)]
+    return ClassLegend(tuple(labels), tuple(colors), bool(names) or table is not None)
+
+
 def style_uncertainty_layer(layer: QgsRasterLayer, maximum: float | None) -> None:
     """Render band 1 of ``layer`` as singleband pseudocolor, viridis, from 0 to ``maximum``.
 
     Args:
         layer: the uncertainty raster.
-        maximum: top of the colour scale (ln C); None takes the band's maximum.
+        maximum: top of the colour scale (ln C for entropy); None takes the band's maximum.
     """
     if maximum is None or maximum <= 0:
         stats = layer.dataProvider().bandStatistics(1)
@@ -83,25 +174,19 @@ def style_uncertainty_layer(layer: QgsRasterLayer, maximum: float | None) -> Non
     layer.triggerRepaint()
 
 
-class UncertaintyLayerStyler(QgsProcessingLayerPostProcessorInterface):
-    """Post-processor that styles the loaded uncertainty layer (runs in the main thread).
-
-    One instance per output path is kept in a class-level dict: Processing holds only a C++ pointer to it.
-    """
-
-    _instances: dict[str, UncertaintyLayerStyler] = {}
-
-    def __init__(self, maximum: float | None) -> None:
-        super().__init__()
-        self.maximum = maximum
-
-    @classmethod
-    def create(cls, layer_id: str, maximum: float | None) -> UncertaintyLayerStyler:
-        """The styler kept alive for ``layer_id`` (the output path)."""
-        cls._instances[layer_id] = cls(maximum)
-        return cls._instances[layer_id]
-
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> None:  # noqa: N802
-        """Style ``layer`` when it is a raster layer."""
-        if isinstance(layer, QgsRasterLayer) and layer.isValid():
-            style_uncertainty_layer(layer, self.maximum)
+def style_class_layer(layer: QgsRasterLayer, legend: ClassLegend) -> None:
+    """Render band 1 of ``layer`` as a paletted raster: class i in ``legend.colors[i]``, labelled
+    ``legend.names[i]``; the nodata value 255 has no palette entry and is drawn transparent."""
+    provider = layer.dataProvider()
+    if provider.sourceHasNoDataValue(1):
+        provider.setUseSourceNoDataValue(1, True)
+    else:  # a class raster copied without its nodata: 255 is still no class
+        provider.setUserNoDataValue(1, [QgsRasterRange(CLASS_NODATA, CLASS_NODATA)])
+    classes = [
+        QgsPalettedRasterRenderer.Class(index, QColor(color), name)
+        for index, (name, color) in enumerate(zip(legend.names, legend.colors))
+    ]
+    renderer = QgsPalettedRasterRenderer(provider, 1, classes)
+    renderer.setNodataColor(QColor(0, 0, 0, 0))
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()

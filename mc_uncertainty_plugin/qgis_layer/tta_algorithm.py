@@ -10,6 +10,7 @@ from qgis.PyQt.QtGui import QIcon
 from .core_runner import run_processor
 from .parameters import TTA_HELP, add_common_parameters, read_common_values, tr
 from .provider_icon import plugin_icon
+from .result_layers import TTA
 
 __all__ = ["TtaAlgorithm"]
 
@@ -21,10 +22,13 @@ _HELP = "\n".join((
     "the input is flipped or rotated (lack of geometric invariance).",
     TTA_HELP,
     "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
-    "between transforms. Both lie in [0, ln C]. The model runs deterministically (dropout off); for dropout "
+    "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share. "
+    "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically (dropout off); for dropout "
     "sampling use MC Dropout segmentation, whose TTA_MODE combines both.",
     "Outputs: OUTPUT, a uint8 class raster (255 = nodata), and OUTPUT_UNCERTAINTY, a float32 raster which, left "
-    "empty, is written beside OUTPUT with _uncertainty added to its name (classes.tif: classes_uncertainty.tif).",
+    "empty, is written beside OUTPUT with _uncertainty added to its name (classes.tif: classes_uncertainty.tif). "
+    "In the Toolbox both are loaded in one group named after the input: the uncertainty in viridis from 0 to "
+    "ln C, the classes with the config's class names and colours.",
     "Command line: qgis_process run mc_uncertainty:tta -- INPUT=image.tif MODEL=model.yaml TTA_MODE=d4 "
     "OUTPUT=classes.tif",
 ))
@@ -63,4 +67,4 @@ class TtaAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         values = read_common_values(self, parameters, context)
-        return run_processor("MultiClassInferenceProcessor", {}, values, context, feedback)
+        return run_processor("MultiClassInferenceProcessor", {}, values, TTA, context, feedback)

@@ -84,6 +84,45 @@ def torchscript_model(data_dir: Path) -> str:
     return _save_torchscript(_conv_net(0.3), data_dir / "model.pt")
 
 
+class SlowNet(nn.Module):
+    """``Conv(3,16,1) - ReLU - repeats x [Conv(16,16,3) - ReLU] - Dropout2d(0.3) - Conv(16,3,1)``: enough work per
+    pass to keep a background task busy for seconds."""
+
+    def __init__(self, repeats: int) -> None:
+        super().__init__()
+        self.repeats = repeats
+        self.first = nn.Conv2d(3, 16, 1)
+        self.middle = nn.Conv2d(16, 16, 3, padding=1)
+        self.dropout = nn.Dropout2d(0.3)
+        self.last = nn.Conv2d(16, NUM_CLASSES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x))
+        for _ in range(self.repeats):
+            x = torch.relu(self.middle(x))
+        return self.last(self.dropout(x))
+
+
+@pytest.fixture(scope="session")
+def slow_model(data_dir: Path) -> str:
+    """TorchScript :class:`SlowNet` with 3 repeats (about 0.1 s per window and pass batch on 2 CPU cores)."""
+    torch.manual_seed(0)
+    return _save_torchscript(SlowNet(3), data_dir / "slow.pt")
+
+
+@pytest.fixture
+def clean_project() -> Any:
+    """QGIS's project, emptied (layers and layer tree: result groups too) before and after the test."""
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    project.removeAllMapLayers()
+    project.layerTreeRoot().removeAllChildren()
+    yield project
+    project.removeAllMapLayers()
+    project.layerTreeRoot().removeAllChildren()
+
+
 @pytest.fixture(scope="session")
 def no_dropout_model(data_dir: Path) -> str:
     """The same network without dropout (MC dropout must warn)."""

@@ -13,7 +13,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProject,
     QgsRasterLayer,
     QgsSingleBandPseudoColorRenderer,
 )
@@ -120,31 +119,28 @@ def test_cancelled_run_leaves_no_output(run_mc_dropout: Any, tmp_path: Path) -> 
 
 
 def test_toolbox_loads_and_styles_default_uncertainty(
-    mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path
+    mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path, clean_project: Any
 ) -> None:
     """As the Toolbox does: outputs loaded on completion; the default-path uncertainty layer comes too, styled."""
     import processing
 
-    project = QgsProject.instance()
+    project = clean_project
     output = str(tmp_path / "classes.tif")
     context = QgsProcessingContext()
     context.setProject(project)
-    try:
-        processing.runAndLoadResults(
-            "mc_uncertainty:mc_dropout",
-            {"INPUT": raster_path, "MODEL": torchscript_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
-             "N_SAMPLES": 2, "OUTPUT": output},
-            context=context,
-        )
-        layers = {Path(layer.source()).name: layer for layer in project.mapLayers().values()}
-        assert set(layers) == {"classes.tif", "classes_mc_uncertainty.tif"}
-        uncertainty = layers["classes_mc_uncertainty.tif"]
-        renderer = uncertainty.renderer()
-        assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
-        assert renderer.classificationMin() == pytest.approx(0)
-        assert renderer.classificationMax() == pytest.approx(LN3, abs=1e-5)
-    finally:
-        project.removeAllMapLayers()
+    processing.runAndLoadResults(
+        "mc_uncertainty:mc_dropout",
+        {"INPUT": raster_path, "MODEL": torchscript_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
+         "N_SAMPLES": 2, "OUTPUT": output},
+        context=context,
+    )
+    layers = {Path(layer.source()).name: layer for layer in project.mapLayers().values()}
+    assert set(layers) == {"classes.tif", "classes_mc_uncertainty.tif"}
+    uncertainty = layers["classes_mc_uncertainty.tif"]
+    renderer = uncertainty.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    assert renderer.classificationMin() == pytest.approx(0)
+    assert renderer.classificationMax() == pytest.approx(LN3, abs=1e-5)
 
 
 def test_style_uncertainty_layer_viridis(tmp_path: Path) -> None:
