@@ -13,8 +13,15 @@ from .errors import (
     ParameterError,
     RasterIOError,
 )
+from .evaluation import (
+    EvaluationConfig,
+    EvaluationResult,
+    ReferenceResampledWarning,
+    evaluate_uncertainty,
+)
 from .model_loading import LoadedModel, Normalization, load_model
 from .processors import MCDropoutInferenceProcessor, MultiClassInferenceProcessor, NoActiveDropoutWarning
+from .report import evaluate_to_files, write_evaluation_outputs
 from .uncertainty import entropy, mutual_information, predictive_entropy
 
 __all__ = [
@@ -28,6 +35,12 @@ __all__ = [
     "ModelLoadError",
     "ParameterError",
     "RasterIOError",
+    "EvaluationConfig",
+    "EvaluationResult",
+    "ReferenceResampledWarning",
+    "evaluate_uncertainty",
+    "evaluate_to_files",
+    "write_evaluation_outputs",
     "LoadedModel",
     "Normalization",
     "load_model",

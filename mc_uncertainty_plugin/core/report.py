@@ -1,7 +1,8 @@
 """Outputs of an evaluation (:mod:`.evaluation`): a summary PNG, a self-contained HTML report and a JSON file.
 
 Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure`` + the Agg canvas); pyplot and its
-global state are never used, so this is safe in a QGIS worker thread. Every file is written under a temporary
+global state are never used, so this is safe in a QGIS worker thread. matplotlib is imported only when a figure
+is drawn, so importing the core never needs it. Every file is written under a temporary
 name in its folder and renamed when complete.
 
 The summary figure has 2 x 3 panels: (a) reliability diagram, or a note when there is no confidence raster;
@@ -19,15 +20,12 @@ import json
 import math
 import os
 import uuid
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from .errors import RasterIOError
-from .evaluation import EvaluationResult
+from .errors import MissingDependencyError, RasterIOError
+from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
 
 __all__ = [
     "plot_reliability",
@@ -40,11 +38,31 @@ __all__ = [
     "figure_png",
     "html_report",
     "write_evaluation_outputs",
+    "evaluate_to_files",
 ]
 
 # matplotlib's tab10 (colour-blind friendly): blue = model / correct, orange = wrong / errors, grey = references.
 _BLUE, _ORANGE, _GREEN, _GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
 _HISTOGRAM_BARS = 64
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas (no pyplot)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependencyError(
+            "matplotlib is needed to draw the evaluation plots: install it (Debian: apt install python3-matplotlib; "
+            "pip: pip install matplotlib)."
+        ) from None
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -80,7 +98,8 @@ def plot_reliability(ax: Axes, result: EvaluationResult) -> None:
     ax.set_xlabel("confidence max p̄")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
-    ax.text(0.97, 0.05, f"ECE = {_fmt(cal.ece)}", ha="right", transform=ax.transAxes, fontsize=10)
+    ax.text(0.04, 0.72, f"ECE = {_fmt(cal.ece)}", transform=ax.transAxes, fontsize=10,
+            bbox={"facecolor": "white", "edgecolor": _GREY, "alpha": 0.9})
 
 
 def plot_risk_coverage(ax: Axes, result: EvaluationResult) -> None:
@@ -183,8 +202,7 @@ _PANELS: tuple[Callable[[Axes, EvaluationResult], None], ...] = (
 
 def summary_figure(result: EvaluationResult) -> Figure:
     """The 2 x 3 summary figure (see the module docstring), 15 x 9.4 inches."""
-    figure = Figure(figsize=(15, 9.4), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _new_figure(15, 9.4)
     axes = figure.subplots(2, 3)
     for ax, panel in zip(axes.ravel(), _PANELS):
         panel(ax, result)
@@ -200,8 +218,7 @@ def summary_figure(result: EvaluationResult) -> Figure:
 
 
 def _panel_figure(panel: Callable[[Axes, EvaluationResult], None], result: EvaluationResult) -> Figure:
-    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _new_figure(6.4, 4.6)
     ax = figure.subplots()
     panel(ax, result)
     ax.grid(alpha=0.25)
@@ -416,3 +433,27 @@ def write_evaluation_outputs(
     if html_path:
         written["html"] = _write_atomically(html_path, html_report(result, summary).encode("utf-8"))
     return written
+
+
+def evaluate_to_files(
+    config: EvaluationConfig,
+    html_path: str | None = None,
+    png_path: str | None = None,
+    json_path: str | None = None,
+    progress: Callable[[float], None] | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> tuple[EvaluationResult, dict[str, str]]:
+    """Evaluate (:func:`~.evaluation.evaluate_uncertainty`, 90 % of ``progress``) and write the outputs.
+
+    Returns:
+        The result and the paths written (see :func:`write_evaluation_outputs`).
+
+    Raises:
+        ParameterError, RasterIOError, InferenceCancelled: as the evaluation and the writing raise them.
+    """
+    scaled = (lambda percent: progress(0.9 * percent)) if progress is not None else None
+    result = evaluate_uncertainty(config, progress=scaled, is_cancelled=is_cancelled)
+    written = write_evaluation_outputs(result, html_path, png_path, json_path)
+    if progress is not None:
+        progress(100.0)
+    return result, written
