@@ -5,6 +5,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .evaluate_algorithm import EvaluateAlgorithm
 from .mc_dropout_algorithm import McDropoutAlgorithm
 from .tta_algorithm import TtaAlgorithm
 from .provider_icon import ICON_PATH, plugin_icon
@@ -33,6 +34,7 @@ class McUncertaintyProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802
         self.addAlgorithm(McDropoutAlgorithm())
         self.addAlgorithm(TtaAlgorithm())
+        self.addAlgorithm(EvaluateAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         # The core writes GeoTIFF only.
