@@ -341,6 +341,7 @@ def run_inference(
                             weights * valids[b][:h, :w],
                             reduced.votes[b, :, :h, :w] if reduced.votes is not None else None,
                         )
+                reader.release_cache()
                 next_row = grid.row_starts[i + 1] if i + 1 < len(grid.row_starts) else reader.height
                 emit(merger.pop_rows(next_row))
             emit(merger.finalize())

@@ -151,6 +151,11 @@ class RasterReader:
         out_valid[: window.height, : window.width] = valid
         return out, out_valid
 
+    def release_cache(self) -> None:
+        """Drop cached input blocks (called after each row of windows; keeps memory flat on big rasters)."""
+        if self._dataset is not None:
+            self._dataset.FlushCache()
+
     def close(self) -> None:
         self._dataset = None
 
@@ -253,7 +258,14 @@ class GeoTiffWriter:
             self._pending = []
 
     def _write_now(self, row: int, rows: np.ndarray) -> None:
-        err = self._dataset.GetRasterBand(1).WriteArray(rows, self._pending_col, row)
+        band = self._dataset.GetRasterBand(1)
+        err = band.WriteArray(rows, self._pending_col, row)
+        if err == 0:
+            # write the finished blocks now and drop them from GDAL's block cache, which would otherwise grow
+            # with the raster (up to GDAL_CACHEMAX, 5 % of RAM by default)
+            gdal.ErrorReset()
+            band.FlushCache()
+            err = 1 if gdal.GetLastErrorType() >= gdal.CE_Failure else 0
         if err != 0:
             raise RasterIOError(f"writing '{self.path}' failed: {gdal.GetLastErrorMsg() or 'GDAL error'} "
                                 "(is the disk full?).")
