@@ -1,53 +1,58 @@
 """Pure-Python core of mc_uncertainty_plugin: numpy, torch and GDAL only (no qgis / PyQt).
 
 >>> from mc_uncertainty_plugin.core import load_model, MCDropoutInferenceProcessor  # doctest: +SKIP
+
+Names are imported on first use (PEP 562), so ``from mc_uncertainty_plugin.core import evaluate_to_files``
+works where torch is not installed: only inference needs torch.
 """
 
-from .config import InferenceConfig, parse_shape
-from .engine import RunResult, run_inference
-from .errors import (
-    InferenceCancelled,
-    McUncertaintyError,
-    MissingDependencyError,
-    ModelLoadError,
-    ParameterError,
-    RasterIOError,
-)
-from .evaluation import (
-    EvaluationConfig,
-    EvaluationResult,
-    ReferenceResampledWarning,
-    evaluate_uncertainty,
-)
-from .model_loading import LoadedModel, Normalization, load_model
-from .processors import MCDropoutInferenceProcessor, MultiClassInferenceProcessor, NoActiveDropoutWarning
-from .report import evaluate_to_files, write_evaluation_outputs
-from .uncertainty import entropy, mutual_information, predictive_entropy
+from __future__ import annotations
 
-__all__ = [
-    "InferenceConfig",
-    "parse_shape",
-    "RunResult",
-    "run_inference",
-    "InferenceCancelled",
-    "McUncertaintyError",
-    "MissingDependencyError",
-    "ModelLoadError",
-    "ParameterError",
-    "RasterIOError",
-    "EvaluationConfig",
-    "EvaluationResult",
-    "ReferenceResampledWarning",
-    "evaluate_uncertainty",
-    "evaluate_to_files",
-    "write_evaluation_outputs",
-    "LoadedModel",
-    "Normalization",
-    "load_model",
-    "MCDropoutInferenceProcessor",
-    "MultiClassInferenceProcessor",
-    "NoActiveDropoutWarning",
-    "entropy",
-    "mutual_information",
-    "predictive_entropy",
-]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "InferenceConfig": "config",
+    "parse_shape": "config",
+    "RunResult": "engine",
+    "run_inference": "engine",
+    "InferenceCancelled": "errors",
+    "McUncertaintyError": "errors",
+    "MissingDependencyError": "errors",
+    "ModelLoadError": "errors",
+    "ParameterError": "errors",
+    "RasterIOError": "errors",
+    "EvaluationConfig": "evaluation",
+    "EvaluationResult": "evaluation",
+    "ReferenceResampledWarning": "evaluation",
+    "evaluate_uncertainty": "evaluation",
+    "evaluate_to_files": "report",
+    "write_evaluation_outputs": "report",
+    "LoadedModel": "model_loading",
+    "Normalization": "model_loading",
+    "load_model": "model_loading",
+    "MCDropoutInferenceProcessor": "processors",
+    "MultiClassInferenceProcessor": "processors",
+    "NoActiveDropoutWarning": "processors",
+    "MCCompatibilityWarning": "processors",
+    "entropy": "uncertainty",
+    "mutual_information": "uncertainty",
+    "predictive_entropy": "uncertainty",
+    "variation_ratio": "uncertainty",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -25,7 +25,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .core_runner import require_torch
 from .parameters import tr
 from .provider_icon import plugin_icon
 
@@ -171,7 +170,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(  # noqa: N802
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        require_torch()  # importing the core package imports torch
         from ..core.errors import McUncertaintyError
         from ..core.evaluation import EvaluationConfig
         from ..core.report import evaluate_to_files

@@ -221,3 +221,11 @@ def test_core_imports_no_qgis():
         if name.endswith(".py"):
             source = open(os.path.join(core, name), encoding="utf-8").read()
             assert not pattern.search(source), name
+
+
+def test_evaluation_and_errors_import_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; "  # any 'import torch' now fails
+            "from mc_uncertainty_plugin.core import evaluate_to_files, ParameterError, entropy; print('ok')")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
