@@ -1,8 +1,9 @@
 """Find torch for QGIS's Python: the plugin looks for it itself.
 
 QGIS runs its own Python interpreter, which usually lacks torch. When ``import torch`` fails, this module adds
-the ``site-packages`` of a configured virtual environment to ``sys.path`` (appended, so QGIS's own numpy/GDAL
-keep precedence) and tries again. The environment is taken from, in priority order:
+the ``site-packages`` of a configured virtual environment to the front of ``sys.path`` (before the system's
+``dist-packages``: torch 2.14 needs the venv's newer sympy, not Debian's; the venv made by ``make install``
+holds no numpy, so QGIS's numpy and GDAL stay those of the system) and tries again. The environment is taken from, in priority order:
 
 1. the environment variable ``MC_UNCERTAINTY_PYTHON_ENV`` (path of a venv, or of a ``site-packages`` folder);
 2. the QGIS setting ``mc_uncertainty_plugin/python_env`` (same meaning);
@@ -138,7 +139,10 @@ def ensure_torch(plugin_dir: Path | None = None) -> bool:
     for _source, env_path in configured_environments(plugin_dir):
         for folder in site_packages_dirs(env_path):
             if str(folder) not in sys.path:
+                before = list(sys.path)
                 site.addsitedir(str(folder))  # appends, and runs the folder's .pth files
+                added = [entry for entry in sys.path if entry not in before]
+                sys.path[:] = added + before  # the environment's packages win over the system's
         importlib.invalidate_caches()
         if torch_available() and _companions_found():
             return True

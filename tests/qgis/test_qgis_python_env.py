@@ -68,7 +68,8 @@ def test_ensure_adds_the_configured_site_packages(
 
     (no_configuration / "python_env.txt").write_text(f"{venv}\n")
     assert python_env.ensure_torch(no_configuration) is True
-    assert sys.path[-1] == str(venv / "lib" / PY / "site-packages")  # appended: QGIS's own packages win
+    # first: the environment's packages (torch's newer sympy ...) win over the system's dist-packages
+    assert sys.path[0] == str(venv / "lib" / PY / "site-packages")
     assert sys.modules[package].FOUND
     monkeypatch.delitem(sys.modules, package)
 

@@ -1,0 +1,39 @@
+"""The demo's preview figure and the sample's files (resources/)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from core_fixtures import random_image, write_geotiff
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "resources" / "tools"))
+
+
+def test_preview_has_three_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    from preview import write_preview
+
+    image = write_geotiff(tmp_path / "in.tif", random_image((60, 80)))
+    classes = write_geotiff(tmp_path / "c.tif", (random_image((60, 80), bands=1) % 3).astype(np.uint8))
+    uncertainty = write_geotiff(tmp_path / "u.tif", np.random.default_rng(0).random((1, 60, 80)).astype(np.float32))
+    png = write_preview(image, classes, uncertainty, tmp_path / "p.png", class_names=["a", "b", "c"], num_classes=3)
+    data = Path(png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError):
+        small = write_geotiff(tmp_path / "s.tif", random_image((10, 10), bands=1))
+        write_preview(image, small, uncertainty, tmp_path / "q.png")
+
+
+def test_sample_model_is_small_and_loads_with_dropout():
+    from mc_uncertainty_plugin.core import load_model
+    from mc_uncertainty_plugin.core.dropout import find_dropout_layers
+
+    config = yaml.safe_load((ROOT / "resources/sample/model.yaml").read_text())
+    assert (ROOT / "resources/sample" / config["checkpoint_path"]).stat().st_size < 5 * 2**20
+    model = load_model(str(ROOT / "resources/sample/model.yaml"))
+    assert model.num_classes == 5 and len(config["class_names"]) == 5
+    assert [layer.kind for layer in find_dropout_layers(model.module)] == ["channel"]
