@@ -1,26 +1,35 @@
-"""The QGIS plugin object: registers the Processing provider (desktop QGIS and qgis_process)."""
+"""The QGIS plugin object: registers the Processing provider (desktop QGIS and qgis_process) and, on the desktop,
+the "MC uncertainty on the active layer…" action, which runs the core in a background ``QgsTask``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsRasterLayer
+from qgis.PyQt.QtWidgets import QAction, QDialog
 
+from .qgis_layer.parameters import tr
 from .qgis_layer.provider import McUncertaintyProvider
+from .qgis_layer.provider_icon import plugin_icon
 
 __all__ = ["McUncertaintyPlugin"]
+
+MENU = "&MC Uncertainty"
 
 
 class McUncertaintyPlugin:
     """Plugin with ``hasProcessingProvider=yes``.
 
     qgis_process calls only :meth:`initProcessing` (``iface`` is None there); desktop QGIS calls
-    :meth:`initGui`, which registers the provider too.
+    :meth:`initGui`, which registers the provider too and adds the action to the Raster menu and the Plugins
+    toolbar.
     """
 
     def __init__(self, iface: Any = None) -> None:
         self.iface = iface
         self.provider: McUncertaintyProvider | None = None
+        self.action: QAction | None = None
+        self.tasks: set[Any] = set()  # running tasks: a Python QgsTask must be referenced until it ends
 
     def initProcessing(self) -> None:  # noqa: N802
         """Register the provider once."""
@@ -29,11 +38,70 @@ class McUncertaintyPlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802
-        """Desktop start-up: the provider is the whole user interface."""
+        """Desktop start-up: the provider, and the action that runs a task on the active layer."""
         self.initProcessing()
+        if self.iface is None:
+            return
+        self.action = QAction(plugin_icon(), tr("MC uncertainty on the active layer…"), self.iface.mainWindow())
+        self.action.setObjectName("mcUncertaintyOnActiveLayer")
+        self.action.setToolTip(tr("Segment the active raster layer with a model and map its uncertainty "
+                                  "(MC Dropout or TTA), in the background"))
+        self.action.triggered.connect(self.run_on_active_layer)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.iface.addToolBarIcon(self.action)
 
     def unload(self) -> None:
-        """Remove the provider."""
+        """Remove the action and the provider; running tasks are cancelled."""
+        for task in list(self.tasks):
+            try:
+                task.cancel()
+            except RuntimeError:  # already deleted by the task manager
+                pass
+        if self.action is not None and self.iface is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            self.iface.removeToolBarIcon(self.action)
+            self.action.deleteLater()
+            self.action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+
+    def run_on_active_layer(self) -> Any:
+        """Ask for a model (dialog) and start a task on the active raster layer; returns the task or None."""
+        from .qgis_layer.task_dialog import TaskDialog
+
+        layer = self.iface.activeLayer()
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid() or layer.providerType() != "gdal":
+            self.iface.messageBar().pushWarning(
+                "MC Uncertainty", tr("Select a raster layer read from a file in the Layers panel first.")
+            )
+            return None
+        dialog = TaskDialog(layer, parent=self.iface.mainWindow())
+        if dialog.exec_() != QDialog.Accepted:
+            return None
+        return self.start_task(dialog.request())
+
+    def start_task(self, request: Any) -> Any:
+        """Run ``request`` (a :class:`~.qgis_layer.task.TaskRequest`) in QGIS's task manager; returns the task."""
+        from .qgis_layer.task import McUncertaintyTask
+
+        task = McUncertaintyTask(request)
+        self.tasks.add(task)
+        task.taskCompleted.connect(lambda: self._task_ended(task))
+        task.taskTerminated.connect(lambda: self._task_ended(task))
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _task_ended(self, task: Any) -> None:
+        """Main thread, after the task's ``finished()``: tell the user how it went."""
+        self.tasks.discard(task)
+        if self.iface is None:
+            return
+        bar = self.iface.messageBar()
+        if task.layers:
+            names = ", ".join(layer.name() for layer in task.layers)
+            bar.pushMessage("MC Uncertainty", tr(f"Added {names}."), Qgis.Success, 8)
+        elif task.error:
+            bar.pushMessage("MC Uncertainty", task.error, Qgis.Critical, 0)
+        else:
+            bar.pushMessage("MC Uncertainty", tr("Cancelled; no output was written."), Qgis.Info, 5)

@@ -84,30 +84,18 @@ def torchscript_model(data_dir: Path) -> str:
     return _save_torchscript(_conv_net(0.3), data_dir / "model.pt")
 
 
-class SlowNet(nn.Module):
-    """``Conv(3,16,1) - ReLU - repeats x [Conv(16,16,3) - ReLU] - Dropout2d(0.3) - Conv(16,3,1)``: enough work per
-    pass to keep a background task busy for seconds."""
-
-    def __init__(self, repeats: int) -> None:
-        super().__init__()
-        self.repeats = repeats
-        self.first = nn.Conv2d(3, 16, 1)
-        self.middle = nn.Conv2d(16, 16, 3, padding=1)
-        self.dropout = nn.Dropout2d(0.3)
-        self.last = nn.Conv2d(16, NUM_CLASSES, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.first(x))
-        for _ in range(self.repeats):
-            x = torch.relu(self.middle(x))
-        return self.last(self.dropout(x))
-
-
-@pytest.fixture(scope="session")
-def slow_model(data_dir: Path) -> str:
-    """TorchScript :class:`SlowNet` with 3 repeats (about 0.1 s per window and pass batch on 2 CPU cores)."""
-    torch.manual_seed(0)
-    return _save_torchscript(SlowNet(3), data_dir / "slow.pt")
+@pytest.fixture
+def sleepy_model(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A YAML config of :class:`qgis_test_models.SleepyNet` (random weights, 20 ms per pass whatever the CPU),
+    with ``qgis_test_models.`` trusted as a ``_target_`` prefix for the test."""
+    monkeypatch.setenv("MC_UNCERTAINTY_ALLOWED_TARGETS", "qgis_test_models.")
+    config = data_dir / "sleepy.yaml"
+    config.write_text(
+        "model:\n  _target_: qgis_test_models.SleepyNet\n  in_channels: 3\n"
+        f"  classes: {NUM_CLASSES}\n  sleep_s: 0.02\n",
+        encoding="utf-8",
+    )
+    return str(config)
 
 
 @pytest.fixture

@@ -1,0 +1,181 @@
+"""A ``QgsTask`` that runs the core in the background, for GUI code outside Processing.
+
+``run()`` executes in a worker thread of ``QgsApplication.taskManager()``: it loads the model and calls the core
+with ``progress`` → ``setProgress`` and ``is_cancelled`` → ``isCanceled``. ``finished()`` runs on the main
+thread: it loads both outputs, styled, into a new layer group of the project (:func:`.result_layers.add_result_layers`).
+
+    request = TaskRequest(input_path="scene.tif", input_name="scene", model_path="model.yaml",
+                          output_path="/data/scene_mc_classes.tif", uncertainty_path="/data/scene_mc_uncertainty.tif")
+    task = McUncertaintyTask(request)
+    QgsApplication.taskManager().addTask(task)   # keep a reference to ``task`` until it ends
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
+
+from .. import python_env
+from .progress import EtaLog, format_seconds
+from .result_layers import MC_DROPOUT, TTA, add_result_layers
+
+__all__ = ["LOG_TAG", "TaskRequest", "McUncertaintyTask", "output_paths", "default_output_folder"]
+
+LOG_TAG = "MC Uncertainty"  # the Log Messages panel tab
+_PROCESSORS = {MC_DROPOUT.key: ("MCDropoutInferenceProcessor", MC_DROPOUT), TTA.key: ("MultiClassInferenceProcessor", TTA)}
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One run of the core, as the task needs it.
+
+    Attributes:
+        input_path: a GDAL-readable raster.
+        input_name: names the result group and layers (the input layer's name).
+        model_path: model config YAML or TorchScript file.
+        output_path: the class raster to write.
+        uncertainty_path: the uncertainty raster to write; None: beside ``output_path`` (the core's default).
+        checkpoint_path: weights of a YAML model, or None.
+        method: ``mc_dropout`` or ``tta``.
+        options: further keyword arguments of the core processor (``n_samples``, ``uncertainty_mode``,
+            ``model_input_shape`` ...); left out, the model config's ``inference_processor:`` values apply.
+    """
+
+    input_path: str
+    input_name: str
+    model_path: str
+    output_path: str
+    uncertainty_path: str | None = None
+    checkpoint_path: str | None = None
+    method: str = MC_DROPOUT.key
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in _PROCESSORS:
+            raise ValueError(f"method must be one of {', '.join(_PROCESSORS)}, got {self.method!r}.")
+
+
+def output_paths(folder: str, input_name: str, method: str) -> tuple[str, str]:
+    """Free ``{folder}/{name}_{mc|tta}_classes.tif`` and ``..._uncertainty.tif`` paths (``_2``, ``_3`` ... added
+    rather than overwriting earlier results)."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in input_name).strip("._") or "raster"
+    tag = "mc" if method == MC_DROPOUT.key else "tta"
+    for index in range(1, 10000):
+        suffix = "" if index == 1 else f"_{index}"
+        classes = os.path.join(folder, f"{stem}_{tag}_classes{suffix}.tif")
+        uncertainty = os.path.join(folder, f"{stem}_{tag}_uncertainty{suffix}.tif")
+        if not os.path.exists(classes) and not os.path.exists(uncertainty):
+            return classes, uncertainty
+    raise ValueError(f"no free output name in {folder!r} for {stem!r}.")
+
+
+class McUncertaintyTask(QgsTask):
+    """Runs one :class:`TaskRequest` in the background and loads the styled results into ``project``.
+
+    After the task ends: ``paths`` holds the core's result (``{"segmentation": ..., "uncertainty": ...}``),
+    ``layers`` the layers added, ``error`` the one-line message of a failure (None when it succeeded or was
+    cancelled), ``log`` every line the run reported (also sent to the "MC Uncertainty" log tab).
+    """
+
+    def __init__(self, request: TaskRequest, project: QgsProject | None = None) -> None:
+        method = _PROCESSORS[request.method][1]
+        super().__init__(f"{method.title} uncertainty: {request.input_name}", QgsTask.CanCancel)
+        self.request = request
+        self.project = project if project is not None else QgsProject.instance()  # read on the main thread
+        self.paths: dict[str, str | None] | None = None
+        self.layers: list[QgsRasterLayer] = []
+        self.error: str | None = None
+        self.log: list[str] = []
+        self.seconds = 0.0
+
+    def _log(self, message: str) -> None:
+        self.log.append(message)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Info)  # thread-safe
+
+    def _warn(self, message: str) -> None:
+        self.log.append(message)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+
+    def run(self) -> bool:
+        """Worker thread: load the model and run the core. False when it failed or was cancelled."""
+        started = time.monotonic()
+        try:
+            return self._run()
+        except Exception as error:  # noqa: BLE001 - a task must not raise: report it instead
+            self.error = f"{type(error).__name__}: {error}"
+            return False
+        finally:
+            self.seconds = time.monotonic() - started
+
+    def _run(self) -> bool:
+        request = self.request
+        if not python_env.ensure_torch():
+            self.error = python_env.missing_torch_message()
+            return False
+        missing = python_env.missing_model_modules(request.model_path)
+        if missing:
+            self.error = python_env.missing_modules_message(missing)
+            return False
+        from .. import core  # imports torch
+        from ..core.errors import InferenceCancelled, McUncertaintyError
+
+        processor_name, _method = _PROCESSORS[request.method]
+        try:
+            self._log(f"Loading {request.model_path}")
+            model = core.load_model(request.model_path, checkpoint=request.checkpoint_path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                processor = getattr(core, processor_name)(model, **dict(request.options))
+            for warning in caught:
+                if issubclass(warning.category, UserWarning):
+                    self._warn(str(warning.message))
+            if self.isCanceled():
+                return False
+            self.paths = processor.process(
+                request.input_path,
+                os.path.dirname(os.path.abspath(request.output_path)),
+                output_path=request.output_path,
+                uncertainty_path=request.uncertainty_path,
+                progress=EtaLog(self.setProgress, self._log),
+                is_cancelled=self.isCanceled,
+                log=self._log,
+                warn=self._warn,
+            )
+        except InferenceCancelled:
+            return False
+        except McUncertaintyError as error:
+            self.error = str(error)
+            return False
+        return True
+
+    def finished(self, result: bool) -> None:  # noqa: FBT001
+        """Main thread: add the styled layers to the project, or report why there are none."""
+        method = _PROCESSORS[self.request.method][1]
+        if result and self.paths:
+            try:
+                self.layers = add_result_layers(
+                    self.project, self.paths["segmentation"], self.paths.get("uncertainty"),
+                    self.request.input_name, method,
+                )
+            except ValueError as error:
+                self.error = str(error)
+                QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.Critical)
+                return
+            self._log(f"{self.description()}: done in {format_seconds(self.seconds)}, layers added to the project.")
+        elif self.error:
+            QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.Critical)
+        else:
+            self._log(f"{self.description()}: cancelled; no output was written.")
+
+
+def default_output_folder(project: QgsProject) -> str:
+    """The project's folder when the project is saved, else QGIS Processing's temporary folder."""
+    if project.fileName():
+        return str(Path(project.absoluteFilePath()).parent)
+    return QgsProcessingUtils.tempFolder()
