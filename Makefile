@@ -35,5 +35,9 @@ test-core: setup
 test-qgis: setup
 	$(PY) -m pytest -q tests/qgis
 
+# The ZIP for Plugins > Install from ZIP: dist/mc_uncertainty_plugin-<version>.zip (standard library only).
+package:
+	python3 resources/tools/package.py
+
 clean:
 	rm -rf build dist demo_output .pytest_cache

@@ -1,6 +1,7 @@
 """Deploy the plugin into a QGIS user profile (used by ``make install``).
 
-Copies ``mc_uncertainty_plugin/`` (without ``__pycache__`` and tests) and the top-level ``metadata.txt`` into
+Copies ``mc_uncertainty_plugin/`` (without ``__pycache__`` and tests), the top-level ``metadata.txt`` and the
+``.qml`` styles of ``resources/styles`` (into ``styles/``) into
 ``<profile>/python/plugins/mc_uncertainty_plugin``, writes ``python_env.txt`` there (the absolute path of the
 virtual environment that provides torch, by default the repository's ``.venv``), and with ``--enable`` enables
 the plugin so that, in a new shell::
@@ -31,6 +32,7 @@ PLUGIN_NAME = "mc_uncertainty_plugin"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO_ROOT / PLUGIN_NAME
 METADATA = REPO_ROOT / "metadata.txt"
+STYLES_DIR = REPO_ROOT / "resources" / "styles"
 ENV_FILE_NAME = "python_env.txt"  # read by mc_uncertainty_plugin/python_env.py
 IGNORED = ("__pycache__", "*.pyc", "*.pyo", "tests", "test", ".pytest_cache", ".mypy_cache", ".ruff_cache")
 
@@ -71,6 +73,11 @@ def copy_plugin(profile_dir: Path, python_env: Path | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns(*IGNORED))
     shutil.copy2(METADATA, target / "metadata.txt")
+    styles = sorted(STYLES_DIR.glob("*.qml"))  # as in the ZIP of `make package`
+    if styles:
+        (target / "styles").mkdir(exist_ok=True)
+        for style in styles:
+            shutil.copy2(style, target / "styles" / style.name)
     if python_env is not None:
         (target / ENV_FILE_NAME).write_text(f"{python_env.resolve()}\n", encoding="utf-8")
     return target
