@@ -29,6 +29,9 @@ demo: install
 test: setup
 	$(PY) -m pytest -q tests
 
+bench: install
+	$(PY) resources/tools/bench.py
+
 test-core: setup
 	$(PY) -m pytest -q tests/core
 
