@@ -30,12 +30,14 @@ __all__ = [
     "site_packages_dirs",
     "torch_available",
     "ensure_torch",
+    "guard_against_llvm_clash",
     "missing_torch_message",
     "missing_model_modules",
     "missing_modules_message",
 ]
 
 ENV_VAR = "MC_UNCERTAINTY_PYTHON_ENV"
+ALLOW_TRITON_ENV_VAR = "MC_UNCERTAINTY_ALLOW_TRITON"
 SETTINGS_KEY = "mc_uncertainty_plugin/python_env"
 ENV_FILE_NAME = "python_env.txt"
 INSTALL_COMMAND = "pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0"
@@ -127,13 +129,56 @@ def _companions_found() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in COMPANION_MODULES)
 
 
+class _ModuleBlocker:
+    """A ``sys.meta_path`` finder that makes ``import NAME`` (and its submodules) fail with ImportError."""
+
+    def __init__(self, names: tuple[str, ...], reason: str) -> None:
+        self.names = names
+        self.reason = reason
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} ({self.reason})", name=name)
+        return None
+
+
+def _llvm_loaded(maps_path: str) -> bool:
+    """Whether a shared LLVM (``libLLVM-*.so``, e.g. Mesa's llvmpipe under QGIS Desktop) is mapped in this process."""
+    try:
+        with open(maps_path, encoding="utf-8", errors="replace") as maps:
+            return any("libLLVM" in line for line in maps)
+    except OSError:  # not Linux
+        return False
+
+
+def guard_against_llvm_clash(maps_path: str = "/proc/self/maps") -> bool:
+    """Keep triton out of a process that already holds a shared LLVM; True when the guard is (now) active.
+
+    QGIS Desktop on Linux loads Mesa, which links ``libLLVM-15.so``; ``import torch._dynamo`` (pulled in by
+    segmentation-models-pytorch / timm) imports triton when it is installed, and libtriton's own LLVM then
+    resolves symbols against Mesa's and crashes QGIS in its static initialisers. triton is optional for torch
+    (it only compiles kernels; eager CPU and CUDA inference never use it), so it is made unimportable instead.
+    ``MC_UNCERTAINTY_ALLOW_TRITON=1`` turns this off.
+    """
+    if any(isinstance(finder, _ModuleBlocker) for finder in sys.meta_path):
+        return True
+    if os.environ.get(ALLOW_TRITON_ENV_VAR) == "1":
+        return False
+    if "triton" in sys.modules or not _llvm_loaded(maps_path):
+        return False
+    sys.meta_path.insert(0, _ModuleBlocker(("triton",), "kept out by MC Uncertainty: its LLVM clashes with the one "
+                                                       f"already loaded; {ALLOW_TRITON_ENV_VAR}=1 allows it"))
+    return True
+
+
 def ensure_torch(plugin_dir: Path | None = None) -> bool:
     """Make torch (and segmentation-models-pytorch) importable, adding a configured environment to
-    ``sys.path`` when needed.
+    ``sys.path`` when needed (and keeping triton out where it would crash QGIS: :func:`guard_against_llvm_clash`).
 
     Returns:
         True when torch imports afterwards.
     """
+    guard_against_llvm_clash()
     if torch_available() and _companions_found():
         return True
     for _source, env_path in configured_environments(plugin_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -85,3 +86,51 @@ def test_missing_message_explains_what_is_wrong(no_configuration: Path, monkeypa
     monkeypatch.setenv(python_env.ENV_VAR, str(old))
     message = python_env.missing_torch_message(no_configuration)
     assert f"no site-packages for {PY}" in message and "python3.7" in message
+
+
+def _run_python(script: str, tmp_path: Path, **env_extra: str) -> dict:
+    import json
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != python_env.ALLOW_TRITON_ENV_VAR}
+    env.update(env_extra)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(lines[-1][len("REPORT"):])
+
+
+LLVM_MAPS = "7f0000000000-7f0000001000 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed: nothing to keep out")
+def test_triton_is_kept_out_of_a_process_with_llvm(tmp_path: Path) -> None:
+    """QGIS Desktop (Mesa) has libLLVM loaded; triton's own LLVM crashes it on import. With the guard,
+    segmentation-models-pytorch (which imports torch._dynamo, which imports triton) still imports, without triton."""
+    maps = tmp_path / "maps"
+    maps.write_text(LLVM_MAPS, encoding="utf-8")
+    repo = str(Path(__file__).resolve().parents[2])
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {repo!r})\n"
+        "from mc_uncertainty_plugin import python_env\n"
+        f"active = python_env.guard_against_llvm_clash({str(maps)!r})\n"
+        "import segmentation_models_pytorch, torch\n"
+        "print('REPORT' + json.dumps({'active': active, 'triton': 'triton' in sys.modules,\n"
+        "                             'again': python_env.guard_against_llvm_clash()}))\n"
+    )
+    assert _run_python(script, tmp_path) == {"active": True, "triton": False, "again": True}
+    allowed = script.replace("import segmentation_models_pytorch, torch\n", "")
+    report = _run_python(allowed, tmp_path, **{python_env.ALLOW_TRITON_ENV_VAR: "1"})
+    assert report["active"] is False
+
+
+def test_llvm_detection(tmp_path: Path) -> None:
+    with_llvm, without = tmp_path / "with", tmp_path / "without"
+    with_llvm.write_text(LLVM_MAPS, encoding="utf-8")
+    without.write_text(LLVM_MAPS.replace("libLLVM-15", "libz"), encoding="utf-8")
+    assert python_env._llvm_loaded(str(with_llvm)) is True
+    assert python_env._llvm_loaded(str(without)) is False
+    assert python_env._llvm_loaded(str(tmp_path / "missing")) is False
