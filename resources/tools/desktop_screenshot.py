@@ -10,7 +10,8 @@ As a launcher it deploys the plugin (``deploy.py --enable``) into a throw-away Q
 ``processing.runAndLoadResults`` (MODEL ``resources/sample/model.yaml``, N_SAMPLES 10, MODEL_INPUT_SHAPE 256,
 STEP_SHAPE 128) exactly as the Toolbox loads results, zooms to the outputs, waits for the canvas to render,
 grabs the main window (layer panel with the result group and the viridis map) and the canvas, writes a JSON
-report (layer tree, renderers) and quits. The launcher prints the report and fails when the styled layers or
+report (layer tree, renderers) and quits. ``--via task`` runs the plugin's QgsTask instead (what the
+"MC uncertainty on the active layer…" action starts). The launcher prints the report and fails when the styled layers or
 the group are missing.
 """
 
@@ -78,6 +79,28 @@ def _pump(seconds: float) -> None:
     loop.exec_()
 
 
+def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
+    """The same run through the plugin's task (what "MC uncertainty on the active layer…" starts)."""
+    from qgis.PyQt.QtCore import QEventLoop, QTimer
+    from qgis.utils import plugins
+
+    from mc_uncertainty_plugin.qgis_layer.task import TaskRequest
+
+    plugin = plugins["mc_uncertainty_plugin"]
+    request = TaskRequest(
+        input_path=scene.source(), input_name=scene.name(), model_path=settings["model"],  # type: ignore[attr-defined]
+        output_path=settings["output"], uncertainty_path=settings["output"].replace(".tif", "_mc_uncertainty.tif"),
+        options={"n_samples": 10, "model_input_shape": "256", "step_shape": "128"},
+    )
+    task = plugin.start_task(request)
+    loop = QEventLoop()
+    task.taskCompleted.connect(loop.quit)
+    task.taskTerminated.connect(loop.quit)
+    QTimer.singleShot(300_000, loop.quit)
+    loop.exec_()
+    return {"paths": task.paths, "error": task.error, "layers": [layer.name() for layer in task.layers]}
+
+
 def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     import processing
     from qgis.core import QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
@@ -101,15 +124,17 @@ def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     project = QgsProject.instance()
     scene = QgsRasterLayer(settings["input"], "sample")
     project.addMapLayer(scene)
-    results = processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-        "INPUT": scene,
-        "MODEL": settings["model"],
-        "N_SAMPLES": 10,
-        "MODEL_INPUT_SHAPE": "256",
-        "STEP_SHAPE": "128",
-        "OUTPUT": settings["output"],
-    })
-    report["results"] = results
+    if settings.get("via") == "task":
+        report["results"] = _run_task(scene, settings)
+    else:
+        report["results"] = processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
+            "INPUT": scene,
+            "MODEL": settings["model"],
+            "N_SAMPLES": 10,
+            "MODEL_INPUT_SHAPE": "256",
+            "STEP_SHAPE": "128",
+            "OUTPUT": settings["output"],
+        })
     root = project.layerTreeRoot()
     report["tree"] = [
         {"group": node.name(), "layers": [child.name() for child in node.children()]}
@@ -149,6 +174,8 @@ def _launch(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=repo / "resources" / "docs" / "qgis_desktop.png")
     parser.add_argument("--keep", action="store_true", help="keep the temporary profile and outputs")
     parser.add_argument("--timeout", type=int, default=600)
+    parser.add_argument("--via", choices=("processing", "task"), default="processing",
+                        help="run through processing.runAndLoadResults (default) or the plugin's QgsTask")
     args = parser.parse_args(argv)
 
     qgis = shutil.which("qgis")
@@ -175,6 +202,7 @@ def _launch(argv: list[str] | None = None) -> int:
         "output": str(work / "out" / "sample_classes.tif"),
         "png": str(args.output.resolve()),
         "canvas_png": str(work / "canvas.png"),
+        "via": args.via,
     }
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH")}
     env.update({REPORT_ENV: str(work / "report.json"), SETTINGS_ENV: json.dumps(settings),
