@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -58,6 +58,7 @@ class RunResult:
     seconds: float
     execution_path: str = ""
     confidence: str | None = None
+    pass_seconds: dict = field(default_factory=dict)  # "full"/"replay" -> (passes, seconds of model compute)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -365,4 +366,5 @@ def run_inference(
     say(f"Done in {seconds:.1f} s ({skipped} nodata window(s) skipped): "
         + ", ".join(p for p in (segmentation_path, uncertainty_path, confidence_path) if p))
     return RunResult(segmentation_path, uncertainty_path, num_classes, device.type, total_windows,
-                     sampler.passes_per_tile, seconds, sampler.execution_path, confidence_path)
+                     sampler.passes_per_tile, seconds, sampler.execution_path, confidence_path,
+                     dict(sampler.pass_seconds))

@@ -12,6 +12,7 @@ that of one pass whatever ``T x K``.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -110,6 +111,7 @@ class EnsembleSampler:
         self.need_expected_entropy = need_expected_entropy
         self.need_votes = need_votes
         self.scripted = any(layer.scripted for layer in self.layers)
+        self.pass_seconds: dict[str, tuple[int, float]] = {}  # kind -> (passes, seconds): model compute only
         self.prefix_cache: PrefixCache | None = None
         self.cache_status = "off"
         if not self.layers:
@@ -158,16 +160,29 @@ class EnsembleSampler:
                 outputs.append(self._forward(x[b : b + 1], size))
         return torch.cat(outputs)
 
+    def _timed(self, kind: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run one forward pass and add its wall time to ``pass_seconds[kind]`` (``full`` or ``replay``)."""
+        start = time.perf_counter()
+        logits = run()
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)
+        count, total = self.pass_seconds.get(kind, (0, 0.0))
+        self.pass_seconds[kind] = (count + 1, total + time.perf_counter() - start)
+        return logits
+
     def _pass(self, xt: torch.Tensor, keys: list[tuple[int, ...]], hooks: MCDropoutHooks | None,
               cache: PrefixCache | None, t: int) -> torch.Tensor:
         """One stochastic pass; with the prefix cache, pass 0 records and later passes replay the prefix."""
+        def full() -> torch.Tensor:
+            return self._timed("full", lambda: self._sample_logits(xt, keys, hooks))
+
         if cache is None:
-            return self._sample_logits(xt, keys, hooks)
+            return full()
         try:
             with cache.pass_(xt, recording=(t == 0)):
-                logits = self._sample_logits(xt, keys, hooks)
+                logits = self._timed("full" if t == 0 else "replay", lambda: self._sample_logits(xt, keys, hooks))
             if t == 1 and self.cache_status == "unverified":
-                cache.verify(lambda: self._sample_logits(xt, keys, hooks), lambda: logits)
+                cache.verify(full, lambda: logits)
                 self.cache_status = "on"
                 self.execution_path += (f" ({cache.last_replayed} module call(s) replayed, "
                                         f"{cache.last_recomputed} recomputed per pass)")
@@ -176,7 +191,7 @@ class EnsembleSampler:
             self.cache_status = "off"
             self.execution_path = f"full passes (prefix cache refused: {exc})"
             cache.clear()
-            return self._sample_logits(xt, keys, hooks)
+            return full()
 
     def __call__(
         self,

@@ -18,10 +18,11 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingUtils,
+    QgsSettings,
 )
 
 from .. import python_env
-from .parameters import OUTPUT, OUTPUT_UNCERTAINTY, CommonValues, tr
+from .parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues, tr
 from .progress import EtaLog, StagedFeedback, format_seconds
 from .result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, result_names
 from .styling import uncertainty_mode
@@ -30,6 +31,18 @@ __all__ = ["require_torch", "require_dependencies", "run_processor"]
 
 # Share of the progress bar: loading a model takes seconds, inference up to hours.
 _STAGES = (("Loading the model", 3.0), ("Inference (tiles x passes)", 97.0))
+
+
+ALLOWED_TARGETS_KEY = "mc_uncertainty_plugin/allowed_targets"
+
+
+def allowed_target_prefixes() -> tuple[str, ...]:
+    """Extra trusted ``_target_`` module prefixes from the QGIS setting ``mc_uncertainty_plugin/allowed_targets``
+    (comma-separated; the core also reads ``MC_UNCERTAINTY_ALLOWED_TARGETS``)."""
+    value = QgsSettings().value(ALLOWED_TARGETS_KEY, "")
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return tuple(p.strip() for p in str(value or "").split(",") if p.strip())
 
 
 def require_torch() -> None:
@@ -87,7 +100,10 @@ def run_processor(
     started = time.monotonic()
     try:
         stages.start(0)
-        model = core.load_model(values.model_path, checkpoint=values.checkpoint_path)
+        model = core.load_model(values.model_path, checkpoint=values.checkpoint_path,
+                                allowed_prefixes=allowed_target_prefixes())
+        for note in model.notes:  # e.g. where decoder_dropout was inserted
+            feedback.pushInfo(f"Model: {note}.")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             processor = processor_class(model, **values.processor_kwargs, **processor_kwargs)
@@ -102,6 +118,7 @@ def run_processor(
             os.path.dirname(values.output_path),
             output_path=values.output_path,
             uncertainty_path=values.uncertainty_path,
+            confidence_path=values.confidence_path,
             progress=EtaLog(stages.set_progress, feedback.pushInfo),
             is_cancelled=feedback.isCanceled,
             log=feedback.pushInfo,
@@ -119,7 +136,7 @@ def run_processor(
     segmentation_path = paths["segmentation"]
     uncertainty_path = paths.get("uncertainty")
     _arrange_result_layers(segmentation_path, uncertainty_path, values, method, context)
-    return {OUTPUT: segmentation_path, OUTPUT_UNCERTAINTY: uncertainty_path}
+    return {OUTPUT: segmentation_path, OUTPUT_UNCERTAINTY: uncertainty_path, OUTPUT_CONFIDENCE: paths.get("confidence")}
 
 
 def _arrange_result_layers(

@@ -44,6 +44,7 @@ __all__ = [
     "DEVICE",
     "OUTPUT",
     "OUTPUT_UNCERTAINTY",
+    "OUTPUT_CONFIDENCE",
     "TILE_WEIGHTS",
     "UNCERTAINTY_MODES",
     "TTA_MODES",
@@ -78,6 +79,7 @@ BATCH_SIZE = "BATCH_SIZE"
 DEVICE = "DEVICE"
 OUTPUT = "OUTPUT"
 OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
+OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
 
 # The same choices as mc_uncertainty_plugin.core.config (not imported here: the core imports torch).
 # tests/qgis checks that both stay equal.
@@ -310,6 +312,15 @@ def add_common_parameters(
         f"'Skip output'), it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded "
         "with it; to write no uncertainty raster, uncheck EXPORT_UNCERTAINTY_MAP.",
     ))
+    add(_with_help(
+        QgsProcessingParameterRasterDestination(
+            OUTPUT_CONFIDENCE, tr("Confidence raster (max class probability, optional)"), optional=True,
+            createByDefault=False,
+        ),
+        "GeoTIFF, 1 band, float32: max over classes of the mean probability p̄, in [1/C, 1], on the grid of "
+        "the input. Written only when given; 'Evaluate uncertainty' uses it for calibration (ECE, reliability "
+        "diagram).",
+    ))
 
 
 @dataclass(frozen=True)
@@ -323,6 +334,7 @@ class CommonValues:
         checkpoint_path: CHECKPOINT file, or None.
         output_path: OUTPUT file (temporary outputs already resolved).
         uncertainty_path: OUTPUT_UNCERTAINTY file, or None to let the core write it beside OUTPUT.
+        confidence_path: OUTPUT_CONFIDENCE file, or None (not written).
         processor_kwargs: keyword arguments of the core processors shared by all algorithms.
     """
 
@@ -333,6 +345,7 @@ class CommonValues:
     output_path: str
     uncertainty_path: str | None
     processor_kwargs: dict[str, Any]
+    confidence_path: str | None = None
 
 
 def given(parameters: dict[str, Any], key: str) -> bool:
@@ -366,6 +379,9 @@ def read_common_values(
     uncertainty_path = None
     if export_uncertainty:
         uncertainty_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_UNCERTAINTY, context) or None
+    confidence_path = None
+    if given(parameters, OUTPUT_CONFIDENCE):
+        confidence_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_CONFIDENCE, context) or None
     processor_kwargs: dict[str, Any] = {
         "uncertainty_mode": read_enum(algorithm, parameters, UNCERTAINTY_MODE, context),
         "export_uncertainty_map": export_uncertainty,
@@ -395,4 +411,5 @@ def read_common_values(
         output_path=output_path,
         uncertainty_path=uncertainty_path,
         processor_kwargs=processor_kwargs,
+        confidence_path=confidence_path,
     )

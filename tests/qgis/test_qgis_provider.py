@@ -46,6 +46,7 @@ EXPECTED_PARAMETERS = {
     "DEVICE": (QgsProcessingParameterEnum, "auto", False, True),
     "OUTPUT": (QgsProcessingParameterRasterDestination, None, False, False),
     "OUTPUT_UNCERTAINTY": (QgsProcessingParameterRasterDestination, None, True, False),
+    "OUTPUT_CONFIDENCE": (QgsProcessingParameterRasterDestination, None, True, False),
 }
 
 
@@ -91,7 +92,7 @@ def test_parameters_follow_the_product_table(registry: Any) -> None:
     assert definitions["N_SAMPLES"].minimum() == 1
     assert not definitions["OUTPUT_UNCERTAINTY"].createByDefault()
     # outputs exist for the Modeler to chain
-    assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "OUTPUT_UNCERTAINTY"}
+    assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"}
     # background thread: no FlagNoThreading
     assert not algorithm.flags() & QgsProcessingAlgorithm.FlagNoThreading
 

@@ -30,7 +30,8 @@ def run_tta(raster: str, model: str, **parameters: Any) -> dict[str, Any]:
 
 def test_tta_writes_default_uncertainty_name(mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path) -> None:
     results = run_tta(raster_path, no_dropout_model, OUTPUT=str(tmp_path / "classes.tif"))
-    assert results == {"OUTPUT": str(tmp_path / "classes.tif"), "OUTPUT_UNCERTAINTY": str(tmp_path / "classes_uncertainty.tif")}
+    assert results == {"OUTPUT": str(tmp_path / "classes.tif"), "OUTPUT_UNCERTAINTY": str(tmp_path / "classes_uncertainty.tif"),
+                       "OUTPUT_CONFIDENCE": None}
     unc = read(results["OUTPUT_UNCERTAINTY"])
     assert unc.min() >= 0 and unc.max() <= LN3 + 1e-5
     dataset = gdal.Open(results["OUTPUT_UNCERTAINTY"])
@@ -81,3 +82,10 @@ def test_values_left_out_come_from_the_configs_inference_processor(mc_plugin: An
     explicit = processing.run("mc_uncertainty:mc_dropout", {"INPUT": raster_path, "MODEL": str(model), "N_SAMPLES": 3,
                                                             "MODEL_INPUT_SHAPE": "64", "OUTPUT": str(tmp_path / "e.tif")})
     assert gdal.Open(explicit["OUTPUT_UNCERTAINTY"]).GetMetadataItem("MC_N_SAMPLES") == "3"
+
+
+def test_confidence_raster_when_asked(mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path) -> None:
+    results = run_tta(raster_path, no_dropout_model, OUTPUT=str(tmp_path / "c.tif"), OUTPUT_CONFIDENCE=str(tmp_path / "conf.tif"))
+    assert results["OUTPUT_CONFIDENCE"] == str(tmp_path / "conf.tif")
+    confidence = read(results["OUTPUT_CONFIDENCE"])
+    assert confidence.min() >= 1 / 3 - 1e-6 and confidence.max() <= 1 + 1e-6
