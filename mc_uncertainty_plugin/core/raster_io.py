@@ -1,5 +1,8 @@
 """GDAL raster input (windows, validity masks) and crash-safe GeoTIFF output.
 
+Every GDAL call works whether GDAL's Python exceptions are on or off (QGIS or another plugin may switch them
+on for the whole process): failures are caught both as ``None``/error codes and as ``RuntimeError``.
+
 Outputs are written under a hidden temporary name in the destination folder (``.{name}.{pid}-{id}.partial``)
 and renamed onto the final name only after the last byte and the overviews are written, so a crash or a
 cancel never leaves a file at the destination that looks complete.
@@ -71,7 +74,10 @@ class RasterReader:
         self.path = str(path)
         if not os.path.exists(self.path) and not self.path.startswith("/vsi"):
             raise ParameterError("INPUT", self.path, "be an existing raster file")
-        dataset = gdal.OpenEx(self.path, gdal.OF_RASTER | gdal.OF_READONLY)
+        try:
+            dataset = gdal.OpenEx(self.path, gdal.OF_RASTER | gdal.OF_READONLY)
+        except RuntimeError:
+            dataset = None
         if dataset is None:
             raise ParameterError("INPUT", self.path, "be a raster GDAL can read")
         self._dataset = dataset
@@ -125,7 +131,10 @@ class RasterReader:
             ``(tile_h, tile_w) bool`` (False on padding and nodata).
         """
         ds = self._dataset
-        raw = ds.ReadAsArray(window.col, window.row, window.width, window.height, band_list=list(self.bands))
+        try:
+            raw = ds.ReadAsArray(window.col, window.row, window.width, window.height, band_list=list(self.bands))
+        except RuntimeError:
+            raw = None
         if raw is None:
             raise RasterIOError(f"INPUT: reading pixels {window.col},{window.row} of '{self.path}' failed: "
                                 f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}.")
@@ -137,9 +146,14 @@ class RasterReader:
                     continue  # NaN is caught by the finiteness test below
                 valid &= raw[index] != np.asarray(nodata).astype(raw.dtype)
             elif kind == "maskband":
-                mask = ds.GetRasterBand(self.bands[index]).GetMaskBand().ReadAsArray(
-                    window.col, window.row, window.width, window.height
-                )
+                try:
+                    mask = ds.GetRasterBand(self.bands[index]).GetMaskBand().ReadAsArray(
+                        window.col, window.row, window.width, window.height
+                    )
+                except RuntimeError:
+                    mask = None
+                if mask is None:
+                    raise RasterIOError(f"INPUT: reading the mask of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
                 valid &= mask > 0
         data = raw.astype(np.float32, copy=False)
         if np.issubdtype(raw.dtype, np.floating):
@@ -201,7 +215,10 @@ class GeoTiffWriter:
             f"PREDICTOR={3 if self.dtype.kind == 'f' else 2}",
             "BIGTIFF=IF_SAFER",
         ]
-        dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
+        try:
+            dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
+        except RuntimeError:
+            dataset = None
         if dataset is None:
             raise RasterIOError(f"cannot create '{self.path}': {gdal.GetLastErrorMsg() or 'GDAL error'}.")
         if geotransform is not None:
@@ -259,13 +276,16 @@ class GeoTiffWriter:
 
     def _write_now(self, row: int, rows: np.ndarray) -> None:
         band = self._dataset.GetRasterBand(1)
-        err = band.WriteArray(rows, self._pending_col, row)
-        if err == 0:
-            # write the finished blocks now and drop them from GDAL's block cache, which would otherwise grow
-            # with the raster (up to GDAL_CACHEMAX, 5 % of RAM by default)
-            gdal.ErrorReset()
-            band.FlushCache()
-            err = 1 if gdal.GetLastErrorType() >= gdal.CE_Failure else 0
+        try:
+            err = band.WriteArray(rows, self._pending_col, row)
+            if err == 0:
+                # write the finished blocks now and drop them from GDAL's block cache, which would otherwise grow
+                # with the raster (up to GDAL_CACHEMAX, 5 % of RAM by default)
+                gdal.ErrorReset()
+                band.FlushCache()
+                err = 1 if gdal.GetLastErrorType() >= gdal.CE_Failure else 0
+        except RuntimeError:
+            err = 1
         if err != 0:
             raise RasterIOError(f"writing '{self.path}' failed: {gdal.GetLastErrorMsg() or 'GDAL error'} "
                                 "(is the disk full?).")
@@ -291,7 +311,11 @@ class GeoTiffWriter:
         self.flush()
         dataset = self._dataset
         levels = self.overview_levels()
-        if levels and dataset.BuildOverviews(self._resampling, levels) != 0:
+        try:
+            failed = bool(levels) and dataset.BuildOverviews(self._resampling, levels) != 0
+        except RuntimeError:
+            failed = True
+        if failed:
             raise RasterIOError(f"building overviews of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
         if self._category_names:
             dataset.GetRasterBand(1).SetCategoryNames(self._category_names)

@@ -237,13 +237,13 @@ class EnsembleSampler:
                     if cache is not None and self.cache_status == "off":
                         cache = None  # verification failed: full passes from here on
                     probs = transform.invert(logits_to_probs(logits))
-                    prob_sum = probs if prob_sum is None else prob_sum + probs
+                    prob_sum = probs.clone() if prob_sum is None else prob_sum.add_(probs)  # in place
                     if self.need_expected_entropy:
                         h = _entropy(probs)
-                        entropy_sum = h if entropy_sum is None else entropy_sum + h
+                        entropy_sum = h if entropy_sum is None else entropy_sum.add_(h)
                     if self.need_votes:
                         vote = F.one_hot(probs.argmax(dim=1), probs.shape[1]).permute(0, 3, 1, 2).float()
-                        vote_sum = vote if vote_sum is None else vote_sum + vote
+                        vote_sum = vote if vote_sum is None else vote_sum.add_(vote)
                     if on_pass is not None:
                         on_pass()
                 if cache is not None:

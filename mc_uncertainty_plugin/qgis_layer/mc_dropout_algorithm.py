@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback
-from qgis.PyQt.QtGui import QIcon
+from qgis.core import QgsProcessingContext
 
-from .core_runner import run_processor
-from .parameters import N_SAMPLES, add_common_parameters, given, read_common_values, tr
-from .provider_icon import plugin_icon
+from .parameters import N_SAMPLES, given
 from .result_layers import MC_DROPOUT
+from .segmentation_algorithm import SegmentationAlgorithm
 
 __all__ = ["McDropoutAlgorithm"]
 
-# One paragraph per line: the Toolbox shows each line as a paragraph, qgis_process help prints it as is.
 _HELP = "\n".join((
     "Semantic segmentation of a raster with a trained model, plus a per-pixel uncertainty map, by Monte Carlo "
     "Dropout (Gal & Ghahramani, 2016).",
@@ -51,40 +48,20 @@ _HELP = "\n".join((
 ))
 
 
-class McDropoutAlgorithm(QgsProcessingAlgorithm):
+class McDropoutAlgorithm(SegmentationAlgorithm):
     """MC Dropout segmentation: T stochastic passes per tile, mean prediction and uncertainty."""
 
+    ALGORITHM_ID = "mc_dropout"
+    DISPLAY_NAME = "MC Dropout segmentation with uncertainty"
+    SHORT_DESCRIPTION = "Segment a raster with a trained model and map its uncertainty by Monte Carlo Dropout."
+    TAGS = ("segmentation", "uncertainty", "dropout", "monte carlo", "deep learning", "pytorch", "entropy")
+    HELP = _HELP
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
+    WITH_N_SAMPLES = True
+    TTA_DEFAULT = "none"
+    PROCESSOR = "MCDropoutInferenceProcessor"
+    METHOD = MC_DROPOUT
 
-    def name(self) -> str:
-        return "mc_dropout"
-
-    def displayName(self) -> str:  # noqa: N802
-        return tr("MC Dropout segmentation with uncertainty")
-
-    def shortDescription(self) -> str:  # noqa: N802
-        return tr("Segment a raster with a trained model and map its uncertainty by Monte Carlo Dropout.")
-
-    def tags(self) -> list[str]:
-        return [tr(t) for t in ("segmentation", "uncertainty", "dropout", "monte carlo", "deep learning", "pytorch", "entropy")]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return tr(_HELP)
-
-    def icon(self) -> QIcon:
-        return plugin_icon()
-
-    def createInstance(self) -> McDropoutAlgorithm:  # noqa: N802
-        return type(self)()
-
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
-        add_common_parameters(self, with_n_samples=True, tta_default="none", uncertainty_suffix=self.UNCERTAINTY_SUFFIX)
-
-    def processAlgorithm(  # noqa: N802
-        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> dict[str, Any]:
-        values = read_common_values(self, parameters, context)
-        n_samples = self.parameterAsInt(parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None
-        return run_processor(
-            "MCDropoutInferenceProcessor", {"n_samples": n_samples}, values, MC_DROPOUT, context, feedback
-        )
+    def extra_processor_kwargs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """N_SAMPLES; left out, the config's inference_processor (or 10) decides."""
+        return {"n_samples": self.parameterAsInt(parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None}

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback
-from qgis.PyQt.QtGui import QIcon
-
-from .core_runner import run_processor
-from .parameters import TTA_HELP, add_common_parameters, read_common_values, tr
-from .provider_icon import plugin_icon
+from .parameters import TTA_HELP
 from .result_layers import TTA
+from .segmentation_algorithm import SegmentationAlgorithm
 
 __all__ = ["TtaAlgorithm"]
 
@@ -34,37 +28,16 @@ _HELP = "\n".join((
 ))
 
 
-class TtaAlgorithm(QgsProcessingAlgorithm):
+class TtaAlgorithm(SegmentationAlgorithm):
     """TTA segmentation: K transforms per tile (deterministic model), mean prediction and uncertainty."""
 
+    ALGORITHM_ID = "tta"
+    DISPLAY_NAME = "TTA segmentation with uncertainty"
+    SHORT_DESCRIPTION = "Segment a raster with a trained model and map its uncertainty by test-time augmentation."
+    TAGS = ("segmentation", "uncertainty", "tta", "augmentation", "d4", "deep learning", "pytorch")
+    HELP = _HELP
     UNCERTAINTY_SUFFIX = "_uncertainty"
-
-    def name(self) -> str:
-        return "tta"
-
-    def displayName(self) -> str:  # noqa: N802
-        return tr("TTA segmentation with uncertainty")
-
-    def shortDescription(self) -> str:  # noqa: N802
-        return tr("Segment a raster with a trained model and map its uncertainty by test-time augmentation.")
-
-    def tags(self) -> list[str]:
-        return [tr(t) for t in ("segmentation", "uncertainty", "tta", "augmentation", "d4", "deep learning", "pytorch")]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return tr(_HELP)
-
-    def icon(self) -> QIcon:
-        return plugin_icon()
-
-    def createInstance(self) -> TtaAlgorithm:  # noqa: N802
-        return type(self)()
-
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
-        add_common_parameters(self, with_n_samples=False, tta_default="d4", uncertainty_suffix=self.UNCERTAINTY_SUFFIX)
-
-    def processAlgorithm(  # noqa: N802
-        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> dict[str, Any]:
-        values = read_common_values(self, parameters, context)
-        return run_processor("MultiClassInferenceProcessor", {}, values, TTA, context, feedback)
+    WITH_N_SAMPLES = False
+    TTA_DEFAULT = "d4"
+    PROCESSOR = "MultiClassInferenceProcessor"
+    METHOD = TTA

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-gdal.UseExceptions()
-
 __all__ = ["write_preview", "read_class_style", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 1024  # longest side of a panel in pixels; larger rasters are read decimated
@@ -52,12 +50,20 @@ def _read_band(ds: gdal.Dataset, index: int, size: tuple[int, int], resample: in
     return band.ReadAsArray(buf_xsize=size[0], buf_ysize=size[1], resample_alg=resample)
 
 
+def _open(path: str | Path) -> gdal.Dataset:
+    """Open a raster or raise; leaves GDAL's global exception mode as it is (this module is imported by tests)."""
+    dataset = gdal.Open(str(path))
+    if dataset is None:
+        raise ValueError(f"cannot open raster {str(path)!r}: {gdal.GetLastErrorMsg()}")
+    return dataset
+
+
 def _read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) float in [0, 1]: uint8 bands as they are, other types stretched to their 2-98 % percentiles.
 
     One-band rasters are shown in grey; nodata pixels are white.
     """
-    ds = gdal.Open(str(path))
+    ds = _open(path)
     indices = [1, 2, 3] if ds.RasterCount >= 3 else [1, 1, 1]
     bands, valid = [], np.ones((size[1], size[0]), bool)
     for i in indices:
@@ -144,7 +150,7 @@ def write_preview(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    ds_in, ds_cls, ds_unc = (gdal.Open(str(p)) for p in (input_path, classes_path, uncertainty_path))
+    ds_in, ds_cls, ds_unc = (_open(p) for p in (input_path, classes_path, uncertainty_path))
     shapes = {str(p): (d.RasterXSize, d.RasterYSize) for p, d in
               ((input_path, ds_in), (classes_path, ds_cls), (uncertainty_path, ds_unc))}
     if len(set(shapes.values())) != 1:

@@ -71,3 +71,18 @@ def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, 
     assert bad.returncode != 0
     assert "STEP_SHAPE" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad.tif").exists()
+
+    # two qgis_process runs at once give the same outputs as the sequential run above
+    command = [QGIS_PROCESS, "--json", "run", "mc_uncertainty:mc_dropout", "--", f"INPUT={raster_path}",
+               f"MODEL={torchscript_model}", "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=32", "N_SAMPLES=2",
+               "TILE_WEIGHT=pyramid", "BANDS=3,2,1"]
+    children = [subprocess.Popen(command + [f"OUTPUT={tmp_path / 'out' / f'parallel{i}.tif'}"], env=env, cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for child in children:
+        stdout, stderr = child.communicate(timeout=300)
+        assert child.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    for i in range(2):
+        for suffix in ("", "_mc_uncertainty"):
+            same = gdal.Open(str(tmp_path / "out" / f"parallel{i}{suffix}.tif")).ReadAsArray()
+            first = gdal.Open(str(tmp_path / "out" / f"classes{suffix}.tif")).ReadAsArray()
+            assert (same == first).all(), f"parallel run {i} differs from the sequential one ({suffix or 'classes'})"
