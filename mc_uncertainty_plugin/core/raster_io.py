@@ -214,6 +214,8 @@ class GeoTiffWriter:
             "COMPRESS=DEFLATE",
             f"PREDICTOR={3 if self.dtype.kind == 'f' else 2}",
             "BIGTIFF=IF_SAFER",
+            "NUM_THREADS=2",  # blocks are compressed by GDAL worker threads, beside the model compute
+            "ZLEVEL=1",
         ]
         try:
             dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
