@@ -136,8 +136,8 @@ def memory(args: argparse.Namespace, work: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=2, help="runs per method and T (best is kept)")
-    parser.add_argument("--size", type=int, default=1024, help="speed raster side (px)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method and T (best is kept)")
+    parser.add_argument("--size", type=int, default=1536, help="speed raster side (px)")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30])
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
