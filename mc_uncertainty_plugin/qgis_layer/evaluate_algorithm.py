@@ -25,7 +25,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .parameters import tr
+from .parameters import tr, with_help
 from .provider_icon import plugin_icon
 
 __all__ = ["EvaluateAlgorithm"]
@@ -72,11 +72,6 @@ _HELP = "\n".join((
 ))
 
 
-def _with_help(parameter: QgsProcessingParameterDefinition, help_text: str) -> QgsProcessingParameterDefinition:
-    parameter.setHelp(tr(help_text))
-    return parameter
-
-
 class EvaluateAlgorithm(QgsProcessingAlgorithm):
     """Evaluation of an uncertainty map against reference labels: metrics, plots, HTML / PNG / JSON."""
 
@@ -104,51 +99,51 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         add = self.addParameter
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterRasterLayer(CLASSES, tr("Class raster")),
             "Predicted class index per pixel (uint8, 255 = nodata), e.g. OUTPUT of MC Dropout segmentation. "
             "Its grid is the grid of the evaluation.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterRasterLayer(UNCERTAINTY, tr("Uncertainty raster")),
             "Per-pixel uncertainty on the grid of CLASSES, higher = less sure (entropy, mutual information ...), "
             "e.g. OUTPUT_UNCERTAINTY of the segmentation. Its nodata and NaN pixels are left out.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterRasterLayer(CONFIDENCE, tr("Confidence raster (max p̄, for calibration)"),
                                               optional=True),
             "Optional: the confidence max_c p̄_c in [0, 1] on the grid of CLASSES (OUTPUT_CONFIDENCE of the "
             "segmentation). Gives the ECE and the reliability diagram; without it they are left out.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterRasterLayer(REFERENCE, tr("Reference labels")),
             "True class index per pixel (same class numbering as CLASSES; nodata and 255 = no label). On another "
             "grid it is resampled by nearest neighbour onto the grid of CLASSES (a warning says so); without "
             "georeferencing it must have the size of CLASSES.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterString(CLASS_NAMES, tr("Class names (comma-separated)"), optional=True),
             "Names of classes 0, 1, 2 ... for the tables, e.g. \"background,building,road\". Empty: the class "
             "raster's category names (written from the model config's class_names), else \"class i\".",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterNumber(PAVPU_PATCH_SIZE, tr("PAvPU patch size (pixels)"),
                                          type=QgsProcessingParameterNumber.Integer, defaultValue=4, minValue=1),
             "Side of the square, non-overlapping patches of the PAvPU metrics (Mukhoti & Gal use 4 x 4). A patch "
             "is accurate when at least half its pixels are right, certain when its mean uncertainty is below the "
             "threshold.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterFileDestination(OUTPUT_HTML, tr("HTML report"), tr("HTML files (*.html)")),
             "Self-contained HTML report: tables of every number, how to read each metric, and the plots "
             "embedded as images.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterFileDestination(OUTPUT_PNG, tr("Summary figure (PNG)"), tr("PNG files (*.png)")),
             "2 x 3 panels: reliability diagram, risk–coverage, sparsification vs oracle, ROC, PAvPU vs threshold, "
             "uncertainty histograms of correct and wrong pixels.",
         ))
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterFileDestination(OUTPUT_JSON, tr("Numbers and curves (JSON)"),
                                                   tr("JSON files (*.json)")),
             "All numbers and curves as JSON, for scripts and comparisons between runs.",

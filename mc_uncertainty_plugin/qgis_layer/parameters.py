@@ -60,6 +60,7 @@ __all__ = [
     "CommonValues",
     "read_common_values",
     "given",
+    "with_help",
 ]
 
 INPUT = "INPUT"
@@ -106,7 +107,7 @@ def tr(text: str) -> str:
     return QCoreApplication.translate("McUncertainty", text)
 
 
-def _with_help(parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> QgsProcessingParameterDefinition:
+def with_help(parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> QgsProcessingParameterDefinition:
     parameter.setHelp(tr(help_text))
     if advanced:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -206,53 +207,53 @@ def add_common_parameters(
         uncertainty_suffix: file-name suffix of the default uncertainty raster, e.g. ``_mc_uncertainty``.
     """
     add = algorithm.addParameter
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterRasterLayer(INPUT, tr("Input raster")),
         "Any GDAL-readable raster (GeoTIFF, VRT, ...). Its pixel values are normalised as the model config says "
         "(default: ImageNet mean/std on 0..255 data).",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterFile(MODEL, tr("Model (config YAML or TorchScript)"),
                                    behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILE_FILTER),
         "A model config YAML in pytorch_segmentation_models_trainer style (model: _target_: "
         "segmentation_models_pytorch.FPN, in_channels, classes, decoder_dropout ...) or a TorchScript file "
         "(.pt/.torchscript/.jit). Nothing is downloaded: weights come from the checkpoint.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterFile(CHECKPOINT, tr("Checkpoint (weights for a YAML model)"),
                                    behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILE_FILTER,
                                    optional=True),
         "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file. "
         "Overrides checkpoint_path of the config. Leave empty for TorchScript models.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterBand(BANDS, tr("Input bands (in model order)"), parentLayerParameterName=INPUT,
                                    optional=True, allowMultiple=True),
         "The input bands fed to the model, in order. Empty: the first in_channels bands. "
         "qgis_process: BANDS=3,2,1 or the key repeated (BANDS=3 BANDS=2 BANDS=1).",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterNumber(NUM_CLASSES, tr("Number of classes (0 = from the model)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=255),
         "Expected number of classes C. 0 takes the model's output channels; a different value than the model's "
         "is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterString(MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"),
         'Size of the tiles the model sees, "H,W" (e.g. "512,512") or one integer for square tiles.',
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterString(STEP_SHAPE, tr("Tile stride (H,W or one integer)"), defaultValue="256,256"),
         'Distance between tile origins, "H,W" or one integer; at most the tile size. Smaller strides overlap more '
         "tiles (smoother, slower).",
     ))
-    add(_with_help(
+    add(with_help(
         _enum(TILE_WEIGHT, "Tile weighting", TILE_WEIGHTS, "gaussian"),
         "How overlapping tiles are blended: gaussian (default), pyramid or mean. "
         f"{_choices_help(TILE_WEIGHTS)}; e.g. TILE_WEIGHT=pyramid.",
         advanced=True,
     ))
-    add(_with_help(
+    add(with_help(
         _enum(UNCERTAINTY_MODE, "Uncertainty measure", UNCERTAINTY_MODES, "entropy"),
         "entropy: predictive entropy of the mean prediction (total uncertainty). mutual_information: BALD, "
         "the disagreement between the samples (epistemic only). expected_entropy: the mean entropy of the "
@@ -260,48 +261,48 @@ def add_common_parameters(
         "variation_ratio: 1 − the share of samples voting for the most voted class, in [0, 1 − 1/C]. "
         f"{_choices_help(UNCERTAINTY_MODES)}.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterBoolean(EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True),
         "Unchecked (false): only the class raster is written, by the faster mean-prediction path; "
         "OUTPUT_UNCERTAINTY is then ignored and its result is empty.",
     ))
     if with_n_samples:
-        add(_with_help(
+        add(with_help(
             QgsProcessingParameterNumber(N_SAMPLES, tr("Number of stochastic passes (T)"),
                                          type=QgsProcessingParameterNumber.Integer, defaultValue=10, minValue=1),
             "T forward passes with dropout kept active; time grows linearly with T. 10 suits most uses, "
             "30 gives a finer uncertainty estimate.",
         ))
-    add(_with_help(
+    add(with_help(
         _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
         TTA_HELP + " "
         + ("Combined with MC dropout: T x K samples, each transform with its own dropout masks. "
            if with_n_samples else "")
         + f"{_choices_help(TTA_MODES)}.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterNumber(SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer,
                                      defaultValue=0, minValue=0),
         "Same seed and same inputs give identical outputs.",
         advanced=True,
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterNumber(BATCH_SIZE, tr("Batch size (0 = automatic)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
         "Tiles per forward pass. 0 chooses from the available memory. Never changes the results.",
         advanced=True,
     ))
-    add(_with_help(
+    add(with_help(
         _enum(DEVICE, "Device", DEVICES, "auto"),
         "auto (CUDA when available, else CPU), cpu or cuda. The device used is reported in the log. "
         f"{_choices_help(DEVICES)}.",
         advanced=True,
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterRasterDestination(OUTPUT, tr("Class raster")),
         "GeoTIFF, 1 band, uint8 class index, on the grid and CRS of the input; 255 = nodata.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterRasterDestination(
             OUTPUT_UNCERTAINTY,
             tr(f"Uncertainty raster (empty: X{uncertainty_suffix}.tif beside the class raster X.tif)"),
@@ -312,7 +313,7 @@ def add_common_parameters(
         f"'Skip output'), it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded "
         "with it; to write no uncertainty raster, uncheck EXPORT_UNCERTAINTY_MAP.",
     ))
-    add(_with_help(
+    add(with_help(
         QgsProcessingParameterRasterDestination(
             OUTPUT_CONFIDENCE, tr("Confidence raster (max class probability, optional)"), optional=True,
             createByDefault=False,
