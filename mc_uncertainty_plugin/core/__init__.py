@@ -18,6 +18,7 @@ _EXPORTS = {
     "RunResult": "engine",
     "run_inference": "engine",
     "InferenceCancelled": "errors",
+    "InferenceError": "errors",
     "McUncertaintyError": "errors",
     "MissingDependencyError": "errors",
     "ModelLoadError": "errors",

@@ -22,7 +22,7 @@ import torch
 
 from .config import InferenceConfig
 from .dropout import find_dropout_layers
-from .errors import InferenceCancelled, ModelLoadError, ParameterError, RasterIOError
+from .errors import InferenceCancelled, InferenceError, McUncertaintyError, ModelLoadError, ParameterError
 from .merger import CLASS_NODATA, UNCERTAINTY_NODATA, FinishedRows, StreamingMerger
 from .model_loading import LoadedModel
 from .raster_io import GeoTiffWriter, RasterReader
@@ -331,8 +331,17 @@ def run_inference(
                         valids.append(valid)
                     if not chunk:
                         continue
-                    reduced = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
-                                      lambda n=len(chunk): advance(n))
+                    try:
+                        reduced = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
+                                          lambda n=len(chunk): advance(n))
+                    except McUncertaintyError:
+                        raise
+                    except Exception as exc:  # the model's own failure: one clear line, no traceback
+                        detail = " ".join(str(exc).split())[:300]
+                        raise InferenceError(
+                            f"MODEL failed on the window at row {chunk[0].row}, column {chunk[0].col} of INPUT: "
+                            f"{type(exc).__name__}: {detail}"
+                        ) from exc
                     for b, window in enumerate(chunk):
                         h, w = window.height, window.width
                         merger.aggregate(

@@ -15,6 +15,7 @@ __all__ = [
     "ModelLoadError",
     "RasterIOError",
     "InferenceCancelled",
+    "InferenceError",
     "MissingDependencyError",
 ]
 
@@ -45,6 +46,10 @@ class ModelLoadError(McUncertaintyError):
 
 class RasterIOError(McUncertaintyError):
     """A raster cannot be read or an output cannot be written."""
+
+
+class InferenceError(McUncertaintyError):
+    """The model failed on a window during the run (after the start-up checks passed); nothing is left written."""
 
 
 class InferenceCancelled(McUncertaintyError):

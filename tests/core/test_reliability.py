@@ -321,3 +321,30 @@ def test_works_when_gdal_exceptions_are_switched_on(tmp_path, rgb_raster):
     finally:
         if not previous:
             gdal.DontUseExceptions()
+
+
+class FailsLater(torch.nn.Module):
+    """Passes the start-up probe, then fails on the 4th window (e.g. out of memory on a real model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 4:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.conv(x)
+
+
+def test_a_model_failing_mid_run_is_one_clear_error_and_leaves_no_file(tmp_path, rgb_raster):
+    from mc_uncertainty_plugin.core import InferenceError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InferenceError, match=r"MODEL failed on the window at row \d+, column \d+ of INPUT: "
+                                             r"RuntimeError: CUDA out of memory \(simulated\)"):
+        MultiClassInferenceProcessor(FailsLater(), tta_mode="none", model_input_shape=32, step_shape=32,
+                                     batch_size=1).process(rgb_raster, str(out))
+    assert outputs_in(out) == []

@@ -59,3 +59,33 @@ def test_injected_decoder_dropout_is_reported_in_the_log(mc_plugin: Any, raster_
                      "checkpoint_path: unet.pth\n", encoding="utf-8")
     run(raster_path, model, tmp_path, feedback=feedback)
     assert any("inserted Dropout2d before segmentation_head" in info for info in feedback.infos)
+
+
+class _FailsLater(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.calls = 0
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("simulated failure")
+        return self.conv(x)
+
+
+def test_a_model_failing_mid_run_gives_a_processing_error_not_a_traceback(mc_plugin: Any, raster_path: str,
+                                                                           tmp_path: Path) -> None:
+    import torch
+
+    model = tmp_path / "fails.pt"
+    torch.jit.save(torch.jit.script(_FailsLater()), str(model))
+    with pytest.raises(QgsProcessingException, match="MODEL failed on the window at row"):
+        import processing
+
+        processing.run("mc_uncertainty:tta", {"INPUT": raster_path, "MODEL": str(model), "TTA_MODE": "none",
+                                              "MODEL_INPUT_SHAPE": "32", "STEP_SHAPE": "32", "BATCH_SIZE": 1,
+                                              "OUTPUT": str(tmp_path / "c.tif")})
+    assert not list(tmp_path.glob("c*.tif"))
