@@ -5,7 +5,7 @@ Field names follow the Python API of PRODUCT.md; error messages name the Process
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import ParameterError
@@ -118,7 +118,6 @@ class InferenceConfig:
     bands: tuple[int, ...] | None = None
     panel_width: int = 8192
     cache_prefix: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -10,7 +10,6 @@ it, so the result does not depend on the panel width, and memory is bounded by
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
@@ -287,6 +286,10 @@ def run_inference(
                 overview_resampling="AVERAGE", **common,
             )
             writers.append(confidence_writer)
+
+        for writer in writers:
+            for leftover in writer.stale_removed:
+                say(f"Removed {os.path.basename(leftover)}, left by an earlier run that did not finish.")
 
         def emit(rows: FinishedRows | None) -> None:
             if rows is None:

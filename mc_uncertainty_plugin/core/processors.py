@@ -15,7 +15,6 @@ from torch import nn
 
 from .compatibility import check_mc_compatibility
 from .config import InferenceConfig
-from .dropout import find_dropout_layers
 from .engine import RunResult, run_inference
 from .errors import ParameterError
 from .model_loading import LoadedModel, as_loaded_model
@@ -110,7 +109,7 @@ class _InferenceProcessor:
         return paths
 
 
-_CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig) if f.name != "extra"}
+_CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig)}
 
 
 def _config(model: LoadedModel, builtin: dict[str, Any] | None = None, **given: Any) -> InferenceConfig:
@@ -165,7 +164,6 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
             cache_prefix=cache_prefix,
         )
         super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
-        self.dropout_layers = find_dropout_layers(self.model.module)
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning

@@ -86,14 +86,9 @@ class RasterReader:
         self.band_count = dataset.RasterCount
         if self.band_count < 1:
             raise ParameterError("INPUT", self.path, "have at least one raster band")
-        self.bands: tuple[int, ...] = tuple(bands) if bands else tuple(range(1, self.band_count + 1))
-        for band in self.bands:
-            if not 1 <= band <= self.band_count:
-                raise ParameterError("BANDS", list(self.bands), f"list bands in 1..{self.band_count} of INPUT")
         self.geotransform = dataset.GetGeoTransform(can_return_null=True)
-        self.data_types = [gdal.GetDataTypeName(dataset.GetRasterBand(b).DataType) for b in self.bands]
         self.projection = dataset.GetProjection() or ""
-        self._mask_plan = [self._plan_mask(dataset.GetRasterBand(b)) for b in self.bands]
+        self.select_bands(bands or range(1, self.band_count + 1))
 
     @staticmethod
     def _plan_mask(band: gdal.Band) -> tuple[str, float | None]:
@@ -120,8 +115,14 @@ class RasterReader:
         return (min(lows), max(highs)) if lows else None
 
     def select_bands(self, bands: Sequence[int]) -> "RasterReader":
-        """This reader restricted to ``bands`` (1-based)."""
-        return RasterReader(self.path, bands)
+        """Read only ``bands`` (1-based, in this order) from now on; the dataset stays open. Returns ``self``."""
+        selected = tuple(bands)
+        for band in selected:
+            if not 1 <= band <= self.band_count:
+                raise ParameterError("BANDS", list(selected), f"list bands in 1..{self.band_count} of INPUT")
+        self.bands = selected
+        self._mask_plan = [self._plan_mask(self._dataset.GetRasterBand(b)) for b in selected]
+        return self
 
     def read(self, window: Window, tile_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Read a window, padded to the tile size.

@@ -14,7 +14,6 @@ from mc_uncertainty_plugin.core import (
     LoadedModel,
     MCDropoutInferenceProcessor,
     MultiClassInferenceProcessor,
-    Normalization,
     ParameterError,
 )
 from mc_uncertainty_plugin.core.tiling import TileGrid, tile_weight_map

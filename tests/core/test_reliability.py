@@ -70,9 +70,11 @@ def test_kill_9_leaves_nothing_that_looks_complete_and_the_next_run_cleans_up(tm
     assert "classes.tif" not in names and "classes_mc_uncertainty.tif" not in names
     assert names and all(name.startswith(".") and PARTIAL_SUFFIX in name for name in names)
     # the next run writes the outputs and removes the dead run's temporaries
+    lines = []
     MCDropoutInferenceProcessor(SmallConvNet(in_channels=3, p=0.2), n_samples=2, model_input_shape=64,
-                                step_shape=64).process(image, output_path=str(out / "classes.tif"))
+                                step_shape=64).process(image, output_path=str(out / "classes.tif"), log=lines.append)
     assert outputs_in(out) == ["classes.tif", "classes_mc_uncertainty.tif"]
+    assert any("left by an earlier run that did not finish" in line for line in lines)
 
 
 def test_temporaries_of_a_live_run_are_kept(tmp_path):
