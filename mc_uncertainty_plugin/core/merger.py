@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .tiling import Window
-from .uncertainty import uncertainty_from_accumulators
+from .uncertainty import argmax_and_max, uncertainty_from_accumulators
 
 __all__ = ["FinishedRows", "StreamingMerger", "CLASS_NODATA", "UNCERTAINTY_NODATA"]
 
@@ -123,8 +123,8 @@ class StreamingMerger:
         valid = weights > 0
         safe = np.where(valid, weights, 1.0)
         probs = self._probs[:, :count] / safe
-        classes = np.argmax(probs, axis=0).astype(np.uint8)
-        classes[~valid] = 255
+        classes, top = argmax_and_max(probs)
+        classes[~valid] = CLASS_NODATA
         uncertainty = None
         if self.uncertainty_mode is not None:
             expected = self._expected[:count] / safe if self._expected is not None else None
@@ -133,7 +133,7 @@ class StreamingMerger:
             uncertainty[~valid] = UNCERTAINTY_NODATA
         confidence = None
         if self.with_confidence:
-            confidence = probs.max(axis=0).astype(np.float32)
+            confidence = top
             confidence[~valid] = UNCERTAINTY_NODATA
         finished = FinishedRows(self.top, self.col0, classes, uncertainty, confidence)
         for buffer in (self._probs, self._weights, self._expected, self._votes):
