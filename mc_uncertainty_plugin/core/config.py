@@ -16,6 +16,8 @@ __all__ = [
     "TILE_WEIGHTS",
     "TTA_MODES",
     "DEVICES",
+    "MEMORY_FORMATS",
+    "AUTOCAST_DTYPES",
     "parse_shape",
 ]
 
@@ -23,6 +25,8 @@ UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "varia
 TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
 TTA_MODES = ("none", "flip", "d4")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+AUTOCAST_DTYPES = ("off", "bfloat16", "float16")
 
 
 def parse_shape(value: Any, parameter: str) -> tuple[int, int]:
@@ -101,6 +105,11 @@ class InferenceConfig:
             of 256; results do not depend on it.
         cache_prefix: run the deterministic prefix of the network once per tile batch (results are equal;
             False forces T full passes, for comparison).
+        memory_format: ``auto`` (channels_last for convolutional networks on CPU, where ``make bench`` measured
+            it 6-30 % faster; contiguous on GPU), ``channels_last`` or ``contiguous``. Results equal to float
+            rounding.
+        autocast: ``off`` (default, float32), ``bfloat16`` or ``float16``: mixed precision, opt-in only; it
+            changes probabilities by about 1e-2 and may flip a class where two are nearly tied.
     """
 
     n_samples: int = 10
@@ -118,6 +127,8 @@ class InferenceConfig:
     bands: tuple[int, ...] | None = None
     panel_width: int = 8192
     cache_prefix: bool = True
+    memory_format: str = "auto"
+    autocast: str = "off"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -126,6 +137,9 @@ class InferenceConfig:
         set_(self, "uncertainty_mode", _choice(str(self.uncertainty_mode).lower(), UNCERTAINTY_MODES, "UNCERTAINTY_MODE"))
         set_(self, "tile_weight", _choice(str(self.tile_weight).lower(), TILE_WEIGHTS, "TILE_WEIGHT"))
         set_(self, "device", _choice(str(self.device).lower(), DEVICES, "DEVICE"))
+        set_(self, "memory_format", _choice(str(self.memory_format).lower(), MEMORY_FORMATS, "memory_format"))
+        autocast = "off" if self.autocast in (False, None) else str(self.autocast).lower()
+        set_(self, "autocast", _choice(autocast, AUTOCAST_DTYPES, "autocast"))
         num_classes = self.num_classes
         if num_classes is not None:
             num_classes = _integer(num_classes, "NUM_CLASSES", 0) or None

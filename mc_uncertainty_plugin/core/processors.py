@@ -154,6 +154,8 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
         cache_prefix: bool = True,
+        memory_format: str | None = None,
+        autocast: str | None = None,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -161,7 +163,7 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
-            cache_prefix=cache_prefix,
+            cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
         )
         super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
         self.compatibility = check_mc_compatibility(self.model.module)
@@ -197,6 +199,8 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
         bands: Sequence[int] | None = None,
         panel_width: int = 8192,
         cache_prefix: bool = True,
+        memory_format: str | None = None,
+        autocast: str | None = None,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -204,6 +208,6 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
             export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
             model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
-            cache_prefix=cache_prefix,
+            cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
         )
         super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))

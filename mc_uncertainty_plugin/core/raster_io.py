@@ -25,6 +25,8 @@ from .tiling import Window
 
 __all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX", "remove_stale_partials"]
 
+_COMPRESSION_THREADS = 2  # GDAL worker threads compressing output blocks and computing overviews
+
 PARTIAL_SUFFIX = ".partial"
 _GDAL_TYPES = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.float32): gdal.GDT_Float32}
 
@@ -215,7 +217,7 @@ class GeoTiffWriter:
             "COMPRESS=DEFLATE",
             f"PREDICTOR={3 if self.dtype.kind == 'f' else 2}",
             "BIGTIFF=IF_SAFER",
-            "NUM_THREADS=2",  # blocks are compressed by GDAL worker threads, beside the model compute
+            f"NUM_THREADS={_COMPRESSION_THREADS}",  # blocks are compressed by GDAL worker threads, beside the model
             "ZLEVEL=1",
         ]
         try:
@@ -314,10 +316,14 @@ class GeoTiffWriter:
         self.flush()
         dataset = self._dataset
         levels = self.overview_levels()
+        previous = gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
+        gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", str(_COMPRESSION_THREADS))  # overviews in threads
         try:
             failed = bool(levels) and dataset.BuildOverviews(self._resampling, levels) != 0
         except RuntimeError:
             failed = True
+        finally:
+            gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", previous)
         if failed:
             raise RasterIOError(f"building overviews of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
         if self._category_names:
