@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -332,6 +333,7 @@ def _run(
     }
     common = dict(width=reader.width, height=reader.height, geotransform=reader.geotransform, projection=reader.projection)
     writers: list[GeoTiffWriter] = []
+    reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc_uncertainty_read")
     try:
         class_writer = GeoTiffWriter(
             segmentation_path, dtype=np.uint8, nodata=CLASS_NODATA, description="class index",
@@ -387,62 +389,86 @@ def _run(
         mode = config.uncertainty_mode if uncertainty_writer is not None else None
         skipped = 0
         stages = _Stages()
+        # the batches in order: (panel, window row, windows); a job that starts a window row drops GDAL's cached
+        # input blocks of the rows above first
+        jobs = [
+            (p, i, windows[first : first + batch_size])
+            for p, panel in enumerate(panels)
+            for i in range(len(grid.row_starts))
+            for windows in [grid.windows_in_row(i, panel)]
+            for first in range(0, len(windows), batch_size)
+        ]
+
+        def load(index: int) -> tuple[list, list, list]:
+            """Read and normalise the windows of job ``index`` (runs in the reading thread)."""
+            p, i, batch = jobs[index]
+            if index > 0 and jobs[index - 1][:2] != (p, i):
+                reader.release_cache()
+            chunk, tiles, valids = [], [], []
+            for window in batch:
+                data, valid = reader.read(window, tile)
+                if not valid.any():  # entirely nodata: nothing to predict
+                    continue
+                chunk.append(window)
+                tiles.append(np.where(valid, model.normalization.apply(data), 0.0).astype(np.float32))
+                valids.append(valid)
+            return chunk, tiles, valids
+
         stages.seconds["setup"] = time.perf_counter() - started
+        merger: StreamingMerger | None = None
+        # one job ahead: the next batch is read while the model runs on this one; the reader is only ever
+        # used from that thread, and its errors surface here through result()
+        pending = reading.submit(load, 0) if jobs else None
         with sampler:  # dropout hooks and prefix-cache wrappers installed once for the run
-            for panel in panels:
-                merger = StreamingMerger(num_classes, reader.height, panel, grid.window_height, mode,
-                                         with_confidence=confidence_writer is not None)
-                for i in range(len(grid.row_starts)):
-                    windows = grid.windows_in_row(i, panel)
-                    for first in range(0, len(windows), batch_size):
-                        check_cancel()
-                        chunk, tiles, valids = [], [], []
-                        with stages("read"):
-                            for window in windows[first : first + batch_size]:
-                                data, valid = reader.read(window, tile)
-                                if not valid.any():  # entirely nodata: nothing to predict
-                                    skipped += 1
-                                    advance(sampler.passes_per_tile)
-                                    continue
-                                chunk.append(window)
-                                tiles.append(np.where(valid, model.normalization.apply(data), 0.0).astype(np.float32))
-                                valids.append(valid)
-                        if not chunk:
-                            continue
-                        try:
-                            with stages("sampler"):
-                                reduced = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
-                                                  lambda n=len(chunk): advance(n))
-                        except McUncertaintyError:
-                            raise
-                        except Exception as exc:  # the model's own failure: one clear line, no traceback
-                            detail = " ".join(str(exc).split())[:300]
-                            raise InferenceError(
-                                f"MODEL failed on the window at row {chunk[0].row}, column {chunk[0].col} of INPUT: "
-                                f"{type(exc).__name__}: {detail}"
-                            ) from exc
-                        with stages("merge"):
-                            for b, window in enumerate(chunk):
-                                h, w = window.height, window.width
-                                merger.aggregate(
-                                    window,
-                                    reduced.mean_probs[b, :, :h, :w],
-                                    reduced.expected_entropy[b, :h, :w] if reduced.expected_entropy is not None else None,
-                                    weights * valids[b][:h, :w],
-                                    reduced.votes[b, :, :h, :w] if reduced.votes is not None else None,
-                                )
-                    reader.release_cache()
-                    next_row = grid.row_starts[i + 1] if i + 1 < len(grid.row_starts) else reader.height
+            for index, (p, i, batch) in enumerate(jobs):
+                if merger is None:
+                    merger = StreamingMerger(num_classes, reader.height, panels[p], grid.window_height, mode,
+                                             with_confidence=confidence_writer is not None)
+                check_cancel()
+                with stages("read"):  # the time the model waited for the reading thread
+                    assert pending is not None
+                    chunk, tiles, valids = pending.result()
+                pending = reading.submit(load, index + 1) if index + 1 < len(jobs) else None
+                if len(chunk) < len(batch):
+                    skipped += len(batch) - len(chunk)
+                    advance((len(batch) - len(chunk)) * sampler.passes_per_tile)
+                if chunk:
+                    try:
+                        with stages("sampler"):
+                            reduced = sampler(np.stack(tiles), [w.key for w in chunk], is_cancelled,
+                                              lambda n=len(chunk): advance(n))
+                    except McUncertaintyError:
+                        raise
+                    except Exception as exc:  # the model's own failure: one clear line, no traceback
+                        detail = " ".join(str(exc).split())[:300]
+                        raise InferenceError(
+                            f"MODEL failed on the window at row {chunk[0].row}, column {chunk[0].col} of INPUT: "
+                            f"{type(exc).__name__}: {detail}"
+                        ) from exc
                     with stages("merge"):
-                        finished = merger.pop_rows(next_row)
-                    with stages("write"):
-                        emit(finished)
+                        for b, window in enumerate(chunk):
+                            h, w = window.height, window.width
+                            merger.aggregate(
+                                window,
+                                reduced.mean_probs[b, :, :h, :w],
+                                reduced.expected_entropy[b, :h, :w] if reduced.expected_entropy is not None else None,
+                                weights * valids[b][:h, :w],
+                                reduced.votes[b, :, :h, :w] if reduced.votes is not None else None,
+                            )
+                following = jobs[index + 1][:2] if index + 1 < len(jobs) else None
+                if following == (p, i):
+                    continue  # more batches in this window row
                 with stages("merge"):
-                    finished = merger.finalize()
+                    if following is not None and following[0] == p:  # the window row is done
+                        finished = merger.pop_rows(grid.row_starts[i + 1])
+                    else:  # the panel is done
+                        finished = merger.finalize()
                 with stages("write"):
                     emit(finished)
-                    for writer in writers:
-                        writer.flush()
+                    if following is None or following[0] != p:
+                        merger = None
+                        for writer in writers:
+                            writer.flush()
         check_cancel()
         with stages("finish"):
             for writer in writers:
@@ -454,6 +480,7 @@ def _run(
             writer.abort()
         raise
     finally:
+        reading.shutdown(wait=True, cancel_futures=True)  # no read may still be running when the file closes
         reader.close()
     if progress is not None:
         progress(100.0)

@@ -350,3 +350,39 @@ def test_a_model_failing_mid_run_is_one_clear_error_and_leaves_no_file(tmp_path,
         MultiClassInferenceProcessor(FailsLater(), tta_mode="none", model_input_shape=32, step_shape=32,
                                      batch_size=1).process(rgb_raster, str(out))
     assert outputs_in(out) == []
+
+
+def _corrupt_last_block(path: Path) -> None:
+    """Overwrite the compressed bytes of the bottom-right block of band 1 with garbage."""
+    ds = gdal.Open(str(path))
+    band = ds.GetRasterBand(1)
+    bx, by = band.GetBlockSize()
+    last = f"{(ds.RasterXSize - 1) // bx}_{(ds.RasterYSize - 1) // by}"
+    offset = int(band.GetMetadataItem(f"BLOCK_OFFSET_{last}", "TIFF"))
+    size = int(band.GetMetadataItem(f"BLOCK_SIZE_{last}", "TIFF"))
+    ds = None
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
+
+
+@pytest.mark.parametrize("exceptions", [False, True], ids=["gdal errors", "gdal exceptions"])
+def test_a_read_failing_in_the_reading_thread_is_one_clear_error_and_leaves_no_file(tmp_path, exceptions):
+    """Windows are read one batch ahead in a worker thread; its failure must reach the caller as INPUT's error."""
+    image = tmp_path / "damaged.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(image), 96, 96, 3, gdal.GDT_Byte,
+                                              ["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=32", "COMPRESS=DEFLATE"])
+    ds.WriteRaster(0, 0, 96, 96, random_image((96, 96)).tobytes())
+    ds = None
+    _corrupt_last_block(image)
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = gdal.GetUseExceptions()
+    gdal.UseExceptions() if exceptions else gdal.DontUseExceptions()
+    try:
+        with pytest.raises(McUncertaintyError, match=r"INPUT: reading pixels 64,64 of '.*damaged.tif' failed"):
+            MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
+                                        batch_size=1).process(str(image), str(out))
+    finally:
+        gdal.UseExceptions() if previous else gdal.DontUseExceptions()
+    assert outputs_in(out) == []
