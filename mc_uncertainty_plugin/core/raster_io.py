@@ -21,6 +21,7 @@ import numpy as np
 from osgeo import gdal
 
 from .errors import ParameterError, RasterIOError
+from .overviews import OverviewPyramid
 from .tiling import Window
 
 __all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX", "remove_stale_partials"]
@@ -177,12 +178,51 @@ class RasterReader:
         self._dataset = None
 
 
+class _BlockRows:
+    """Collects row pieces of one column panel until whole block rows (or the last rows) can be written."""
+
+    def __init__(self, height: int, block: int) -> None:
+        self.height, self.block = height, block
+        self.pieces: list[np.ndarray] = []
+        self.row = self.col = 0
+
+    def add(self, row: int, col: int, piece: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """Buffer ``piece``; returns what is ready: ``[(row, col, rows)]`` (a new panel flushes the old one)."""
+        ready = []
+        buffered = sum(p.shape[0] for p in self.pieces)
+        if self.pieces and (col != self.col or row != self.row + buffered or piece.shape[1] != self.pieces[0].shape[1]):
+            ready += self.flush()
+            buffered = 0
+        if not self.pieces:
+            self.row, self.col = row, col
+        self.pieces.append(piece)
+        end = self.row + buffered + piece.shape[0]
+        aligned_end = end if end >= self.height else (end // self.block) * self.block
+        if aligned_end > self.row:
+            rows = np.concatenate(self.pieces, axis=0)
+            count = aligned_end - self.row
+            ready.append((self.row, self.col, rows[:count]))
+            rest = rows[count:]
+            self.pieces = [rest] if rest.shape[0] else []
+            self.row = aligned_end
+        return ready
+
+    def flush(self) -> list[tuple[int, int, np.ndarray]]:
+        if not self.pieces:
+            return []
+        ready = [(self.row, self.col, np.concatenate(self.pieces, axis=0))]
+        self.pieces = []
+        return ready
+
+
 class GeoTiffWriter:
     """A single-band tiled, compressed GeoTIFF written under a temporary name.
 
     Rows may arrive in any row-contiguous pieces per column panel; they are buffered into whole block rows
-    so that every compressed block is written once. :meth:`commit` builds overviews and renames the file onto
-    ``path``; :meth:`abort` deletes the temporary file. Both are safe to call twice.
+    so that every compressed block is written once. Overviews are computed from the rows as they are written
+    (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the coarsest
+    level). :meth:`commit` finishes and renames the file onto ``path``; :meth:`abort` deletes the temporary
+    file. Both are safe to call twice.
     """
 
     BLOCK = 256
@@ -243,46 +283,53 @@ class GeoTiffWriter:
             band.SetColorTable(table)
             band.SetColorInterpretation(gdal.GCI_PaletteIndex)
         self._dataset = dataset
-        self._pending: list[np.ndarray] = []
-        self._pending_row = 0
-        self._pending_col = 0
+        self._rows = _BlockRows(height, self.BLOCK)
+        levels = self.overview_levels()
+        self._pyramid: OverviewPyramid | None = None
+        self._overview_rows: list[_BlockRows] = []
+        try:  # empty overview bands, filled while writing
+            empty_overviews = bool(levels) and dataset.BuildOverviews("NONE", levels) == 0
+        except RuntimeError:
+            empty_overviews = False
+        if empty_overviews:
+            self._pyramid = OverviewPyramid(width, height, len(levels), overview_resampling == "AVERAGE",
+                                            float(nodata), self.dtype)
+            self._overview_rows = [_BlockRows(h, self.BLOCK) for _, h in self._pyramid.sizes[1:]]
         self.done = False
         self.stale_removed = remove_stale_partials(self.path)
 
     # -- writing -------------------------------------------------------------------------------------------
     def write(self, row: int, col: int, block: np.ndarray) -> None:
         """Write ``block`` (``(h, w)``) at ``(row, col)``; rows of one panel must arrive top to bottom."""
-        pending_rows = sum(p.shape[0] for p in self._pending)
-        if self._pending and (
-            col != self._pending_col
-            or row != self._pending_row + pending_rows
-            or block.shape[1] != self._pending[0].shape[1]
-        ):
-            self.flush()
-            pending_rows = 0
-        if not self._pending:
-            self._pending_row, self._pending_col = row, col
-        self._pending.append(np.asarray(block, dtype=self.dtype))
-        end = self._pending_row + pending_rows + block.shape[0]
-        aligned_end = end if end >= self.height else (end // self.BLOCK) * self.BLOCK
-        if aligned_end > self._pending_row:
-            rows = np.concatenate(self._pending, axis=0)
-            count = aligned_end - self._pending_row
-            self._write_now(self._pending_row, rows[:count])
-            rest = rows[count:]
-            self._pending = [rest] if rest.shape[0] else []
-            self._pending_row = aligned_end
+        for ready in self._rows.add(row, col, np.asarray(block, dtype=self.dtype)):
+            self._write_now(*ready)
 
     def flush(self) -> None:
         """Write buffered rows (end of a column panel)."""
-        if self._pending:
-            self._write_now(self._pending_row, np.concatenate(self._pending, axis=0))
-            self._pending = []
+        for ready in self._rows.flush():
+            self._write_now(*ready)
+        for level, buffer in enumerate(self._overview_rows):
+            for ready in buffer.flush():
+                self._write_band(level, *ready)
 
-    def _write_now(self, row: int, rows: np.ndarray) -> None:
+    def _write_now(self, row: int, col: int, rows: np.ndarray) -> None:
+        self._write_band(None, row, col, rows)
+        if self._pyramid is None:
+            return
+        if not OverviewPyramid.aligned(col, self._pyramid.levels):
+            self._pyramid, self._overview_rows = None, []  # BuildOverviews at the end instead
+            return
+        for level, ov_row, ov_col, pixels in self._pyramid.add(row, col, rows):
+            for ready in self._overview_rows[level].add(ov_row, ov_col, pixels):
+                self._write_band(level, *ready)
+
+    def _write_band(self, level: int | None, row: int, col: int, rows: np.ndarray) -> None:
+        """Write rows to the band (``level`` None) or to one of its overviews, and drop them from GDAL's cache."""
         band = self._dataset.GetRasterBand(1)
+        if level is not None:
+            band = band.GetOverview(level)
         try:
-            err = band.WriteArray(rows, self._pending_col, row)
+            err = band.WriteArray(rows, col, row)
             if err == 0:
                 # write the finished blocks now and drop them from GDAL's block cache, which would otherwise grow
                 # with the raster (up to GDAL_CACHEMAX, 5 % of RAM by default)
@@ -315,7 +362,8 @@ class GeoTiffWriter:
             return
         self.flush()
         dataset = self._dataset
-        levels = self.overview_levels()
+        streamed = self._pyramid is not None and self._pyramid.complete
+        levels = [] if streamed else self.overview_levels()
         previous = gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
         gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", str(_COMPRESSION_THREADS))  # overviews in threads
         try:
