@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -207,14 +208,38 @@ def run_inference(
     memory_format = resolve_memory_format(config.memory_format, device, model.module)
     model.module.to(device)
     model.module.eval()
-    if memory_format == torch.channels_last:
-        model.module.to(memory_format=torch.channels_last)
-    try:
+    with _ChannelsLastWeights(model.module) if memory_format == torch.channels_last else contextlib.nullcontext():
         return _run(model, config, device, memory_format, started, input_path, segmentation_path, uncertainty_path,
                     confidence_path, progress, is_cancelled, log, warn)
-    finally:
-        if memory_format == torch.channels_last:
-            model.module.to(memory_format=torch.contiguous_format)
+
+
+class _ChannelsLastWeights:
+    """The module's 4-D weights in channels_last while at least one run uses them, contiguous again after.
+
+    Counted per module under a lock, so a run that ends does not convert the weights under another run
+    (thread) still going on the same model.
+    """
+
+    _lock = threading.Lock()
+    _users: dict[int, int] = {}
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        with self._lock:
+            users = self._users.get(id(self.module), 0)
+            if users == 0:
+                self.module.to(memory_format=torch.channels_last)
+            self._users[id(self.module)] = users + 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            users = self._users.pop(id(self.module)) - 1
+            if users:
+                self._users[id(self.module)] = users
+            else:
+                self.module.to(memory_format=torch.contiguous_format)
 
 
 def _run(
