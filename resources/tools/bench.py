@@ -5,11 +5,15 @@ Part 1, speed, measured side by side in one run: for FPN (dropout before the hea
 dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster and tiling:
 - naive: T full forward passes per tile (what the reference trainer does);
 - ours: the deterministic prefix once per tile, the stochastic suffix T times;
+- the two alternate --repeat times and the fastest run of each is kept (this shared 2-core machine has slow
+  spells of +-20 %);
 - ideal speed-up T*F / (F_det + T*F_stoch), with F the mean full pass of the naive run, F_stoch the mean replayed
   pass (suffix only) of our run and F_det = F - F_stoch, all timed inside the runs;
-- ours / model compute: our whole run (GDAL reads, normalisation, merge, writing, overviews, the model probe)
-  over the time its forward passes took.
-Part 2, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
+- ours / model compute: our whole run over the time its forward passes took (the probe, the recording and
+  verification passes and the replayed suffixes); then where the rest of our time goes, stage by stage.
+Part 2, choices measured: full-pass time contiguous vs channels_last (and opt-in bfloat16 autocast), and the
+stochastic suffix looped T times vs stacked as one batch of T.
+Part 3, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
 
 Prints Markdown tables (pasted into the README).
 """
@@ -34,7 +38,9 @@ import torch  # noqa: E402
 from osgeo import gdal, osr  # noqa: E402
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor  # noqa: E402
+from mc_uncertainty_plugin.core.dropout import MCDropoutHooks, find_dropout_layers  # noqa: E402
 from mc_uncertainty_plugin.core.model_loading import _inject_decoder_dropout  # noqa: E402
+from mc_uncertainty_plugin.core.prefix_cache import PrefixCache  # noqa: E402
 
 
 def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:
@@ -66,12 +72,14 @@ def architectures() -> dict[str, torch.nn.Module]:
     return {"FPN (decoder dropout)": fpn, "Unet (injected dropout)": unet, "DeepLabV3+ (ASPP dropout)": deeplab}
 
 
-def speed(args: argparse.Namespace, work: Path) -> list[str]:
+def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
     """Naive vs ours per architecture and T; the ideal speed-up uses pass times measured inside the runs."""
     image = write_raster(work / "speed.tif", args.size)
     tile = args.tile
     rows = ["| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    stages = ["| model (T = 10, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
+              "finish | setup (no probe) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, net in architectures().items():
         net.eval()
         model = LoadedModel(net, in_channels=3)
@@ -100,6 +108,61 @@ def speed(args: argparse.Namespace, work: Path) -> list[str]:
             rows.append(f"| {name} | {t} | {seconds['naive']:.1f} | {seconds['ours']:.1f} | {speedup:.2f}x | "
                         f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} |")
             print(rows[-1], flush=True)
+            if t == 10:
+                stage = runs["ours"].stage_seconds
+                probe = runs["ours"].pass_seconds["probe"][1]
+                in_sampler = compute - probe
+                stages.append(
+                    f"| {name} | {compute:.2f} s | {stage['sampler'] - in_sampler:.2f} s | {stage['read']:.2f} s | "
+                    f"{stage['merge']:.2f} s | {stage['write']:.2f} s | {stage['finish']:.2f} s | "
+                    f"{stage['setup'] - probe:.2f} s |")
+    return rows, stages
+
+
+def _best_ms(run, repeat: int = 5) -> float:
+    run()
+    run()  # first calls allocate and pick kernels
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
+
+
+def choices(args: argparse.Namespace) -> list[str]:
+    """Full pass per layout / precision, and the suffix looped vs stacked, per architecture (one tile)."""
+    tile, t = args.tile, 10
+    rows = ["| model | full pass contiguous | channels_last | channels_last + bfloat16 (opt-in) | "
+            f"suffix looped {t}x (batch 1) | suffix stacked (batch {t}) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, net in architectures().items():
+        net.eval()
+        x = torch.randn(1, 3, tile, tile)
+        with torch.inference_mode():
+            contiguous = _best_ms(lambda: net(x))
+            net.to(memory_format=torch.channels_last)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            last = _best_ms(lambda: net(xl))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = _best_ms(lambda: net(xl))
+        layers = find_dropout_layers(net)
+
+        def suffix(batch: int) -> float:
+            xb = torch.randn(batch, 3, tile, tile).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), MCDropoutHooks(layers, 0) as hooks, PrefixCache(net, layers) as cache:
+                hooks.set_keys([(0, b, 0, 0) for b in range(batch)])
+                with cache.pass_(xb, recording=True):
+                    net(xb)
+
+                def replay() -> None:
+                    with cache.pass_(xb, recording=False):
+                        net(xb)
+                return _best_ms(replay)
+
+        looped, stacked = t * suffix(1), suffix(t)
+        net.to(memory_format=torch.contiguous_format)
+        rows.append(f"| {name} | {contiguous:.0f} ms | {last:.0f} ms | {bf16:.0f} ms | {looped:.1f} ms | {stacked:.1f} ms |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -136,7 +199,7 @@ def memory(args: argparse.Namespace, work: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="runs per method and T (best is kept)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per method and T, alternating (best is kept)")
     parser.add_argument("--size", type=int, default=1536, help="speed raster side (px)")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30])
@@ -149,9 +212,12 @@ def main() -> None:
         print(f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU only\n")
         if not args.skip_speed:
-            print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1\n")
-            rows = speed(args, work)
+            print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1, best of {args.repeat}\n")
+            rows, stages = speed(args, work)
             print("\n" + "\n".join(rows) + "\n")
+            print("Where our time goes (T = 10):\n\n" + "\n".join(stages) + "\n")
+            print(f"## Choices: one {args.tile}px tile, best of 5\n")
+            print("\n" + "\n".join(choices(args)) + "\n")
         if args.memory_sizes:
             print("## Memory: qgis_process mc_dropout, tiny TorchScript model, 512 px tiles\n")
             rows = memory(args, work)
