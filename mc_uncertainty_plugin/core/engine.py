@@ -34,7 +34,7 @@ from .transforms import transforms_for
 from .uncertainty import uncertainty_maximum
 
 __all__ = [
-    "RunResult", "run_inference", "resolve_device", "resolve_memory_format", "auto_batch_size",
+    "RunResult", "run_inference", "resolve_device", "resolve_memory_format", "auto_batch_size", "batch_for_memory",
     "UNCERTAINTY_DESCRIPTIONS",
 ]
 
@@ -108,8 +108,27 @@ def resolve_memory_format(name: str, device: torch.device, module: torch.nn.Modu
     return torch.channels_last if convolutional else torch.contiguous_format
 
 
+def batch_for_memory(free_bytes: int, bytes_per_tile: int, fraction: float = 0.5, cap: int = 32) -> int:
+    """Tiles per batch that keep ``bytes_per_tile`` (peak memory of one tile's pass) within ``fraction`` of the
+    free device memory; between 1 and ``cap``."""
+    if bytes_per_tile <= 0:
+        return cap
+    return max(1, min(cap, int(free_bytes * fraction) // bytes_per_tile))
+
+
+def _gpu_batch_size(device: torch.device, probe_peak_bytes: int) -> tuple[int, str]:
+    """GPU: batch from the free memory and the probe's peak. The prefix cache keeps one tile's deterministic
+    activations alive while the suffix runs, so a tile is budgeted at 1.5x the probe's peak."""
+    free, _ = torch.cuda.mem_get_info(device)
+    per_tile = int(probe_peak_bytes * 1.5)
+    batch = batch_for_memory(free, per_tile)
+    return batch, f"GPU memory budget: half of {free / 2**20:.0f} MiB free, {per_tile / 2**20:.0f} MiB per tile"
+
+
 def auto_batch_size(device: torch.device, tile_shape: tuple[int, int]) -> int:
-    """Tiles per pass: about 1 MP per batch on CPU, 4 MP on GPU (results never depend on it)."""
+    """Tiles per pass by pixel count: about 1 MP per batch on CPU, 4 MP on GPU (results never depend on it).
+
+    On GPU a run sizes its batches from the free memory instead (:func:`batch_for_memory`)."""
     pixels = tile_shape[0] * tile_shape[1]
     budget, cap = ((1 << 22), 32) if device.type == "cuda" else ((1 << 20), 8)
     return max(1, min(cap, budget // pixels))
@@ -288,9 +307,20 @@ def _run(
     model.normalization.apply(np.zeros((len(bands), 1, 1), np.float32))  # checks mean/std length early
 
     tile = config.model_input_shape
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated = torch.cuda.memory_allocated(device)
     probe_started = time.perf_counter()
     num_classes = _probe_classes(model, device, len(bands), tile)
     probe_seconds = time.perf_counter() - probe_started  # a forward pass: counted as model compute
+    budget_note = ""
+    if config.batch_size:
+        batch_size = config.batch_size
+    elif device.type == "cuda":
+        batch_size, budget_note = _gpu_batch_size(device, torch.cuda.max_memory_allocated(device) - allocated)
+        budget_note = f" ({budget_note})"
+    else:
+        batch_size = auto_batch_size(device, tile)
     if config.num_classes is not None and config.num_classes != num_classes:
         raise ParameterError("NUM_CLASSES", config.num_classes, f"match the model's {num_classes} output classes (or be 0)")
     if num_classes > 255:
@@ -329,7 +359,6 @@ def _run(
     )
     grid = TileGrid((reader.height, reader.width), tile, config.step_shape)
     weights = tile_weight_map(config.tile_weight, tile)[: grid.window_height, : grid.window_width]
-    batch_size = config.batch_size or auto_batch_size(device, tile)
     panels = [(c0, min(c0 + config.panel_width, reader.width)) for c0 in range(0, reader.width, config.panel_width)]
     total_windows = sum(len(grid.windows_in_row(i, p)) for p in panels for i in range(len(grid.row_starts)))
     total_passes = max(1, total_windows * sampler.passes_per_tile)
@@ -339,7 +368,7 @@ def _run(
     say(
         f"Device: {device.type}{how}; {reader.width}x{reader.height} px, {len(bands)} band(s), "
         f"{num_classes} classes; {total_windows} windows of {tile[0]}x{tile[1]} (step {config.step_shape[0]},"
-        f"{config.step_shape[1]}), batch {batch_size}; {sampler.n_samples} sample(s) x {len(transforms)} "
+        f"{config.step_shape[1]}), batch {batch_size}{budget_note}; {sampler.n_samples} sample(s) x {len(transforms)} "
         f"transform(s) per window; {len(layers)} active dropout layer(s)."
     )
 

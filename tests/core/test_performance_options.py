@@ -9,7 +9,7 @@ from osgeo import gdal
 from torch import nn
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
-from mc_uncertainty_plugin.core.engine import resolve_memory_format
+from mc_uncertainty_plugin.core.engine import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.uncertainty import argmax_and_max, entropy
 
@@ -132,3 +132,12 @@ def test_run_accounts_for_its_time_and_removes_its_hooks(tmp_path):
     for module in net.modules():  # hooks and cache wrappers lived for the run only
         assert not module._forward_hooks
         assert "forward" not in module.__dict__
+
+
+def test_gpu_batches_fit_a_memory_budget():
+    gib, mib = 2**30, 2**20
+    assert batch_for_memory(8 * gib, 300 * mib) == 13  # floor(4 GiB / 300 MiB)
+    assert batch_for_memory(100 * gib, 300 * mib) == 32  # capped
+    assert batch_for_memory(200 * mib, 300 * mib) == 1  # never below one tile
+    assert batch_for_memory(8 * gib, 300 * mib, fraction=0.25) == 6
+    assert batch_for_memory(8 * gib, 0) == 32  # nothing measured (no allocation in the probe)
