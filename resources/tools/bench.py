@@ -171,15 +171,27 @@ def choices(args: argparse.Namespace) -> list[str]:
     return rows
 
 
-def peak_rss_of(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+# Spawns the command from a small process and writes its peak RSS (KiB) to argv[1]. Measuring from bench.py itself
+# would be wrong: a child's ru_maxrss includes the parent's resident memory shared before the exec (vfork).
+_RSS_HELPER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def peak_rss_of(command: list[str], env: dict[str, str], work: Path) -> tuple[float, float]:
     """Peak resident memory (GiB) and seconds of one child process."""
+    report = work / "peak_rss.txt"
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
-    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    return usage.ru_maxrss / 1024**2, time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-c", _RSS_HELPER, str(report), *command], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout.decode(errors='replace')[-3000:]}")
+    return int(report.read_text()) / 1024**2, seconds
 
 
 def memory(args: argparse.Namespace, work: Path) -> list[str]:
@@ -194,7 +206,7 @@ def memory(args: argparse.Namespace, work: Path) -> list[str]:
         command = ["qgis_process.bin", "run", "mc_uncertainty:mc_dropout", "--",
                    f"INPUT={image}", f"MODEL={model_path}", "N_SAMPLES=2", "MODEL_INPUT_SHAPE=512",
                    "STEP_SHAPE=512", f"OUTPUT={work / f'mem_{size}_classes.tif'}"]
-        rss, seconds = peak_rss_of(command, env)
+        rss, seconds = peak_rss_of(command, env, work)
         rows.append(f"| {size} x {size} | {size * size / 1e6:.0f} MP | {rss:.2f} GiB | {seconds:.0f} s |")
         print(rows[-1], flush=True)
         for leftover in work.glob(f"mem_{size}*"):
