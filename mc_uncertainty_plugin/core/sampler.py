@@ -171,8 +171,7 @@ class EnsembleSampler:
         else:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                 output = self.module(x)
-        # contiguous: softmax over the class axis of a channels_last tensor is 2-3x slower
-        logits = select_segmentation_output(output).float().contiguous()
+        logits = select_segmentation_output(output).float()
         if logits.shape[-2:] != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
@@ -267,7 +266,8 @@ class EnsembleSampler:
                     logits = self._pass(xt, keys, hooks, cache, t)
                     if cache is not None and self.cache_status == "off":
                         cache = None  # verification failed: full passes from here on
-                    probs = transform.invert(logits_to_probs(logits))
+                    # contiguous first: softmax over the class axis of a channels_last tensor is 2-3x slower
+                    probs = transform.invert(logits_to_probs(logits.contiguous()))
                     prob_sum = probs if prob_sum is None else prob_sum.add_(probs)  # probs is a fresh tensor
                     if self.need_expected_entropy:
                         h = _entropy(probs)
