@@ -217,7 +217,7 @@ def memory(args: argparse.Namespace, work: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=2, help="runs per method and T, alternating (best is kept)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method and T, alternating (best is kept)")
     parser.add_argument("--size", type=int, default=1536, help="speed raster side (px)")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30])
