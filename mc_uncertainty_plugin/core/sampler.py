@@ -176,11 +176,12 @@ class EnsembleSampler:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 
-    def _sample_logits(self, x: torch.Tensor, keys: list[tuple[int, ...]], hooks: MCDropoutHooks | None) -> torch.Tensor:
+    def _sample_logits(self, x: torch.Tensor, keys: list[tuple[int, ...]]) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])
         if not self.layers:
             return self._forward(x, size)
         if not self.scripted:
+            hooks = self._hooks  # installed for the run by __enter__
             assert hooks is not None
             hooks.set_keys(keys)
             try:
@@ -205,17 +206,16 @@ class EnsembleSampler:
         self.pass_seconds[kind] = (count + 1, total + time.perf_counter() - start)
         return logits
 
-    def _pass(self, xt: torch.Tensor, keys: list[tuple[int, ...]], hooks: MCDropoutHooks | None,
-              cache: PrefixCache | None, t: int) -> torch.Tensor:
+    def _pass(self, xt: torch.Tensor, keys: list[tuple[int, ...]], cache: PrefixCache | None, t: int) -> torch.Tensor:
         """One stochastic pass; with the prefix cache, pass 0 records and later passes replay the prefix."""
         def full() -> torch.Tensor:
-            return self._timed("full", lambda: self._sample_logits(xt, keys, hooks))
+            return self._timed("full", lambda: self._sample_logits(xt, keys))
 
         if cache is None:
             return full()
         try:
             with cache.pass_(xt, recording=(t == 0)):
-                logits = self._timed("full" if t == 0 else "replay", lambda: self._sample_logits(xt, keys, hooks))
+                logits = self._timed("full" if t == 0 else "replay", lambda: self._sample_logits(xt, keys))
             if t == 1 and self.cache_status == "unverified":
                 cache.verify(full, lambda: logits)
                 self.cache_status = "on"
@@ -253,7 +253,6 @@ class EnsembleSampler:
         prob_sum: torch.Tensor | None = None
         entropy_sum: torch.Tensor | None = None
         vote_sum: torch.Tensor | None = None
-        hooks = self._hooks
         cache = self.prefix_cache if self.cache_status in ("unverified", "on") else None
         # the cache checks tensor version counters, which inference tensors do not keep
         with torch.no_grad() if cache is not None else torch.inference_mode():
@@ -263,7 +262,7 @@ class EnsembleSampler:
                     if is_cancelled is not None and is_cancelled():
                         raise InferenceCancelled("cancelled by the user.")
                     keys = [(row, col, k, t) for row, col in tile_keys]
-                    logits = self._pass(xt, keys, hooks, cache, t)
+                    logits = self._pass(xt, keys, cache, t)
                     if cache is not None and self.cache_status == "off":
                         cache = None  # verification failed: full passes from here on
                     # contiguous first: softmax over the class axis of a channels_last tensor is 2-3x slower
