@@ -25,7 +25,9 @@ from .errors import InferenceCancelled, ModelLoadError
 from .prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
-__all__ = ["EnsembleSampler", "TileAccumulators", "logits_to_probs", "select_segmentation_output"]
+__all__ = [
+    "EnsembleSampler", "TileAccumulators", "logits_to_probs", "probs_and_entropy", "select_segmentation_output",
+]
 
 
 class TileAccumulators(NamedTuple):
@@ -61,10 +63,38 @@ def select_segmentation_output(output: Any) -> torch.Tensor:
 
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class axis; one channel is a sigmoid, returned as two classes ``[1 - s, s]``."""
+    return probs_and_entropy(logits, with_entropy=False)[0]
+
+
+def probs_and_entropy(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class probabilities ``(B, C, H, W)`` of one pass and, if asked, their entropy ``(B, H, W)``.
+
+    Softmax over the class axis, written out: ``y = max(z - max_c z, -87)``, ``e = exp(y)``, ``s = Σ_c e``,
+    ``p = e / s`` and ``H = -Σ_c p ln p = ln s - Σ_c p y`` (as ``Σ_c p = 1``; no logarithm of a probability, so
+    no ``0 ln 0``). The floor -87 keeps ``exp`` out of float32's subnormal range (``exp(-87.3)`` is the smallest
+    normal float), where CPUs compute it 50-250x slower: a class more than 87 nats below the top one gets
+    ``p <= 1.7e-38`` instead of a smaller number or 0, which changes no probability or entropy by more than 1e-36.
+    On CPU this runs in ~0.35 ms for 5 x 256 x 256 against ~1.1 ms for ``torch.softmax(z, dim=1)``, which reduces
+    over a strided axis; it runs once per pass. ``logits`` is never modified: the in-place steps work on a copy.
+    A one-channel output is a sigmoid, returned as ``[1 - s, s]``.
+    """
     if logits.shape[1] == 1:
         positive = torch.sigmoid(logits)
-        return torch.cat([1.0 - positive, positive], dim=1)
-    return torch.softmax(logits, dim=1)
+        probs = torch.cat([1.0 - positive, positive], dim=1)
+        return probs, (_entropy(probs) if with_entropy else None)
+    z = logits.contiguous()  # class axis reduced in NCHW: fast; a channels_last output is copied here
+    top = z.amax(dim=1, keepdim=True)
+    shifted = z - top if z is logits else z.sub_(top)  # a copy is ours to change in place, the model's output not
+    shifted.clamp_min_(_EXP_FLOOR)
+    exp = shifted.exp() if with_entropy else shifted.exp_()
+    total = exp.sum(dim=1, keepdim=True)
+    probs = exp.div_(total)
+    if not with_entropy:
+        return probs, None
+    return probs, total.log_().squeeze(1).sub_((probs * shifted).sum(dim=1))
+
+
+_EXP_FLOOR = -87.0  # exp(-87) = 1.65e-38 is a normal float32; below -87.34 exp returns subnormals (slow)
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -265,11 +295,11 @@ class EnsembleSampler:
                     logits = self._pass(xt, keys, cache, t)
                     if cache is not None and self.cache_status == "off":
                         cache = None  # verification failed: full passes from here on
-                    # contiguous first: softmax over the class axis of a channels_last tensor is 2-3x slower
-                    probs = transform.invert(logits_to_probs(logits.contiguous()))
+                    probs, h = probs_and_entropy(logits, with_entropy=self.need_expected_entropy)
+                    probs = transform.invert(probs)
                     prob_sum = probs if prob_sum is None else prob_sum.add_(probs)  # probs is a fresh tensor
-                    if self.need_expected_entropy:
-                        h = _entropy(probs)
+                    if h is not None:
+                        h = transform.invert(h)
                         entropy_sum = h if entropy_sum is None else entropy_sum.add_(h)
                     if self.need_votes:
                         vote = F.one_hot(probs.argmax(dim=1), probs.shape[1]).permute(0, 3, 1, 2).float()

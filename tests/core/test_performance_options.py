@@ -11,6 +11,7 @@ from torch import nn
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
 from mc_uncertainty_plugin.core.engine import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.errors import ParameterError
+from mc_uncertainty_plugin.core.sampler import probs_and_entropy
 from mc_uncertainty_plugin.core.uncertainty import argmax_and_max, entropy
 
 
@@ -111,6 +112,40 @@ def test_fast_argmax_and_entropy_match_the_definitions(classes):
     np.testing.assert_allclose(entropy(probs), np.clip(expected, 0, np.log(classes)), atol=2e-6)
     np.testing.assert_allclose(entropy(np.moveaxis(probs, 0, 2), axis=2), entropy(probs), atol=1e-7)
     assert entropy(probs)[3].max() == 0.0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "interpolated"])
+@pytest.mark.parametrize("classes", [1, 2, 5])
+def test_written_out_softmax_matches_the_definition_and_leaves_the_logits_alone(layout, classes):
+    rng = np.random.default_rng(classes)
+    z = rng.normal(size=(2, classes, 12, 9)) * 4
+    z[0, :, 0, 0] = 80.0  # large logits: exp overflows without the shift
+    z[0, 0, 0, 1] = 500.0
+    if classes > 1:
+        z[1, 0, 2, 2] = -np.inf  # a class switched off: p = 0 and 0 ln 0 = 0, not nan
+    logits = torch.from_numpy(z.astype(np.float32))
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    elif layout == "interpolated":
+        logits = logits[:, :, ::2, :]  # a strided view: not contiguous in either layout
+    before = logits.clone()
+    probs, h = probs_and_entropy(logits, with_entropy=True)
+    only_probs, none = probs_and_entropy(logits, with_entropy=False)
+
+    z64 = before.double().numpy()
+    if classes == 1:
+        s = 1.0 / (1.0 + np.exp(-z64[:, 0]))
+        expected = np.stack([1.0 - s, s], axis=1)
+    else:
+        shifted = z64 - z64.max(axis=1, keepdims=True)
+        expected = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    logs = np.log(np.where(expected > 0, expected, 1.0))
+    expected_h = -np.sum(np.where(expected > 0, expected * logs, 0.0), axis=1)
+    np.testing.assert_allclose(probs.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(only_probs.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(h.numpy(), expected_h, atol=2e-6)
+    assert none is None and np.isfinite(h.numpy()).all()
+    torch.testing.assert_close(logits, before, rtol=0, atol=0)  # the model's output is never changed in place
 
 
 def test_run_accounts_for_its_time_and_removes_its_hooks(tmp_path):
