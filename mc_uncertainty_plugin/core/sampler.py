@@ -73,7 +73,7 @@ def probs_and_entropy(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torc
     ``p = e / s`` and ``H = -Σ_c p ln p = ln s - Σ_c p y`` (as ``Σ_c p = 1``; no logarithm of a probability, so
     no ``0 ln 0``). The floor -87 keeps ``exp`` out of float32's subnormal range (``exp(-87.3)`` is the smallest
     normal float), where CPUs compute it 50-250x slower: a class more than 87 nats below the top one gets
-    ``p <= 1.7e-38`` instead of a smaller number or 0, which changes no probability or entropy by more than 1e-36.
+    ``p <= 1.7e-38`` instead of a smaller number or 0: probabilities move by < 2e-38, entropies by < 1e-33.
     On CPU this runs in ~0.35 ms for 5 x 256 x 256 against ~1.1 ms for ``torch.softmax(z, dim=1)``, which reduces
     over a strided axis; it runs once per pass. ``logits`` is never modified: the in-place steps work on a copy.
     A one-channel output is a sigmoid, returned as ``[1 - s, s]``.

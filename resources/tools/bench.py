@@ -10,7 +10,10 @@ dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster an
 - ideal speed-up T*F / (F_det + T*F_stoch), with F the mean full pass of the naive run, F_stoch the mean replayed
   pass (suffix only) of our run and F_det = F - F_stoch, all timed inside the runs;
 - ours / model compute: our whole run over the time its forward passes took (the probe, the recording and
-  verification passes and the replayed suffixes); then where the rest of our time goes, stage by stage.
+  verification passes and the replayed suffixes); then where the rest of our time goes, stage by stage;
+- ours / in-memory inference: our whole run over its inference on tiles already in memory (the sampler stage:
+  forward passes, probabilities and their running sums, plus the probe), i.e. what the streaming pipeline
+  (reading, merging, writing, overviews, set-up) adds to the computation itself.
 Part 2, choices measured: full-pass time contiguous vs channels_last (and opt-in bfloat16 autocast), and the
 stochastic suffix looped T times vs stacked as one batch of T.
 Part 3, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
@@ -63,24 +66,27 @@ def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:
     return str(path)
 
 
-def architectures() -> dict[str, torch.nn.Module]:
+def architectures(only: list[str] | None = None) -> dict[str, torch.nn.Module]:
+    """The three benchmark models (or those whose name starts with one of ``only``)."""
     torch.manual_seed(0)
     fpn = smp.FPN("resnet34", encoder_weights=None, classes=5, decoder_dropout=0.2)
     unet = smp.Unet("resnet34", encoder_weights=None, classes=5)
     _inject_decoder_dropout(unet, 0.2)
     deeplab = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=5)
-    return {"FPN (decoder dropout)": fpn, "Unet (injected dropout)": unet, "DeepLabV3+ (ASPP dropout)": deeplab}
+    models = {"FPN (decoder dropout)": fpn, "Unet (injected dropout)": unet, "DeepLabV3+ (ASPP dropout)": deeplab}
+    return {name: net for name, net in models.items() if not only or any(name.startswith(o) for o in only)}
 
 
 def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
     """Naive vs ours per architecture and T; the ideal speed-up uses pass times measured inside the runs."""
     image = write_raster(work / "speed.tif", args.size)
     tile = args.tile
-    rows = ["| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    stages = ["| model (T = 10, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
+    rows = ["| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute "
+            "| ours / in-memory inference |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    stage_t = 10 if 10 in args.samples else max(args.samples)  # the stage table's T
+    stages = [f"| model (T = {stage_t}, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
               "finish | setup (no probe) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, net in architectures().items():
+    for name, net in architectures(args.models).items():
         net.eval()
         model = LoadedModel(net, in_channels=3)
         MCDropoutInferenceProcessor(model, n_samples=2, model_input_shape=tile, step_shape=tile).process(
@@ -105,11 +111,13 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
             f_det = max(f_full - f_stoch, 0.0)
             ideal = t * f_full / (f_det + t * f_stoch)
             compute = sum(total for _, total in runs["ours"].pass_seconds.values())
+            inference = runs["ours"].stage_seconds["sampler"] + runs["ours"].pass_seconds["probe"][1]
             speedup = seconds["naive"] / seconds["ours"]
             rows.append(f"| {name} | {t} | {seconds['naive']:.1f} | {seconds['ours']:.1f} | {speedup:.2f}x | "
-                        f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} |")
+                        f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} | "
+                        f"{seconds['ours'] / inference:.2f} |")
             print(rows[-1], flush=True)
-            if t == 10:
+            if t == stage_t:
                 stage = runs["ours"].stage_seconds
                 probe = runs["ours"].pass_seconds["probe"][1]
                 in_sampler = compute - probe
@@ -137,7 +145,7 @@ def choices(args: argparse.Namespace) -> list[str]:
     rows = ["| model | full pass contiguous | channels_last | channels_last + bfloat16 (opt-in) | "
             f"suffix looped {t}x (batch 1) | suffix stacked (batch {t}) | + repeating the cached prefix outputs {t}x |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, net in architectures().items():
+    for name, net in architectures(args.models).items():
         net.eval()
         x = torch.randn(1, 3, tile, tile)
         with torch.inference_mode():
@@ -222,6 +230,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30])
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
+    parser.add_argument("--models", nargs="*", help="only these models (name prefixes: FPN, Unet, DeepLabV3+)")
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -233,7 +242,7 @@ def main() -> None:
             print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1, best of {args.repeat}\n")
             rows, stages = speed(args, work)
             print("\n" + "\n".join(rows) + "\n")
-            print("Where our time goes (T = 10):\n\n" + "\n".join(stages) + "\n")
+            print(f"Where our time goes (T = {10 if 10 in args.samples else max(args.samples)}):\n\n" + "\n".join(stages) + "\n")
             print(f"## Choices: one {args.tile}px tile, best of 5\n")
             print("\n" + "\n".join(choices(args)) + "\n")
         if args.memory_sizes:

@@ -1,5 +1,6 @@
 """The demo's preview figure and the sample's files (resources/)."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,3 +38,22 @@ def test_sample_model_is_small_and_loads_with_dropout():
     model = load_model(str(ROOT / "resources/sample/model.yaml"))
     assert model.num_classes == 5 and len(config["class_names"]) == 5
     assert [layer.kind for layer in find_dropout_layers(model.module)] == ["channel"]
+
+
+def test_bench_runs_and_prints_its_tables():
+    """`make bench` in miniature: one model, a 256 px raster, T = 2 (the real run takes half an hour)."""
+    script = Path(__file__).resolve().parents[2] / "resources" / "tools" / "bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--models", "FPN", "--size", "256", "--tile", "128", "--samples", "2",
+         "--repeat", "1", "--memory-sizes"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    speed = [line for line in lines if line.startswith("| FPN (decoder dropout) | 2 |")]
+    assert speed, done.stdout
+    cells = [cell.strip() for cell in speed[-1].strip("|").split("|")]
+    assert len(cells) == 9 and cells[4].endswith("x") and cells[6].endswith("%")
+    assert 0.5 < float(cells[7]) < 10 and 0.5 < float(cells[8]) <= float(cells[7])
+    assert any(line.startswith("| FPN (decoder dropout) | ") and " s |" in line for line in lines)  # stages
+    assert any("full pass contiguous" in line for line in lines)
