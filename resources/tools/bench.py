@@ -242,7 +242,7 @@ def main() -> None:
             print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1, best of {args.repeat}\n")
             rows, stages = speed(args, work)
             print("\n" + "\n".join(rows) + "\n")
-            print(f"Where our time goes (T = {10 if 10 in args.samples else max(args.samples)}):\n\n" + "\n".join(stages) + "\n")
+            print("Where our time goes:\n\n" + "\n".join(stages) + "\n")
             print(f"## Choices: one {args.tile}px tile, best of 5\n")
             print("\n" + "\n".join(choices(args)) + "\n")
         if args.memory_sizes:
