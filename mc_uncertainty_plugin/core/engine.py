@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -146,6 +146,13 @@ def _parse_colour(value: object, index: int) -> tuple[int, int, int, int]:
         except ValueError:
             pass
     raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]')
+
+
+def _writes_behind(device: torch.device) -> bool:
+    """Write finished rows from a worker thread while the model runs on the next ones: on a GPU, where the CPU
+    would otherwise wait for the device. On CPU the compression competes with the model for the same cores:
+    measured no faster there (8 paired Unet runs on 2 cores: median 6.62 s behind vs 6.37 s in line)."""
+    return device.type != "cpu"
 
 
 def _check_output(path: str, parameter: str, input_path: str) -> str:
@@ -388,6 +395,8 @@ def _run(
     common = dict(width=reader.width, height=reader.height, geotransform=reader.geotransform, projection=reader.projection)
     writers: list[GeoTiffWriter] = []
     reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc_uncertainty_read")
+    writing = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc_uncertainty_write")
+               if _writes_behind(device) else None)
     try:
         class_writer = GeoTiffWriter(
             segmentation_path, dtype=np.uint8, nodata=CLASS_NODATA, description="class index",
@@ -418,14 +427,17 @@ def _run(
             for leftover in writer.stale_removed:
                 say(f"Removed {os.path.basename(leftover)}, left by an earlier run that did not finish.")
 
-        def emit(rows: FinishedRows | None) -> None:
-            if rows is None:
-                return
-            class_writer.write(rows.row, rows.col, rows.classes)
-            if uncertainty_writer is not None and rows.uncertainty is not None:
-                uncertainty_writer.write(rows.row, rows.col, rows.uncertainty)
-            if confidence_writer is not None and rows.confidence is not None:
-                confidence_writer.write(rows.row, rows.col, rows.confidence)
+        def write_rows(rows: FinishedRows | None, panel_done: bool) -> None:
+            """Write finished rows; when writing behind, only the writing thread calls the writers until joined."""
+            if rows is not None:
+                class_writer.write(rows.row, rows.col, rows.classes)
+                if uncertainty_writer is not None and rows.uncertainty is not None:
+                    uncertainty_writer.write(rows.row, rows.col, rows.uncertainty)
+                if confidence_writer is not None and rows.confidence is not None:
+                    confidence_writer.write(rows.row, rows.col, rows.confidence)
+            if panel_done:
+                for writer in writers:
+                    writer.flush()
 
         done = 0
 
@@ -473,6 +485,7 @@ def _run(
         # one job ahead: the next batch is read while the model runs on this one; the reader is only ever
         # used from that thread, and its errors surface here through result()
         pending = reading.submit(load, 0) if jobs else None
+        written: Future[None] | None = None  # the pending write when writing behind (at most one)
         with sampler:  # dropout hooks and prefix-cache wrappers installed once for the run
             for index, (p, i, batch) in enumerate(jobs):
                 if merger is None:
@@ -517,12 +530,20 @@ def _run(
                         finished = merger.pop_rows(grid.row_starts[i + 1])
                     else:  # the panel is done
                         finished = merger.finalize()
-                with stages("write"):
-                    emit(finished)
-                    if following is None or following[0] != p:
-                        merger = None
-                        for writer in writers:
-                            writer.flush()
+                panel_done = following is None or following[0] != p
+                if panel_done:
+                    merger = None
+                with stages("write"):  # writing behind: the time the model waited for the writing thread
+                    if written is not None:
+                        written.result()
+                        written = None
+                    if writing is not None:
+                        written = writing.submit(write_rows, finished, panel_done)
+                    else:
+                        write_rows(finished, panel_done)
+        with stages("write"):
+            if written is not None:
+                written.result()
         check_cancel()
         with stages("finish"):
             for writer in writers:
@@ -530,10 +551,14 @@ def _run(
             for writer in writers:
                 writer.publish()
     except BaseException:
+        if writing is not None:
+            writing.shutdown(wait=True, cancel_futures=True)  # no write may still be running when its file goes
         for writer in writers:
             writer.abort()
         raise
     finally:
+        if writing is not None:
+            writing.shutdown(wait=True, cancel_futures=True)
         reading.shutdown(wait=True, cancel_futures=True)  # no read may still be running when the file closes
         reader.close()
     if progress is not None:

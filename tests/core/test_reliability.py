@@ -386,3 +386,78 @@ def test_a_read_failing_in_the_reading_thread_is_one_clear_error_and_leaves_no_f
     finally:
         gdal.UseExceptions() if previous else gdal.DontUseExceptions()
     assert outputs_in(out) == []
+
+
+# -- writing behind (on a GPU finished rows are written by a worker thread; forced here on CPU) ------------------
+class _WriteLog:
+    """Wraps GeoTiffWriter.write: records the writing thread's name and can fail the n-th call like a full disk."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None) -> None:
+        from mc_uncertainty_plugin.core import RasterIOError
+
+        self.threads: list[str] = []
+        original = GeoTiffWriter.write
+
+        def write(writer, row, col, block):
+            self.threads.append(threading.current_thread().name)
+            if fail_at is not None and len(self.threads) == fail_at:
+                raise RasterIOError(f"writing '{writer.path}' failed: No space left on device (is the disk full?).")
+            return original(writer, row, col, block)
+
+        monkeypatch.setattr(GeoTiffWriter, "write", write)
+
+
+def _writing_behind(monkeypatch) -> None:
+    from mc_uncertainty_plugin.core import engine
+
+    monkeypatch.setattr(engine, "_writes_behind", lambda device: True)
+
+
+@pytest.mark.parametrize("panel_width", [256, 8192])
+def test_writing_behind_gives_the_outputs_of_writing_in_line(tmp_path, monkeypatch, panel_width):
+    image = write_geotiff(tmp_path / "in.tif", random_image((150, 600), seed=7))
+    net = SmallConvNet(p=0.3).eval()
+
+    def outputs(name: str) -> list[np.ndarray]:
+        folder = tmp_path / name
+        folder.mkdir()
+        proc = MCDropoutInferenceProcessor(net, n_samples=3, model_input_shape=64, step_shape=48,
+                                           panel_width=panel_width, uncertainty_mode="mutual_information")
+        paths = proc.process(image, output_path=str(folder / "c.tif"), confidence_path=str(folder / "p.tif"))
+        return [read_raster(paths[key]) for key in ("segmentation", "uncertainty", "confidence")]
+
+    in_line = outputs("in_line")
+    log = _WriteLog(monkeypatch)
+    _writing_behind(monkeypatch)
+    behind = outputs("behind")
+    assert log.threads and all(name.startswith("mc_uncertainty_write") for name in log.threads)
+    for a, b in zip(in_line, behind):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_write_failing_in_the_writing_thread_is_one_clear_error_and_leaves_no_file(tmp_path, monkeypatch,
+                                                                                      rgb_raster):
+    from mc_uncertainty_plugin.core import RasterIOError
+
+    log = _WriteLog(monkeypatch, fail_at=2)
+    _writing_behind(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RasterIOError, match=r"writing '.*' failed: No space left on device \(is the disk full\?\)"):
+        MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
+                                    batch_size=1).process(rgb_raster, str(out))
+    assert log.threads[1].startswith("mc_uncertainty_write")
+    assert outputs_in(out) == []
+
+
+def test_cancel_with_a_write_pending_leaves_no_file(tmp_path, monkeypatch, rgb_raster):
+    from mc_uncertainty_plugin.core import InferenceCancelled
+
+    log = _WriteLog(monkeypatch)
+    _writing_behind(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InferenceCancelled):
+        MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
+                                    batch_size=1).process(rgb_raster, str(out), is_cancelled=lambda: bool(log.threads))
+    assert log.threads and outputs_in(out) == []
