@@ -525,14 +525,13 @@ def _run(
                 following = jobs[index + 1][:2] if index + 1 < len(jobs) else None
                 if following == (p, i):
                     continue  # more batches in this window row
-                with stages("merge"):
-                    if following is not None and following[0] == p:  # the window row is done
-                        finished = merger.pop_rows(grid.row_starts[i + 1])
-                    else:  # the panel is done
-                        finished = merger.finalize()
                 panel_done = following is None or following[0] != p
-                if panel_done:
-                    merger = None
+                with stages("merge"):
+                    if panel_done:
+                        finished = merger.finalize()
+                        merger = None
+                    else:  # only the window row is done
+                        finished = merger.pop_rows(grid.row_starts[i + 1])
                 with stages("write"):  # writing behind: the time the model waited for the writing thread
                     if written is not None:
                         written.result()
