@@ -11,6 +11,7 @@ dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster an
   pass (suffix only) of our run and F_det = F - F_stoch, all timed inside the runs;
 - ours / model compute: our whole run over the time its forward passes took (the probe, the recording and
   verification passes and the replayed suffixes); then where the rest of our time goes, stage by stage;
+  the naive run's own ratio beside it (the same pipeline around T full passes);
 - ours / in-memory inference: our whole run over its inference on tiles already in memory (the sampler stage:
   forward passes, probabilities and their running sums, plus the probe), i.e. what the streaming pipeline
   (reading, merging, writing, overviews, set-up) adds to the computation itself.
@@ -82,7 +83,7 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
     image = write_raster(work / "speed.tif", args.size)
     tile = args.tile
     rows = ["| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute "
-            "| ours / in-memory inference |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| ours / in-memory inference | naive / its model compute |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     stage_t = 10 if 10 in args.samples else max(args.samples)  # the stage table's T
     stages = [f"| model (T = {stage_t}, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
               "finish | setup (no probe) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -111,11 +112,12 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
             f_det = max(f_full - f_stoch, 0.0)
             ideal = t * f_full / (f_det + t * f_stoch)
             compute = sum(total for _, total in runs["ours"].pass_seconds.values())
+            naive_compute = sum(total for _, total in runs["naive"].pass_seconds.values())
             inference = runs["ours"].stage_seconds["sampler"] + runs["ours"].pass_seconds["probe"][1]
             speedup = seconds["naive"] / seconds["ours"]
             rows.append(f"| {name} | {t} | {seconds['naive']:.1f} | {seconds['ours']:.1f} | {speedup:.2f}x | "
                         f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} | "
-                        f"{seconds['ours'] / inference:.2f} |")
+                        f"{seconds['ours'] / inference:.2f} | {seconds['naive'] / naive_compute:.2f} |")
             print(rows[-1], flush=True)
             if t == stage_t:
                 stage = runs["ours"].stage_seconds

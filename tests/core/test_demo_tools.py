@@ -53,7 +53,7 @@ def test_bench_runs_and_prints_its_tables():
     speed = [line for line in lines if line.startswith("| FPN (decoder dropout) | 2 |")]
     assert speed, done.stdout
     cells = [cell.strip() for cell in speed[-1].strip("|").split("|")]
-    assert len(cells) == 9 and cells[4].endswith("x") and cells[6].endswith("%")
-    assert 0.5 < float(cells[7]) < 10 and 0.5 < float(cells[8]) <= float(cells[7])
+    assert len(cells) == 10 and cells[4].endswith("x") and cells[6].endswith("%")
+    assert 0.5 < float(cells[7]) < 10 and 0.5 < float(cells[8]) <= float(cells[7]) and 0.5 < float(cells[9]) < 10
     assert any(line.startswith("| FPN (decoder dropout) | ") and " s |" in line for line in lines)  # stages
     assert any("full pass contiguous" in line for line in lines)
