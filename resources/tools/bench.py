@@ -11,10 +11,10 @@ dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster an
   pass (suffix only) of our run and F_det = F - F_stoch, all timed inside the runs;
 - ours / model compute: our whole run over the time its forward passes took (the probe, the recording and
   verification passes and the replayed suffixes); then where the rest of our time goes, stage by stage;
-  the naive run's own ratio beside it (the same pipeline around T full passes);
 - ours / in-memory inference: our whole run over its inference on tiles already in memory (the sampler stage:
   forward passes, probabilities and their running sums, plus the probe), i.e. what the streaming pipeline
-  (reading, merging, writing, overviews, set-up) adds to the computation itself.
+  (reading, merging, writing, overviews, set-up) adds to the computation itself;
+- naive / its model compute: the first ratio for the naive run (the same pipeline around T full passes).
 Part 2, choices measured: full-pass time contiguous vs channels_last (and opt-in bfloat16 autocast), and the
 stochastic suffix looped T times vs stacked as one batch of T.
 Part 3, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
