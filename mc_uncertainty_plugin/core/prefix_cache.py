@@ -78,6 +78,8 @@ def _copy_containers(value: Any) -> Any:
 class _PassState:
     def __init__(self, recording: bool, network_input: torch.Tensor) -> None:
         self.recording = recording
+        # ids of the known-deterministic tensors: the network input and recorded outputs, all kept alive by the
+        # caller or by the cache for the whole pass, so no other tensor can take one of these ids meanwhile
         self.clean: set[int] = {id(network_input)}
         self.counts: dict[str, int] = {}
         self.depth_inside_cached = 0
