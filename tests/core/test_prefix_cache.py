@@ -28,6 +28,13 @@ def deeplab():
     return smp.DeepLabV3Plus("resnet18", encoder_weights=None, classes=3)
 
 
+def segformer_injected():
+    """A transformer encoder (MiT): the issue names Segformer among the models torch.fx cannot trace."""
+    net = smp.Segformer("mit_b0", encoder_weights=None, classes=3)
+    _inject_decoder_dropout(net, 0.3)
+    return net
+
+
 class InPlaceAfterDropout(nn.Module):
     """The suffix adds into a deterministic activation in place: a cache without checks would corrupt it."""
 
@@ -53,7 +60,8 @@ def sampler(net, cache_prefix, n=4, tta="none"):
                            cache_prefix=cache_prefix)
 
 
-@pytest.mark.parametrize("build", [fpn, unet_injected, deeplab], ids=["FPN", "Unet+injected", "DeepLabV3+"])
+@pytest.mark.parametrize("build", [fpn, unet_injected, deeplab, segformer_injected],
+                         ids=["FPN", "Unet+injected", "DeepLabV3+", "Segformer+injected"])
 def test_cached_prefix_equals_full_passes(build):
     torch.manual_seed(1)
     net = build().eval()
