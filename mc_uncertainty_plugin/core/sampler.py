@@ -25,10 +25,7 @@ from .errors import InferenceCancelled, ModelLoadError
 from .prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
-__all__ = [
-    "EnsembleSampler", "TileAccumulators", "logits_to_probs", "probs_and_entropy", "select_segmentation_output",
-    "softmax_terms",
-]
+__all__ = ["EnsembleSampler", "TileAccumulators", "select_segmentation_output", "softmax_terms"]
 
 
 class TileAccumulators(NamedTuple):
@@ -62,21 +59,6 @@ def select_segmentation_output(output: Any) -> torch.Tensor:
     return maps[0]
 
 
-def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis; one channel is a sigmoid, returned as two classes ``[1 - s, s]``."""
-    return probs_and_entropy(logits, with_entropy=False)[0]
-
-
-def probs_and_entropy(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities ``(B, C, H, W)`` of one pass and, if asked, their entropy ``(B, H, W)``.
-
-    ``p = e / s`` with the terms of :func:`softmax_terms`. ``logits`` is never modified. A one-channel output is
-    a sigmoid, returned as ``[1 - s, s]``.
-    """
-    exp, total, entropy = softmax_terms(logits, with_entropy=with_entropy)
-    return exp.div_(total), entropy
-
-
 def softmax_terms(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(e, s, H)`` with ``p = e / s`` the class probabilities of one pass and ``H`` their entropy (or None).
 
@@ -89,7 +71,7 @@ def softmax_terms(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torch.Te
     < 2e-38, entropies by < 1e-33. ``e`` is always a new tensor (``logits`` is never modified), in NCHW layout:
     there the class reductions run over contiguous planes (~0.35 ms in all for 5 x 256 x 256 on this CPU against
     ~1.1 ms for ``torch.softmax(z, dim=1)``); a channels_last output is copied there first.
-    A one-channel output is a sigmoid: ``e = [1 - s, s]``, ``s = 1``.
+    A one-channel output is a sigmoid ``σ(z)``: ``e = [1 - σ, σ]`` and ``s = 1``.
     """
     if logits.shape[1] == 1:
         positive = torch.sigmoid(logits)

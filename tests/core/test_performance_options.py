@@ -11,7 +11,7 @@ from torch import nn
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
 from mc_uncertainty_plugin.core.engine import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.errors import ParameterError
-from mc_uncertainty_plugin.core.sampler import probs_and_entropy
+from mc_uncertainty_plugin.core.sampler import softmax_terms
 from mc_uncertainty_plugin.core.uncertainty import argmax_and_max, entropy
 
 
@@ -129,8 +129,10 @@ def test_written_out_softmax_matches_the_definition_and_leaves_the_logits_alone(
     elif layout == "interpolated":
         logits = logits[:, :, ::2, :]  # a strided view: not contiguous in either layout
     before = logits.clone()
-    probs, h = probs_and_entropy(logits, with_entropy=True)
-    only_probs, none = probs_and_entropy(logits, with_entropy=False)
+    exp, total, h = softmax_terms(logits, with_entropy=True)
+    probs = exp / total
+    exp, total, none = softmax_terms(logits, with_entropy=False)
+    only_probs = exp / total
 
     z64 = before.double().numpy()
     if classes == 1:
