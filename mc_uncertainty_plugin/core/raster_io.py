@@ -3,63 +3,30 @@
 Every GDAL call works whether GDAL's Python exceptions are on or off (QGIS or another plugin may switch them
 on for the whole process): failures are caught both as ``None``/error codes and as ``RuntimeError``.
 
-Outputs are written under a hidden temporary name in the destination folder (``.{name}.{pid}-{id}.partial``)
-and renamed onto the final name only after the last byte and the overviews are written, so a crash or a
-cancel never leaves a file at the destination that looks complete.
+Outputs are written under a hidden temporary name in the destination folder (:mod:`.output_files`) and renamed
+onto the final name only after the last byte and the overviews are written (all outputs of a run together), so a
+crash or a cancel never leaves a file at the destination that looks complete.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-import re
-import uuid
 from typing import Sequence
 
 import numpy as np
 from osgeo import gdal
 
 from .errors import ParameterError, RasterIOError
+from .output_files import publish_together, temporary_path
 from .overviews import OverviewPyramid
 from .tiling import Window
 
-__all__ = ["RasterReader", "GeoTiffWriter", "PARTIAL_SUFFIX", "remove_stale_partials"]
+__all__ = ["RasterReader", "GeoTiffWriter"]
 
 _COMPRESSION_THREADS = 2  # GDAL worker threads compressing output blocks and computing overviews
 
-PARTIAL_SUFFIX = ".partial"
 _GDAL_TYPES = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.float32): gdal.GDT_Float32}
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_partials(path: str) -> list[str]:
-    """Delete temporaries of ``path`` left by runs that died (``kill -9``, power loss); returns what went.
-
-    A temporary is ``.{name}.{pid}-{id}.partial`` (plus ``.aux.xml``); it is stale when process ``pid`` is gone.
-    Temporaries of runs still alive (another run writing the same file) are kept.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    removed = []
-    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + r"(\.aux\.xml)?$")
-    for candidate in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*{PARTIAL_SUFFIX}*")):
-        match = pattern.match(os.path.basename(candidate))
-        if match and not _process_alive(int(match.group(1))):
-            try:
-                os.remove(candidate)
-                removed.append(candidate)
-            except OSError:
-                pass
-    return removed
 
 
 class RasterReader:
@@ -91,6 +58,8 @@ class RasterReader:
             raise ParameterError("INPUT", self.path, "have at least one raster band")
         self.geotransform = dataset.GetGeoTransform(can_return_null=True)
         self.projection = dataset.GetProjection() or ""
+        self.gcps = tuple(dataset.GetGCPs() or ()) if self.geotransform is None else ()
+        self.gcp_projection = (dataset.GetGCPProjection() or "") if self.gcps else ""
         self.select_bands(bands or range(1, self.band_count + 1))
 
     @staticmethod
@@ -102,20 +71,53 @@ class RasterReader:
             return "nodata", band.GetNoDataValue()
         return "maskband", None
 
+    @property
+    def has_crs(self) -> bool:
+        """Whether the raster says where it lies: a CRS, or ground control points with one."""
+        return bool(self.projection or self.gcp_projection)
+
+    def data_bands(self) -> tuple[int, ...]:
+        """Band numbers that hold data: every band but an alpha band (which is the dataset's mask, not data)."""
+        return tuple(
+            number for number in range(1, self.band_count + 1)
+            if self._dataset.GetRasterBand(number).GetColorInterpretation() != gdal.GCI_AlphaBand
+        )
+
     def approximate_range(self) -> tuple[float, float] | None:
-        """Approximate (min, max) over the selected bands (GDAL's sampled statistics); None if unknown."""
+        """Approximate (min, max) of the finite, valid values of the selected bands; None if unknown.
+
+        GDAL's sampled statistics (they skip nodata); where they are not finite (±inf pixels in float imagery),
+        a decimated read of the band with non-finite values left out."""
         lows, highs = [], []
         for band_number in self.bands:
             band = self._dataset.GetRasterBand(band_number)
             try:
                 values = band.ComputeRasterMinMax(True)
             except RuntimeError:
-                return None
+                values = None
+            if values is not None and not all(math.isfinite(v) for v in values):
+                values = self._finite_range(band)
             if values is None:
-                return None
+                continue
             lows.append(values[0])
             highs.append(values[1])
         return (min(lows), max(highs)) if lows else None
+
+    def _finite_range(self, band: gdal.Band, samples: int = 512) -> tuple[float, float] | None:
+        """(min, max) of the finite, non-nodata values of a read of at most ``samples`` x ``samples`` pixels."""
+        scale = max(1.0, max(self.width, self.height) / samples)
+        try:
+            values = band.ReadAsArray(buf_xsize=max(1, int(self.width / scale)),
+                                      buf_ysize=max(1, int(self.height / scale)))
+        except RuntimeError:
+            values = None
+        if values is None:
+            return None
+        keep = np.isfinite(values)
+        nodata = band.GetNoDataValue()
+        if nodata is not None and not math.isnan(nodata):
+            keep &= values != np.asarray(nodata).astype(values.dtype)
+        return (float(values[keep].min()), float(values[keep].max())) if keep.any() else None
 
     def select_bands(self, bands: Sequence[int]) -> "RasterReader":
         """Read only ``bands`` (1-based, in this order) from now on; the dataset stays open. Returns ``self``."""
@@ -221,8 +223,9 @@ class GeoTiffWriter:
     Rows may arrive in any row-contiguous pieces per column panel; they are buffered into whole block rows
     so that every compressed block is written once. Overviews are computed from the rows as they are written
     (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the coarsest
-    level). :meth:`commit` finishes and renames the file onto ``path``; :meth:`abort` deletes the temporary
-    file. Both are safe to call twice.
+    level). :meth:`finish` closes the temporary file; :meth:`moves` lists the renames that publish it (a run
+    publishes all its outputs in one :func:`~.output_files.publish_together`); :meth:`commit` finishes and
+    publishes this file alone; :meth:`abort` deletes the temporary file. All are safe to call twice.
     """
 
     BLOCK = 256
@@ -241,10 +244,11 @@ class GeoTiffWriter:
         color_table: Sequence[tuple[int, int, int, int]] | None = None,
         category_names: Sequence[str] | None = None,
         overview_resampling: str = "NEAREST",
+        gcps: Sequence[gdal.GCP] = (),
+        gcp_projection: str = "",
     ) -> None:
         self.path = os.path.abspath(path)
-        folder, name = os.path.split(self.path)
-        self.temp_path = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+        self.temp_path = temporary_path(self.path)
         self.dtype = np.dtype(dtype)
         self.width, self.height = width, height
         self._resampling = overview_resampling
@@ -270,6 +274,8 @@ class GeoTiffWriter:
             dataset.SetGeoTransform(list(geotransform))
         if projection:
             dataset.SetProjection(projection)
+        if gcps and geotransform is None:  # georeferenced by ground control points only: carry them over
+            dataset.SetGCPs(list(gcps), gcp_projection)
         band = dataset.GetRasterBand(1)
         band.SetNoDataValue(float(nodata))
         if description:
@@ -296,7 +302,6 @@ class GeoTiffWriter:
                                             float(nodata), self.dtype)
             self._overview_rows = [_BlockRows(h, self.BLOCK) for _, h in self._pyramid.sizes[1:]]
         self.done = False
-        self.stale_removed = remove_stale_partials(self.path)
 
     # -- writing -------------------------------------------------------------------------------------------
     def write(self, row: int, col: int, block: np.ndarray) -> None:
@@ -380,19 +385,18 @@ class GeoTiffWriter:
         self._dataset = None
         dataset = None
 
+    def moves(self) -> list[tuple[str | None, str]]:
+        """The renames that publish the finished file: the raster, and its ``.aux.xml`` sidecar (or, when it
+        has none, the removal of an earlier run's sidecar, which would describe the wrong file)."""
+        aux = self.temp_path + ".aux.xml"
+        return [(self.temp_path, self.path), (aux if os.path.exists(aux) else None, self.path + ".aux.xml")]
+
     def publish(self) -> str:
-        """Rename the finished temporary file (and its .aux.xml sidecar) onto the final path."""
+        """Rename the finished temporary file (and its sidecar) onto the final path; returns it."""
         if self.done:
             return self.path
-        if self._dataset is not None:
-            self.finish()
-        aux = self.temp_path + ".aux.xml"
-        final_aux = self.path + ".aux.xml"
-        if os.path.exists(aux):
-            os.replace(aux, final_aux)
-        elif os.path.exists(final_aux):
-            os.remove(final_aux)  # a sidecar from an earlier run would describe the wrong file
-        os.replace(self.temp_path, self.path)
+        self.finish()
+        publish_together(self.moves())
         self.done = True
         return self.path
 

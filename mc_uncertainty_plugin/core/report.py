@@ -19,13 +19,13 @@ import io
 import json
 import math
 import os
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .errors import MissingDependencyError, RasterIOError
 from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
+from .output_files import check_outputs, publish_together, temporary_path
 
 __all__ = [
     "plot_reliability",
@@ -392,21 +392,17 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
 
 # -- files -----------------------------------------------------------------------------------------------------
 
-def _write_atomically(path: str, data: bytes) -> str:
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise RasterIOError(f"cannot write '{path}': the folder does not exist.")
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
+def _write_temporary(path: str, data: bytes) -> str:
+    """Write ``data`` to a new temporary file beside ``path``; returns the temporary's path."""
+    temporary = temporary_path(path)
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
-        os.replace(temporary, path)
     except OSError as error:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise RasterIOError(f"cannot write '{path}': {error}.") from None
-    return path
+    return temporary
 
 
 def write_evaluation_outputs(
@@ -423,16 +419,25 @@ def write_evaluation_outputs(
     Raises:
         RasterIOError: a file cannot be written.
     """
-    written: dict[str, str] = {}
+    wanted = check_outputs({"OUTPUT_HTML": html_path, "OUTPUT_PNG": png_path, "OUTPUT_JSON": json_path})
     summary = figure_png(summary_figure(result)) if (html_path or png_path) else None
-    if json_path:
-        text = json.dumps(result.to_json(), indent=1, allow_nan=False)
-        written["json"] = _write_atomically(json_path, text.encode("utf-8"))
-    if png_path and summary is not None:
-        written["png"] = _write_atomically(png_path, summary)
-    if html_path:
-        written["html"] = _write_atomically(html_path, html_report(result, summary).encode("utf-8"))
-    return written
+    contents = {
+        "OUTPUT_JSON": lambda: json.dumps(result.to_json(), indent=1, allow_nan=False).encode("utf-8"),
+        "OUTPUT_PNG": lambda: summary,
+        "OUTPUT_HTML": lambda: html_report(result, summary).encode("utf-8"),
+    }
+    temporaries: dict[str, str] = {}
+    try:
+        for key, path in wanted.items():
+            temporaries[key] = _write_temporary(path, contents[key]())
+        publish_together([(temporaries[key], path) for key, path in wanted.items()])
+    except BaseException:
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise
+    names = {"OUTPUT_HTML": "html", "OUTPUT_PNG": "png", "OUTPUT_JSON": "json"}
+    return {names[key]: path for key, path in wanted.items()}
 
 
 def evaluate_to_files(
@@ -451,6 +456,9 @@ def evaluate_to_files(
     Raises:
         ParameterError, RasterIOError, InferenceCancelled: as the evaluation and the writing raise them.
     """
+    rasters = {"CLASSES": config.classes_path, "UNCERTAINTY": config.uncertainty_path,
+               "REFERENCE": config.reference_path, "CONFIDENCE": config.confidence_path}
+    check_outputs({"OUTPUT_HTML": html_path, "OUTPUT_PNG": png_path, "OUTPUT_JSON": json_path}, rasters=rasters)
     scaled = (lambda percent: progress(0.9 * percent)) if progress is not None else None
     result = evaluate_uncertainty(config, progress=scaled, is_cancelled=is_cancelled)
     written = write_evaluation_outputs(result, html_path, png_path, json_path)

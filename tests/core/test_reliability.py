@@ -26,7 +26,10 @@ from mc_uncertainty_plugin.core import (
     ParameterError,
 )
 from mc_uncertainty_plugin.core.merger import CLASS_NODATA
-from mc_uncertainty_plugin.core.raster_io import PARTIAL_SUFFIX, GeoTiffWriter
+from mc_uncertainty_plugin.core.output_files import host_tag, remove_stale_temporaries
+from mc_uncertainty_plugin.core.raster_io import GeoTiffWriter
+
+PARTIAL_SUFFIX = ".partial"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,10 +81,9 @@ def test_kill_9_leaves_nothing_that_looks_complete_and_the_next_run_cleans_up(tm
 
 
 def test_temporaries_of_a_live_run_are_kept(tmp_path):
-    live = tmp_path / f".classes.tif.{os.getpid()}-abc123{PARTIAL_SUFFIX}"
+    live = tmp_path / f".mcu-{host_tag()}-{os.getpid()}-abcdef12{PARTIAL_SUFFIX}"
     live.write_bytes(b"x")
-    writer = GeoTiffWriter(str(tmp_path / "classes.tif"), 10, 10, np.uint8, 255, None, "")
-    writer.abort()
+    assert remove_stale_temporaries(str(tmp_path)) == []
     assert live.exists()
 
 
