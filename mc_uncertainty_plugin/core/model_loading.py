@@ -14,18 +14,19 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 import os
 import pickle
-import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from .errors import ModelLoadError, ParameterError
+from .yaml_config import Interpolator, read_config, resolve_interpolations
 
 __all__ = [
     "Normalization",
@@ -67,9 +68,14 @@ class Normalization:
         std = tuple(float(v) for v in (std if isinstance(std, Sequence) else [std]))
         if len(mean) != len(std):
             raise ParameterError("normalization", dict(section), "give mean and std of the same length")
-        if any(s <= 0 for s in std):
-            raise ParameterError("normalization.std", list(std), "be positive")
-        return cls(mean, std, float(section.get("max_pixel_value", 255.0)))
+        if not all(math.isfinite(v) for v in mean):
+            raise ParameterError("normalization.mean", list(mean), "be finite numbers")
+        if not all(math.isfinite(v) and v > 0 for v in std):
+            raise ParameterError("normalization.std", list(std), "be positive finite numbers")
+        scale = float(section.get("max_pixel_value", 255.0))
+        if not (math.isfinite(scale) and scale > 0):
+            raise ParameterError("normalization.max_pixel_value", scale, "be a positive finite number")
+        return cls(mean, std, scale)
 
     def apply(self, data: np.ndarray) -> np.ndarray:
         """Normalise ``(B, bands, H, W)`` or ``(bands, H, W)`` float32 in place-safe fashion."""
@@ -96,6 +102,7 @@ class LoadedModel:
     class_names: tuple[str, ...] | None = None
     class_colors: tuple[str, ...] | None = None
     source: str = "<in-memory module>"
+    checkpoint: str | None = None
     inference_defaults: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -120,65 +127,9 @@ def _first_conv_in_channels(module: nn.Module) -> int | None:
     return None
 
 
-# -- YAML configs ------------------------------------------------------------------------------------------
-_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
-
-
-def resolve_interpolations(config: Any, root: Any = None, depth: int = 0) -> Any:
-    """Resolve OmegaConf-style ``${a.b.c}`` references against the whole config (no resolvers, no code).
-
-    A string that is exactly one reference takes the referenced value with its type; references inside longer
-    strings are replaced by the value's text. Resolvers (``${oc.env:X}``) and unknown paths are errors.
-    """
-    root = config if root is None else root
-    if depth > 20:
-        raise ModelLoadError("MODEL: interpolations in the config nest too deeply (a cycle?).")
-    if isinstance(config, dict):
-        return {k: resolve_interpolations(v, root, depth) for k, v in config.items()}
-    if isinstance(config, list):
-        return [resolve_interpolations(v, root, depth) for v in config]
-    if not isinstance(config, str) or "${" not in config:
-        return config
-
-    def lookup(reference: str) -> Any:
-        reference = reference.strip()
-        if ":" in reference or not reference:
-            raise ModelLoadError(f"MODEL: interpolation ${{{reference}}} is not supported (only ${{section.key}}).")
-        node: Any = root
-        for part in reference.split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise ModelLoadError(f"MODEL: interpolation ${{{reference}}} refers to a missing key.")
-        return resolve_interpolations(node, root, depth + 1)
-
-    whole = _INTERPOLATION.fullmatch(config)
-    if whole:
-        return lookup(whole.group(1))
-    return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1))), config)
-
-
 def allowed_prefixes_from_environment() -> tuple[str, ...]:
     """Extra trusted ``_target_`` prefixes from ``MC_UNCERTAINTY_ALLOWED_TARGETS`` (comma-separated)."""
     return tuple(p.strip() for p in os.environ.get(ALLOWED_TARGETS_ENV, "").split(",") if p.strip())
-
-
-# -- YAML configs (reading)
-def _read_yaml(path: str, parameter: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            content = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ParameterError(parameter, path, f"be a readable file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ModelLoadError(f"{parameter}: '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
-    if not isinstance(content, dict):
-        raise ModelLoadError(f"{parameter}: '{path}' must hold a YAML mapping, got {type(content).__name__}.")
-    return resolve_interpolations(content)
 
 
 def _resolve_target(target: Any, allowed_prefixes: Sequence[str]) -> type:
@@ -325,7 +276,7 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
 
 
 # -- entry point -------------------------------------------------------------------------------------------
-def _class_metadata(config: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+def _class_metadata(config: Interpolator) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
     names = config.get("class_names")
     colors = config.get("class_colors")
     return (tuple(str(n) for n in names) if names else None, tuple(str(c) for c in colors) if colors else None)
@@ -362,7 +313,7 @@ def load_model(
 
 
 def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str]) -> LoadedModel:
-    config = _read_yaml(path, "MODEL")
+    config = Interpolator(read_config(path, "MODEL"))  # only the sections read below are interpolated
     section = config.get("model")
     if not isinstance(section, Mapping):
         raise ModelLoadError(f"MODEL: '{path}' has no 'model:' section (a mapping with _target_ and its arguments).")
@@ -371,14 +322,15 @@ def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str])
     if checkpoint:
         checkpoint = os.path.abspath(os.fspath(checkpoint))  # CHECKPOINT: relative to the working directory
     elif config.get("checkpoint_path"):
-        checkpoint = os.path.join(os.path.dirname(os.path.abspath(path)), os.fspath(config["checkpoint_path"]))
+        checkpoint = os.path.join(os.path.dirname(os.path.abspath(path)), str(config.get("checkpoint_path")))
     if checkpoint:
         load_state_dict_strict(module, _read_checkpoint(checkpoint), checkpoint)
     else:
         notes.append("no checkpoint given: the network has random weights")
     module.eval()
     names, colors = _class_metadata(config)
-    defaults = config.get("inference_processor") if isinstance(config.get("inference_processor"), Mapping) else {}
+    defaults = config.get("inference_processor")
+    defaults = defaults if isinstance(defaults, Mapping) else {}
     in_channels = section.get("in_channels", 3 if "in_channels" in _explicit_parameters(type(module)) else None)
     classes = section.get("classes")
     return LoadedModel(
@@ -389,6 +341,7 @@ def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str])
         class_names=names,
         class_colors=colors,
         source=os.path.abspath(path),
+        checkpoint=checkpoint or None,
         inference_defaults=dict(defaults),
         notes=notes,
     )
@@ -396,7 +349,9 @@ def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str])
 
 def _load_torchscript(path: str) -> LoadedModel:
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.14 flags torch.jit as deprecated; it is the format users have
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            module = torch.jit.load(path, map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(
             f"MODEL: '{path}' is not a TorchScript file ({' '.join(str(exc).split())[:200]}). For a plain "
@@ -404,9 +359,11 @@ def _load_torchscript(path: str) -> LoadedModel:
         ) from None
     module.eval()
     sidecar = next((os.path.splitext(path)[0] + s for s in CONFIG_SUFFIXES if os.path.isfile(os.path.splitext(path)[0] + s)), None)
-    config = _read_yaml(sidecar, "MODEL") if sidecar else {}
+    config = Interpolator(read_config(sidecar, "MODEL") if sidecar else {})
     names, colors = _class_metadata(config)
-    section = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    section = config.get("model")
+    section = section if isinstance(section, Mapping) else {}
+    defaults = config.get("inference_processor")
     return LoadedModel(
         module=module,
         normalization=Normalization.from_config(config.get("normalization")),
@@ -415,6 +372,6 @@ def _load_torchscript(path: str) -> LoadedModel:
         class_names=names,
         class_colors=colors,
         source=os.path.abspath(path),
-        inference_defaults=dict(config.get("inference_processor") or {}),
+        inference_defaults=dict(defaults) if isinstance(defaults, Mapping) else {},
         notes=[f"normalization and classes from {sidecar}"] if sidecar else [],
     )
