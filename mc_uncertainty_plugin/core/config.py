@@ -19,6 +19,7 @@ __all__ = [
     "MEMORY_FORMATS",
     "AUTOCAST_DTYPES",
     "parse_shape",
+    "SEED_MAX",
 ]
 
 UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "variation_ratio")
@@ -67,18 +68,24 @@ def _choice(value: str, choices: Sequence[str], parameter: str) -> str:
     return value
 
 
-def _integer(value: Any, parameter: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        isinstance(value, float) and value.is_integer()
-    ):
+SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers
+
+
+def _integer(value: Any, parameter: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int: ints, integral floats and integer text (``" 12 "``); anything else (``2.5``,
+    ``"a"``, ``True``) is an error naming ``parameter``, never rounded."""
+    requirement = f"be an integer >= {minimum}" if maximum is None else f"be an integer in {minimum}..{maximum}"
+    if isinstance(value, bool):
+        raise ParameterError(parameter, value, requirement)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        as_int = int(value)
+    else:
         try:
             as_int = int(str(value).strip())
         except ValueError:
-            raise ParameterError(parameter, value, f"be an integer >= {minimum}") from None
-    else:
-        as_int = int(value)
-    if as_int < minimum:
-        raise ParameterError(parameter, value, f"be an integer >= {minimum}")
+            raise ParameterError(parameter, value, requirement) from None
+    if as_int < minimum or (maximum is not None and as_int > maximum):
+        raise ParameterError(parameter, value, requirement)
     return as_int
 
 
@@ -97,8 +104,10 @@ class InferenceConfig:
         model_input_shape: tile (H, W) (``MODEL_INPUT_SHAPE``).
         step_shape: tile stride (H, W), each at most the tile size (``STEP_SHAPE``).
         tile_weight: ``gaussian``, ``pyramid`` or ``mean`` (``TILE_WEIGHT``).
-        seed: dropout masks are drawn from this seed, the tile position and the sample index (``SEED``).
-        batch_size: tiles per forward pass; 0 chooses automatically. Never changes results (``BATCH_SIZE``).
+        seed: dropout masks are drawn from this seed, the tile position and the sample index (``SEED``); an
+            integer in 0..2^64-1.
+        batch_size: tiles per forward pass; 0 chooses automatically (``BATCH_SIZE``). The dropout masks do not
+            depend on it; the outputs are equal up to float32 rounding (a batch of one tile runs other kernels).
         device: ``auto``, ``cpu`` or ``cuda`` (``DEVICE``).
         bands: 1-based input bands in model order; ``None`` = the first ``in_channels`` bands (``BANDS``).
         panel_width: widest column panel processed at once; bounds memory for very wide rasters. A multiple
@@ -154,17 +163,17 @@ class InferenceConfig:
             )
         set_(self, "model_input_shape", tile)
         set_(self, "step_shape", step)
-        set_(self, "seed", _integer(self.seed, "SEED", 0))
+        set_(self, "seed", _integer(self.seed, "SEED", 0, SEED_MAX))
         set_(self, "batch_size", _integer(self.batch_size, "BATCH_SIZE", 0))
         if self.bands is not None:
             bands = tuple(self.bands)
             if not bands:
                 bands = None
             else:
-                for b in bands:
-                    if isinstance(b, bool) or int(b) != b or int(b) < 1:
-                        raise ParameterError("BANDS", list(self.bands), "list band numbers starting at 1")
-                bands = tuple(int(b) for b in bands)
+                try:
+                    bands = tuple(_integer(b, "BANDS", 1) for b in bands)
+                except ParameterError:
+                    raise ParameterError("BANDS", list(self.bands), "list band numbers starting at 1") from None
             set_(self, "bands", bands)
         width = _integer(self.panel_width, "panel_width", 256)
         if width % 256:
@@ -173,8 +182,13 @@ class InferenceConfig:
 
     @property
     def uncertainty_needs_expected_entropy(self) -> bool:
-        """True when the merge must also blend mean_t H[p_t] (mutual information, expected entropy)."""
-        return self.export_uncertainty_map and self.uncertainty_mode in ("mutual_information", "expected_entropy")
+        """True when the merge must also blend mean_t H[p_t] (expected entropy)."""
+        return self.export_uncertainty_map and self.uncertainty_mode == "expected_entropy"
+
+    @property
+    def uncertainty_needs_mutual_information(self) -> bool:
+        """True when the merge must blend each window's own mutual information."""
+        return self.export_uncertainty_map and self.uncertainty_mode == "mutual_information"
 
     @property
     def uncertainty_needs_votes(self) -> bool:

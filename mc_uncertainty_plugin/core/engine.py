@@ -27,6 +27,7 @@ from .dropout import find_dropout_layers
 from .errors import InferenceCancelled, InferenceError, McUncertaintyError, ModelLoadError, ParameterError
 from .merger import CLASS_NODATA, UNCERTAINTY_NODATA, FinishedRows, StreamingMerger
 from .model_loading import LoadedModel
+from .output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries
 from .raster_io import GeoTiffWriter, RasterReader
 from .sampler import EnsembleSampler, select_segmentation_output
 from .tiling import TileGrid, tile_weight_map
@@ -155,20 +156,6 @@ def _writes_behind(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def _check_output(path: str, parameter: str, input_path: str) -> str:
-    path = os.path.abspath(os.fspath(path))
-    if path == os.path.abspath(input_path) or (
-        os.path.exists(path) and os.path.exists(input_path) and os.path.samefile(path, input_path)
-    ):
-        raise ParameterError(parameter, path, "differ from INPUT")
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise ParameterError(parameter, path, "be in an existing folder")
-    if not os.access(folder, os.W_OK):
-        raise ParameterError(parameter, path, "be in a writable folder")
-    return path
-
-
 def _check_free_space(paths: Sequence[str], width: int, height: int) -> None:
     """Refuse to start when the output folder cannot hold the outputs (uncompressed size + overviews)."""
     per_pixel = {0: 1, 1: 4}  # class raster uint8, uncertainty float32
@@ -185,14 +172,50 @@ def _check_free_space(paths: Sequence[str], width: int, height: int) -> None:
             )
 
 
+OUTPUT_EXTENSIONS = (".tif", ".tiff")
+_MEMORY_PER_INPUT_BYTE = 16  # a forward pass needs many times its input's memory (activations)
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes of memory free for a forward pass on ``device``; None when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_tile_fits(device: torch.device, bands: int, tile: tuple[int, int]) -> None:
+    """Refuse a tile whose forward pass cannot fit in memory, before allocating it."""
+    available = _available_memory(device)
+    needed = bands * tile[0] * tile[1] * 4 * _MEMORY_PER_INPUT_BYTE
+    if available is not None and needed > available:
+        raise ParameterError(
+            "MODEL_INPUT_SHAPE", f"{tile[0]},{tile[1]}",
+            f"be a tile whose forward pass fits in memory: about {needed / 2**30:.1f} GiB needed for {bands} band(s), "
+            f"{available / 2**30:.1f} GiB available on {device.type}; use a smaller tile (e.g. 512,512)",
+        )
+
+
 def _probe_classes(model: LoadedModel, device: torch.device, bands: int, tile: tuple[int, int]) -> int:
     """Output channels of the network on one zero tile (also checks that the tile shape is accepted)."""
-    x = torch.zeros((1, bands) + tuple(tile), device=device)
+    _check_tile_fits(device, bands, tile)
     try:
+        x = torch.zeros((1, bands) + tuple(tile), device=device)
         with torch.inference_mode():
             logits = select_segmentation_output(model.module(x))
     except ModelLoadError:
         raise
+    except MemoryError:
+        raise ParameterError("MODEL_INPUT_SHAPE", f"{tile[0]},{tile[1]}", "be a tile that fits in memory") from None
     except Exception as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ParameterError(
@@ -237,6 +260,20 @@ def run_inference(
     with _ChannelsLastWeights(model.module) if memory_format == torch.channels_last else contextlib.nullcontext():
         return _run(model, config, device, memory_format, started, input_path, segmentation_path, uncertainty_path,
                     confidence_path, progress, is_cancelled, log, warn)
+
+
+def _report_validity(valid_pixels: int, nonfinite: int, caution: LogCallback) -> None:
+    """Warn about pixels the model could not predict; a run that predicted none is an error naming MODEL."""
+    if valid_pixels == 0 and nonfinite:
+        raise InferenceError(
+            f"MODEL gave non-finite probabilities (NaN or inf) at every valid pixel of INPUT ({nonfinite:,}); "
+            "nothing was written. Check the model's weights and the config's normalization."
+        )
+    if valid_pixels == 0:
+        caution("No pixel of INPUT was valid (all nodata, masked or NaN): the outputs hold nodata only.")
+    elif nonfinite:
+        caution(f"MODEL gave non-finite probabilities (NaN or inf) at {nonfinite:,} pixel(s): they are nodata "
+                "in every output.")
 
 
 class _ChannelsLastWeights:
@@ -303,15 +340,29 @@ def _run(
         if in_channels is not None and len(bands) != in_channels:
             raise ParameterError("BANDS", list(bands), f"select exactly {in_channels} bands (the model's in_channels)")
     else:
-        wanted = in_channels or reader.band_count
-        if reader.band_count < wanted:
+        data_bands = reader.data_bands()  # an alpha band is the mask, not data
+        wanted = in_channels or len(data_bands)
+        if len(data_bands) < max(wanted, 1):
+            alpha = " and an alpha band" if len(data_bands) < reader.band_count else ""
             raise ParameterError(
-                "INPUT", f"{input_path} ({reader.band_count} bands)",
-                f"have at least {wanted} bands (the model's in_channels), or choose them with BANDS",
+                "INPUT", f"{input_path} ({len(data_bands)} data band(s){alpha})",
+                f"have at least {max(wanted, 1)} data bands (the model's in_channels), or choose them with BANDS",
             )
-        bands = tuple(range(1, wanted + 1))
+        bands = data_bands[:wanted]
     reader = reader.select_bands(bands)
     model.normalization.apply(np.zeros((len(bands), 1, 1), np.float32))  # checks mean/std length early
+
+    if not config.export_uncertainty_map:
+        uncertainty_path = None
+    outputs = check_outputs(
+        {"OUTPUT": segmentation_path, "OUTPUT_UNCERTAINTY": uncertainty_path, "OUTPUT_CONFIDENCE": confidence_path},
+        rasters={"INPUT": input_path}, files={"MODEL": model.source, "CHECKPOINT": model.checkpoint},
+    )
+    for key, path in outputs.items():
+        check_extension(key, path, OUTPUT_EXTENSIONS)
+    segmentation_path = outputs["OUTPUT"]
+    uncertainty_path = outputs.get("OUTPUT_UNCERTAINTY")
+    confidence_path = outputs.get("OUTPUT_CONFIDENCE")
 
     tile = config.model_input_shape
     if device.type == "cuda":
@@ -333,20 +384,8 @@ def _run(
     if num_classes > 255:
         raise ModelLoadError(f"MODEL has {num_classes} classes; the uint8 class raster holds at most 255.")
 
-    segmentation_path = _check_output(segmentation_path, "OUTPUT", input_path)
-    if not config.export_uncertainty_map:
-        uncertainty_path = None
-    if uncertainty_path is not None:
-        uncertainty_path = _check_output(uncertainty_path, "OUTPUT_UNCERTAINTY", input_path)
-        if uncertainty_path == segmentation_path:
-            raise ParameterError("OUTPUT_UNCERTAINTY", uncertainty_path, "differ from OUTPUT")
-    if confidence_path is not None:
-        confidence_path = _check_output(confidence_path, "OUTPUT_CONFIDENCE", input_path)
-        if confidence_path in (segmentation_path, uncertainty_path):
-            raise ParameterError("OUTPUT_CONFIDENCE", confidence_path, "differ from OUTPUT and OUTPUT_UNCERTAINTY")
-
     _check_free_space([p for p in (segmentation_path, uncertainty_path, confidence_path) if p], reader.width, reader.height)
-    if not reader.projection:
+    if not reader.has_crs:
         caution(f"INPUT '{input_path}' has no CRS: the outputs have none either.")
     value_range = reader.approximate_range()
     scale = model.normalization.max_pixel_value
@@ -362,7 +401,8 @@ def _run(
         model.module, device, n_samples=config.n_samples, mc_dropout=config.mc_dropout,
         transforms=transforms, dropout_layers=layers, seed=config.seed,
         need_expected_entropy=config.uncertainty_needs_expected_entropy, cache_prefix=config.cache_prefix,
-        need_votes=config.uncertainty_needs_votes, memory_format=memory_format, autocast=config.autocast,
+        need_votes=config.uncertainty_needs_votes,
+        need_mutual_information=config.uncertainty_needs_mutual_information, memory_format=memory_format, autocast=config.autocast,
     )
     grid = TileGrid((reader.height, reader.width), tile, config.step_shape)
     weights = tile_weight_map(config.tile_weight, tile)[: grid.window_height, : grid.window_width]
@@ -392,7 +432,8 @@ def _run(
         "MC_TILE_WEIGHT": config.tile_weight,
         "MC_PRECISION": "float32" if config.autocast == "off" else f"autocast {config.autocast}",
     }
-    common = dict(width=reader.width, height=reader.height, geotransform=reader.geotransform, projection=reader.projection)
+    common = dict(width=reader.width, height=reader.height, geotransform=reader.geotransform,
+                  projection=reader.projection, gcps=reader.gcps, gcp_projection=reader.gcp_projection)
     writers: list[GeoTiffWriter] = []
     reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc_uncertainty_read")
     writing = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc_uncertainty_write")
@@ -423,8 +464,8 @@ def _run(
             )
             writers.append(confidence_writer)
 
-        for writer in writers:
-            for leftover in writer.stale_removed:
+        for folder in dict.fromkeys(os.path.dirname(writer.path) for writer in writers):
+            for leftover in remove_stale_temporaries(folder):
                 say(f"Removed {os.path.basename(leftover)}, left by an earlier run that did not finish.")
 
         def write_rows(rows: FinishedRows | None, panel_done: bool) -> None:
@@ -453,7 +494,7 @@ def _run(
                 raise InferenceCancelled("cancelled by the user; no output was written.")
 
         mode = config.uncertainty_mode if uncertainty_writer is not None else None
-        skipped = 0
+        skipped = valid_pixels = nonfinite = 0
         stages = _Stages()
         # the batches in order: (panel, window row, windows); a job that starts a window row drops GDAL's cached
         # input blocks of the rows above first
@@ -521,6 +562,8 @@ def _run(
                                 reduced.expected_entropy[b, :h, :w] if reduced.expected_entropy is not None else None,
                                 weights * valids[b][:h, :w],
                                 reduced.votes[b, :, :h, :w] if reduced.votes is not None else None,
+                                (reduced.mutual_information[b, :h, :w]
+                                 if reduced.mutual_information is not None else None),
                             )
                 following = jobs[index + 1][:2] if index + 1 < len(jobs) else None
                 if following == (p, i):
@@ -529,9 +572,12 @@ def _run(
                 with stages("merge"):
                     if panel_done:
                         finished = merger.finalize()
+                        nonfinite += merger.nonfinite_pixels
                         merger = None
                     else:  # only the window row is done
                         finished = merger.pop_rows(grid.row_starts[i + 1])
+                    if finished is not None:
+                        valid_pixels += int(np.count_nonzero(finished.classes != CLASS_NODATA))
                 with stages("write"):  # writing behind: the time the model waited for the writing thread
                     if written is not None:
                         written.result()
@@ -544,11 +590,13 @@ def _run(
             if written is not None:
                 written.result()
         check_cancel()
+        _report_validity(valid_pixels, nonfinite, caution)
         with stages("finish"):
             for writer in writers:
                 writer.finish()
+            publish_together([move for writer in writers for move in writer.moves()])
             for writer in writers:
-                writer.publish()
+                writer.done = True
     except BaseException:
         if writing is not None:
             writing.shutdown(wait=True, cancel_futures=True)  # no write may still be running when its file goes

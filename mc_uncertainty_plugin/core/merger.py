@@ -34,9 +34,14 @@ class FinishedRows:
 class StreamingMerger:
     """Weighted blend of tile outputs over columns ``[col0, col1)`` of a raster ``height`` rows tall.
 
-    Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_e = Σ_k w_k E_k`` (for MI and expected
-    entropy), ``S_v = Σ_k w_k v_k`` (vote shares, for the variation ratio) and ``S_w = Σ_k w_k``, where ``w_k`` is the tile weight at the pixel, zeroed where the input is nodata. A pixel
-    with ``S_w = 0`` is nodata in both outputs.
+    Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_w = Σ_k w_k`` and, as the uncertainty mode
+    needs, ``S_e = Σ_k w_k E_k`` (expected entropy), ``S_i = Σ_k w_k I_k`` (each window's own mutual information
+    ``I_k = H[p̄_k] - E_k``) or ``S_v = Σ_k w_k v_k`` (vote shares, variation ratio), where ``w_k`` is the tile
+    weight at the pixel, zeroed where the input is nodata. A pixel with ``S_w = 0`` is nodata in every output.
+
+    Windows whose probabilities are not finite at a pixel (a model emitting NaN/inf logits there) mark the
+    pixel as broken: it is nodata in every output, whatever other windows say, and is counted in
+    :attr:`nonfinite_pixels`.
 
     Args:
         num_classes: C.
@@ -66,10 +71,12 @@ class StreamingMerger:
         cols = self.col1 - self.col0
         self._probs = np.zeros((num_classes, rows, cols), dtype=np.float32)
         self._weights = np.zeros((rows, cols), dtype=np.float32)
-        self._expected = (
-            np.zeros((rows, cols), dtype=np.float32)
-            if uncertainty_mode in ("mutual_information", "expected_entropy") else None
+        self._expected = np.zeros((rows, cols), dtype=np.float32) if uncertainty_mode == "expected_entropy" else None
+        self._information = (
+            np.zeros((rows, cols), dtype=np.float32) if uncertainty_mode == "mutual_information" else None
         )
+        self._broken = np.zeros((rows, cols), dtype=bool)
+        self.nonfinite_pixels = 0  # pixels with valid input made nodata because the model's output was not finite
         self._votes = (
             np.zeros((num_classes, rows, cols), dtype=np.float32) if uncertainty_mode == "variation_ratio" else None
         )
@@ -81,6 +88,7 @@ class StreamingMerger:
         expected_entropy: np.ndarray | None,
         weights: np.ndarray,
         votes: np.ndarray | None = None,
+        mutual_information: np.ndarray | None = None,
     ) -> None:
         """Add one window's output.
 
@@ -90,6 +98,7 @@ class StreamingMerger:
             expected_entropy: ``(h, w) float32`` per-tile mean_t H[p_t], or ``None`` if not needed.
             weights: ``(h, w) float32`` tile weight times input validity (0 on nodata).
             votes: ``(C, h, w) float32`` per-tile vote shares, or ``None`` if not needed.
+            mutual_information: ``(h, w) float32`` per-tile ``H[p̄] - E``, or ``None`` if not needed.
         """
         r0 = window.row - self.top
         if r0 < 0:
@@ -104,12 +113,20 @@ class StreamingMerger:
         dst = slice(c0 - self.col0, c1 - self.col0)
         rows = slice(r0, r0 + window.height)
         w = weights[:, src]
+        parts = [mean_probs[:, :, src]]
+        for extra in (expected_entropy, mutual_information, votes):
+            parts.append(extra[..., src] if extra is not None else None)
+        finite = np.isfinite(sum(p.sum(axis=0) if p.ndim == 3 else p for p in parts if p is not None))
+        if not finite.all():  # non-negative terms: the sum is finite exactly when every term is
+            self._broken[rows, dst] |= ~finite & (w > 0)
+            w = w * finite
+            parts = [None if p is None else np.where(finite, p, np.float32(0.0)) for p in parts]
+        probs, expected, information, shares = parts
         self._weights[rows, dst] += w
-        self._probs[:, rows, dst] += mean_probs[:, :, src] * w
-        if self._expected is not None and expected_entropy is not None:
-            self._expected[rows, dst] += expected_entropy[:, src] * w
-        if self._votes is not None and votes is not None:
-            self._votes[:, rows, dst] += votes[:, :, src] * w
+        self._probs[:, rows, dst] += probs * w
+        for buffer, value in ((self._expected, expected), (self._information, information), (self._votes, shares)):
+            if buffer is not None and value is not None:
+                buffer[..., rows, dst] += value * w
 
     def pop_rows(self, until_row: int) -> FinishedRows | None:
         """Finish rows ``[top, until_row)`` (no later window may touch them) and release their memory."""
@@ -120,30 +137,36 @@ class StreamingMerger:
         if count > self._weights.shape[0]:
             raise RuntimeError(f"cannot finish {count} rows at once; the buffer holds {self._weights.shape[0]}.")
         weights = self._weights[:count]
-        valid = weights > 0
+        broken = self._broken[:count]
+        self.nonfinite_pixels += int(np.count_nonzero(broken))
+        valid = (weights > 0) & ~broken
         safe = np.where(valid, weights, 1.0)
         probs = self._probs[:, :count] / safe
         classes, top = argmax_and_max(probs)
         classes[~valid] = CLASS_NODATA
         uncertainty = None
         if self.uncertainty_mode is not None:
-            expected = self._expected[:count] / safe if self._expected is not None else None
-            votes = self._votes[:, :count] / safe if self._votes is not None else None
-            uncertainty = uncertainty_from_accumulators(probs, expected, self.uncertainty_mode, votes)
+            def blended(buffer: np.ndarray | None) -> np.ndarray | None:
+                return buffer[..., :count, :] / safe if buffer is not None else None
+
+            uncertainty = uncertainty_from_accumulators(
+                probs, blended(self._expected), self.uncertainty_mode, blended(self._votes),
+                mutual_information=blended(self._information),
+            )
             uncertainty[~valid] = UNCERTAINTY_NODATA
         confidence = None
         if self.with_confidence:
             confidence = top
             confidence[~valid] = UNCERTAINTY_NODATA
         finished = FinishedRows(self.top, self.col0, classes, uncertainty, confidence)
-        for buffer in (self._probs, self._weights, self._expected, self._votes):
+        for buffer in (self._probs, self._weights, self._expected, self._information, self._votes, self._broken):
             if buffer is None:
                 continue
             axis = buffer.ndim - 2
             index = (slice(None),) * axis
             keep = buffer.shape[axis] - count
             buffer[index + (slice(0, keep),)] = buffer[index + (slice(count, None),)]
-            buffer[index + (slice(keep, None),)] = 0.0
+            buffer[index + (slice(keep, None),)] = 0
         self.top = until_row
         return finished
 

@@ -34,6 +34,7 @@ class TileAccumulators(NamedTuple):
     mean_probs: np.ndarray  # (B, C, H, W): p̄ = (1/N) Σ p_n
     expected_entropy: np.ndarray | None  # (B, H, W): (1/N) Σ H[p_n]
     votes: np.ndarray | None  # (B, C, H, W): (1/N) Σ 1[argmax p_n = c]
+    mutual_information: np.ndarray | None = None  # (B, H, W): max(H[p̄] - (1/N) Σ H[p_n], 0); exactly 0 if N = 1
 
 
 def select_segmentation_output(output: Any) -> torch.Tensor:
@@ -109,6 +110,7 @@ class EnsembleSampler:
         seed: base seed of the dropout masks.
         need_expected_entropy: also accumulate ``mean H[p_{k,t}]`` (mutual information, expected entropy).
         need_votes: also accumulate the vote shares of the classes (variation ratio).
+        need_mutual_information: also return each tile's own mutual information (needs the expected entropy).
         memory_format: layout of the network input (the module's weights are converted by the caller).
         autocast: ``off``, ``bfloat16`` or ``float16`` (mixed precision of the forward passes, opt-in).
     """
@@ -126,6 +128,7 @@ class EnsembleSampler:
         need_expected_entropy: bool,
         cache_prefix: bool = True,
         need_votes: bool = False,
+        need_mutual_information: bool = False,
         memory_format: torch.memory_format = torch.contiguous_format,
         autocast: str = "off",
     ) -> None:
@@ -138,8 +141,9 @@ class EnsembleSampler:
         # without active dropout every pass is identical: one pass gives the same p̄ and E[H]
         self.n_samples = n_samples if self.layers else 1
         self.seed = seed
-        self.need_expected_entropy = need_expected_entropy
         self.need_votes = need_votes
+        self.need_mutual_information = need_mutual_information
+        self.need_expected_entropy = need_expected_entropy or need_mutual_information
         self.scripted = any(layer.scripted for layer in self.layers)
         self.pass_seconds: dict[str, tuple[int, float]] = {}  # kind -> (passes, seconds): model compute only
         self.prefix_cache: PrefixCache | None = None
@@ -303,9 +307,28 @@ class EnsembleSampler:
                         on_pass()
                 if cache is not None:
                     cache.clear()
+        return self._reduce(prob_sum, entropy_sum, vote_sum)
+
+    def _reduce(self, prob_sum: torch.Tensor | None, entropy_sum: torch.Tensor | None,
+                vote_sum: torch.Tensor | None) -> TileAccumulators:
+        """Means over the ``N`` passes, and the tile's own mutual information ``H[p̄] - mean H[p_n]``.
+
+        With one pass per tile (no active dropout and no TTA) the mutual information is 0 by definition; it is
+        set to exactly 0 rather than computed as the difference of two roundings of the same entropy."""
+        if prob_sum is None:
+            raise RuntimeError("the sampler ran no pass (no transform).")
         count = float(self.passes_per_tile)
-        assert prob_sum is not None
-        mean_probs = (prob_sum / count).cpu().numpy()
-        expected = (entropy_sum / count).cpu().numpy() if entropy_sum is not None else None
-        votes = (vote_sum / count).cpu().numpy() if vote_sum is not None else None
-        return TileAccumulators(mean_probs, expected, votes)
+        mean = prob_sum / count
+        expected = entropy_sum / count if entropy_sum is not None else None
+        information = None
+        if self.need_mutual_information and expected is not None:
+            if self.passes_per_tile == 1:
+                information = torch.zeros_like(expected)
+            else:
+                information = (_entropy(mean) - expected).clamp_min_(0.0)
+        return TileAccumulators(
+            mean.cpu().numpy(),
+            expected.cpu().numpy() if expected is not None else None,
+            (vote_sum / count).cpu().numpy() if vote_sum is not None else None,
+            information.cpu().numpy() if information is not None else None,
+        )

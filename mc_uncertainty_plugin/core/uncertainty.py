@@ -11,12 +11,14 @@ Notation: ``p_t(c|x)`` is the softmax of stochastic pass ``t = 1..T`` (dropout m
   not vote for the modal class; in ``[0, 1 - 1/C]``.
 - confidence: ``max_c p̄_c`` (for calibration), in ``[1/C, 1]``.
 
-Blending over overlapping tiles (see :mod:`.merger`) keeps these *linear* accumulators per pixel,
-``Σ_k w_k p̄_k`` and ``Σ_k w_k E_k`` with ``E_k = (1/T) Σ_t H[p_{k,t}]``, normalised by ``Σ_k w_k``. Entropy
-and MI are then computed from the blended ``p̄`` and ``E`` (and the variation ratio from the blended vote
-shares ``Σ_k w_k v_k / Σ_k w_k``): the blend is itself the predictive mean of a
-mixture over tiles and samples, so the class map (argmax of blended ``p̄``) and the uncertainty describe the
-same distribution, and MI stays in ``[0, ln C]``.
+Blending over overlapping tiles (see :mod:`.merger`) keeps *linear* accumulators per pixel, normalised by
+``Σ_k w_k``: ``Σ_k w_k p̄_k``, and as the mode needs ``Σ_k w_k E_k`` with ``E_k = (1/T) Σ_t H[p_{k,t}]``,
+``Σ_k w_k I_k`` with each window's own ``I_k = H[p̄_k] - E_k``, or the vote shares ``Σ_k w_k v_k``.
+The class map is the argmax of the blended ``p̄`` and the entropy is ``H`` of it, so both describe the same
+distribution. The mutual information is the blend of the windows' own MI, not ``H[blended p̄] - blended E``:
+the latter counts the disagreement *between overlapping windows* (which see different context) as model
+uncertainty, and would be > 0 for a model without dropout; the blend of ``I_k`` is exactly 0 there, and stays
+in ``[0, ln C]``.
 """
 
 from __future__ import annotations
@@ -108,35 +110,44 @@ def mutual_information(sample_probs: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_from_accumulators(
-    mean_probs: np.ndarray, expected_entropy: np.ndarray | None, mode: str, votes: np.ndarray | None = None
+    mean_probs: np.ndarray,
+    expected_entropy: np.ndarray | None,
+    mode: str,
+    votes: np.ndarray | None = None,
+    *,
+    mutual_information: np.ndarray | None = None,
 ) -> np.ndarray:
     """Uncertainty from blended accumulators (already divided by the weight sum).
 
     Args:
         mean_probs: blended ``p̄``, ``(C, H, W)``.
-        expected_entropy: blended ``(1/T) Σ_t H[p_t]``, ``(H, W)``; for ``mutual_information`` and
-            ``expected_entropy``.
-        mode: ``entropy`` -> ``H[p̄]``; ``mutual_information`` -> ``H[p̄] - E``, clipped to ``[0, ln C]``;
-            ``expected_entropy`` -> ``E``; ``variation_ratio`` -> ``1 - max_c v_c``.
+        expected_entropy: blended ``(1/T) Σ_t H[p_t]``, ``(H, W)``; for ``expected_entropy`` (and for
+            ``mutual_information`` of a single window, when ``mutual_information`` is not given).
+        mode: ``entropy`` -> ``H[p̄]``; ``mutual_information`` -> the blended per-window MI (else ``H[p̄] - E``),
+            clipped to ``[0, ln C]``; ``expected_entropy`` -> ``E``; ``variation_ratio`` -> ``1 - max_c v_c``.
         votes: blended vote shares ``v``, ``(C, H, W)``; for ``variation_ratio``.
+        mutual_information: blended per-window ``H[p̄_k] - E_k``, ``(H, W)``.
 
     Returns:
         ``(H, W) float32``.
     """
     num_classes = mean_probs.shape[0]
+    ceiling = np.float32(np.log(num_classes))
     if mode == "expected_entropy":
         if expected_entropy is None:
             raise ValueError("expected_entropy needs the blended expected entropy.")
-        return np.clip(expected_entropy, 0.0, np.log(num_classes)).astype(np.float32)
+        return np.clip(expected_entropy, 0.0, ceiling).astype(np.float32)
     if mode == "variation_ratio":
         if votes is None:
             raise ValueError("variation_ratio needs the blended vote shares.")
         return np.clip(1.0 - votes.max(axis=0), 0.0, 1.0 - 1.0 / num_classes).astype(np.float32)
+    if mode == "mutual_information" and mutual_information is not None:
+        return np.clip(mutual_information, 0.0, ceiling).astype(np.float32)
     total = entropy(mean_probs, axis=0)
     if mode == "entropy":
         return total
     if mode == "mutual_information":
         if expected_entropy is None:
-            raise ValueError("mutual_information needs the blended expected entropy.")
-        return np.clip(total - expected_entropy, 0.0, np.log(num_classes)).astype(np.float32)
+            raise ValueError("mutual_information needs the blended mutual information or expected entropy.")
+        return np.clip(total - expected_entropy, 0.0, ceiling).astype(np.float32)
     raise ValueError(f"unknown uncertainty mode {mode!r}.")
