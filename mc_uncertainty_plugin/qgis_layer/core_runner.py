@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingUtils,
     QgsSettings,
@@ -25,6 +24,7 @@ from .. import python_env
 from .parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues, tr
 from .progress import EtaLog, StagedFeedback, format_seconds
 from .result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, result_names
+from .run_guards import cancel_on_interrupt, processing_error
 from .styling import uncertainty_mode
 
 __all__ = ["require_torch", "require_dependencies", "run_processor"]
@@ -52,7 +52,7 @@ def require_torch() -> None:
         QgsProcessingException: torch cannot be imported even from the configured environment.
     """
     if not python_env.ensure_torch():
-        raise QgsProcessingException(python_env.missing_torch_message())
+        raise processing_error(python_env.missing_torch_message())
 
 
 def require_dependencies(model_path: str) -> None:
@@ -64,7 +64,7 @@ def require_dependencies(model_path: str) -> None:
     require_torch()
     missing = python_env.missing_model_modules(model_path)
     if missing:
-        raise QgsProcessingException(python_env.missing_modules_message(missing))
+        raise processing_error(python_env.missing_modules_message(missing))
 
 
 def run_processor(
@@ -113,19 +113,20 @@ def run_processor(
         loaded = time.monotonic()
         feedback.pushInfo(f"Model loaded in {format_seconds(loaded - started)}: {os.path.basename(values.model_path)}.")
         stages.start(1)
-        paths = processor.process(
-            values.input_path,
-            os.path.dirname(values.output_path),
-            output_path=values.output_path,
-            uncertainty_path=values.uncertainty_path,
-            confidence_path=values.confidence_path,
-            progress=EtaLog(stages.set_progress, feedback.pushInfo),
-            is_cancelled=feedback.isCanceled,
-            log=feedback.pushInfo,
-            warn=feedback.pushWarning,
-        )
+        with cancel_on_interrupt(feedback):
+            paths = processor.process(
+                values.input_path,
+                os.path.dirname(values.output_path),
+                output_path=values.output_path,
+                uncertainty_path=values.uncertainty_path,
+                confidence_path=values.confidence_path,
+                progress=EtaLog(stages.set_progress, feedback.pushInfo),
+                is_cancelled=feedback.isCanceled,
+                log=feedback.pushInfo,
+                warn=feedback.pushWarning,
+            )
     except McUncertaintyError as error:
-        raise QgsProcessingException(str(error)) from None
+        raise processing_error(str(error)) from None
     stages.set_progress(100.0)
     finished = time.monotonic()
     feedback.pushInfo(

@@ -14,7 +14,6 @@ from typing import Any
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
@@ -27,6 +26,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .parameters import tr, with_help
 from .provider_icon import plugin_icon
+from .run_guards import cancel_on_interrupt, processing_error
 
 __all__ = ["EvaluateAlgorithm"]
 
@@ -159,7 +159,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             if parameters.get(key) in (None, "") and self.parameterDefinition(key).flags() & \
                     QgsProcessingParameterDefinition.FlagOptional:
                 return None
-            raise QgsProcessingException(self.invalidRasterError(parameters, key))
+            raise processing_error(self.invalidRasterError(parameters, key))
         return layer.source()
 
     def processAlgorithm(  # noqa: N802
@@ -183,10 +183,12 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result, written = evaluate_to_files(config, html_path, png_path, json_path,
-                                                    progress=feedback.setProgress, is_cancelled=feedback.isCanceled)
+                with cancel_on_interrupt(feedback):
+                    result, written = evaluate_to_files(config, html_path, png_path, json_path,
+                                                        progress=feedback.setProgress,
+                                                        is_cancelled=feedback.isCanceled)
         except McUncertaintyError as error:
-            raise QgsProcessingException(str(error)) from None
+            raise processing_error(str(error)) from None
         for warning in caught:
             if issubclass(warning.category, UserWarning):
                 feedback.pushWarning(str(warning.message))

@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingContext
 
 from .parameters import N_SAMPLES, given
 from .result_layers import MC_DROPOUT
+from .run_guards import raw_number
 from .segmentation_algorithm import SegmentationAlgorithm
 
 __all__ = ["McDropoutAlgorithm"]
@@ -64,4 +65,4 @@ class McDropoutAlgorithm(SegmentationAlgorithm):
 
     def extra_processor_kwargs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """N_SAMPLES; left out, the config's inference_processor (or 10) decides."""
-        return {"n_samples": self.parameterAsInt(parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None}
+        return {"n_samples": raw_number(self, parameters, N_SAMPLES, context) if given(parameters, N_SAMPLES) else None}

@@ -13,7 +13,6 @@ from typing import Any
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
@@ -25,6 +24,8 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 from qgis.PyQt.QtCore import QCoreApplication
+
+from .run_guards import processing_error, raw_number
 
 __all__ = [
     "INPUT",
@@ -178,17 +179,31 @@ def read_enum(
     index = _as_index(text)
     if index is not None and 0 <= index < len(options):
         return options[index]
-    raise QgsProcessingException(tr(f"{key} must be one of {', '.join(options)} (or 0..{len(options) - 1}), got {text!r}."))
+    raise processing_error(tr("{} must be one of {} (or 0..{}), got {!r}.").format(key, ", ".join(options), len(options) - 1, text))
 
 
 def read_bands(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext) -> list[int]:
-    """BANDS as a list of band numbers; also accepts ``"3,2,1"`` (QGIS itself reads ``"3;2;1"`` only)."""
+    """BANDS as a list of band numbers: a list, ``"3,2,1"`` or ``"3;2;1"`` (QGIS itself reads ``;`` only, and
+    reads a word as band 0).
+
+    Raises:
+        QgsProcessingException: an item is not a whole number, naming BANDS and the value given.
+    """
     raw = parameters.get(BANDS)
-    if isinstance(raw, str):
-        if not raw.strip():
-            return []
-        parameters = {**parameters, BANDS: raw.replace(",", ";")}
-    return algorithm.parameterAsInts(parameters, BANDS, context)
+    if raw is None or isinstance(raw, (str, list, tuple)) and not raw:
+        return []
+    items = raw.replace(";", ",").split(",") if isinstance(raw, str) else raw if isinstance(raw, (list, tuple)) else None
+    if items is None:  # an expression or a model input: QGIS evaluates it
+        return algorithm.parameterAsInts(parameters, BANDS, context)
+    bands = []
+    for item in items:
+        text = str(item).strip()
+        if not text.isdigit():
+            raise processing_error(
+                tr("BANDS must list band numbers (e.g. 3,2,1), got {!r}.").format(raw)
+            )
+        bands.append(int(text))
+    return bands
 
 
 def add_common_parameters(
@@ -283,13 +298,15 @@ def add_common_parameters(
     add(with_help(
         QgsProcessingParameterNumber(SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer,
                                      defaultValue=0, minValue=0),
-        "Same seed and same inputs give identical outputs.",
+        "Same seed and same inputs give identical outputs. Any integer in 0 .. 2^64 − 1 (the dialog's box stops at "
+        "2^31 − 1; qgis_process and scripts take the full range).",
         advanced=True,
     ))
     add(with_help(
         QgsProcessingParameterNumber(BATCH_SIZE, tr("Batch size (0 = automatic)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
-        "Tiles per forward pass. 0 chooses from the available memory. Never changes the results.",
+        "Tiles per forward pass. 0 chooses from the available memory. The dropout masks do not depend on it; the "
+        "outputs are equal up to float32 rounding.",
         advanced=True,
     ))
     add(with_help(
@@ -364,14 +381,14 @@ def read_common_values(
     """
     layer = algorithm.parameterAsRasterLayer(parameters, INPUT, context)
     if layer is None:
-        raise QgsProcessingException(algorithm.invalidRasterError(parameters, INPUT))
+        raise processing_error(algorithm.invalidRasterError(parameters, INPUT))
     if layer.providerType() != "gdal":
-        raise QgsProcessingException(
-            tr(f"INPUT must be a GDAL raster (a file), got a '{layer.providerType()}' layer: {layer.source()!r}.")
+        raise processing_error(
+            tr("INPUT must be a GDAL raster (a file), got a '{}' layer: {!r}.").format(layer.providerType(), layer.source())
         )
     model_path = algorithm.parameterAsFile(parameters, MODEL, context)
     if not model_path:
-        raise QgsProcessingException(tr(f"MODEL must be a model config YAML or a TorchScript file, got {model_path!r}."))
+        raise processing_error(tr("MODEL must be a model config YAML or a TorchScript file, got {!r}.").format(model_path))
     checkpoint_path = algorithm.parameterAsFile(parameters, CHECKPOINT, context) or None
     bands = read_bands(algorithm, parameters, context)
     export_uncertainty = algorithm.parameterAsBoolean(parameters, EXPORT_UNCERTAINTY_MAP, context)
@@ -386,13 +403,13 @@ def read_common_values(
     processor_kwargs: dict[str, Any] = {
         "uncertainty_mode": read_enum(algorithm, parameters, UNCERTAINTY_MODE, context),
         "export_uncertainty_map": export_uncertainty,
-        "num_classes": algorithm.parameterAsInt(parameters, NUM_CLASSES, context) or None,
+        "num_classes": raw_number(algorithm, parameters, NUM_CLASSES, context),
         "model_input_shape": algorithm.parameterAsString(parameters, MODEL_INPUT_SHAPE, context),
         "step_shape": algorithm.parameterAsString(parameters, STEP_SHAPE, context),
         "tile_weight": read_enum(algorithm, parameters, TILE_WEIGHT, context),
         "tta_mode": read_enum(algorithm, parameters, TTA_MODE, context),
-        "seed": algorithm.parameterAsInt(parameters, SEED, context),
-        "batch_size": algorithm.parameterAsInt(parameters, BATCH_SIZE, context),
+        "seed": raw_number(algorithm, parameters, SEED, context),
+        "batch_size": raw_number(algorithm, parameters, BATCH_SIZE, context),
         "device": read_enum(algorithm, parameters, DEVICE, context),
         "bands": tuple(bands) if bands else None,
     }
