@@ -1,7 +1,7 @@
 """Processing algorithm ``mc_uncertainty:evaluate``: can the uncertainty be trusted? Metrics and plots against
 reference labels, written as an HTML report, a PNG summary and a JSON file.
 
-Thin: reads the parameters, makes one core call (:func:`mc_uncertainty_plugin.core.report.evaluate_to_files`)
+Thin: reads the parameters, makes one core call (:func:`mc_uncertainty_plugin.core.evaluation.report.evaluate_to_files`)
 and returns the paths and the key numbers; the core's errors become ``QgsProcessingException`` with the same
 message and its warnings (a resampled reference) go to the log.
 """
@@ -166,8 +166,8 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.errors import McUncertaintyError
-        from ..core.evaluation import EvaluationConfig
-        from ..core.report import evaluate_to_files
+        from ..core.evaluation.evaluation import EvaluationConfig
+        from ..core.evaluation.report import evaluate_to_files
 
         html_path = self.parameterAsFileOutput(parameters, OUTPUT_HTML, context)
         png_path = self.parameterAsFileOutput(parameters, OUTPUT_PNG, context)

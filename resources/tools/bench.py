@@ -42,9 +42,9 @@ import torch  # noqa: E402
 from osgeo import gdal, osr  # noqa: E402
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor  # noqa: E402
-from mc_uncertainty_plugin.core.dropout import MCDropoutHooks, find_dropout_layers  # noqa: E402
-from mc_uncertainty_plugin.core.model_loading import _inject_decoder_dropout  # noqa: E402
-from mc_uncertainty_plugin.core.prefix_cache import PrefixCache, _tensors  # noqa: E402
+from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers  # noqa: E402
+from mc_uncertainty_plugin.core.models.loading import _inject_decoder_dropout  # noqa: E402
+from mc_uncertainty_plugin.core.models.prefix_cache import PrefixCache, _tensors  # noqa: E402
 
 
 def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:

@@ -13,10 +13,10 @@ from torch import nn
 
 from core_fixtures import random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, ModelLoadError, MultiClassInferenceProcessor, load_model
-from mc_uncertainty_plugin.core.compatibility import check_mc_compatibility
-from mc_uncertainty_plugin.core.dropout import MCDropoutHooks, find_dropout_layers
-from mc_uncertainty_plugin.core.model_loading import resolve_interpolations
-from mc_uncertainty_plugin.core.processors import MCCompatibilityWarning, NoActiveDropoutWarning
+from mc_uncertainty_plugin.core.models.compatibility import check_mc_compatibility
+from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers
+from mc_uncertainty_plugin.core.models.loading import resolve_interpolations
+from mc_uncertainty_plugin.core.inference.processors import MCCompatibilityWarning, NoActiveDropoutWarning
 
 # (architecture, extra kwargs, input size, native decoder_dropout?, built-in dropout layers without decoder_dropout)
 ARCHITECTURES = [

@@ -31,7 +31,7 @@ def test_preview_has_three_panels(tmp_path):
 
 def test_sample_model_is_small_and_loads_with_dropout():
     from mc_uncertainty_plugin.core import load_model
-    from mc_uncertainty_plugin.core.dropout import find_dropout_layers
+    from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
 
     config = yaml.safe_load((ROOT / "resources/sample/model.yaml").read_text())
     assert (ROOT / "resources/sample" / config["checkpoint_path"]).stat().st_size < 5 * 2**20

@@ -11,9 +11,9 @@ from torch import nn
 
 from core_fixtures import PerPixelDropoutNet, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, Normalization
-from mc_uncertainty_plugin.core.dropout import MCDropoutHooks, find_dropout_layers, seeded_dropout
-from mc_uncertainty_plugin.core.sampler import EnsembleSampler
-from mc_uncertainty_plugin.core.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers, seeded_dropout
+from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
+from mc_uncertainty_plugin.core.inference.transforms import transforms_for
 
 IDENTITY = Normalization(mean=(0.0,), std=(1.0,), max_pixel_value=1.0)
 PIXELS = np.array([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5], [-2.0, 1.5]], dtype=np.float32)  # 4 pixels x 2 bands

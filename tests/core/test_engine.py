@@ -16,7 +16,7 @@ from mc_uncertainty_plugin.core import (
     MultiClassInferenceProcessor,
     ParameterError,
 )
-from mc_uncertainty_plugin.core.tiling import TileGrid, tile_weight_map
+from mc_uncertainty_plugin.core.inference.tiling import TileGrid, tile_weight_map
 
 
 def softmax(logits, axis=0):

@@ -1,4 +1,4 @@
-"""Known-answer tests of the evaluation (core/evaluation.py, evaluation_metrics.py, report.py).
+"""Known-answer tests of the evaluation (core/evaluation: evaluation.py, metrics.py, report.py).
 
 Every expected value is computed here independently of the streamed, binned implementation: by hand for tiny
 rasters, or by brute force over the pixels (all pairs for AUROC, sorting for AURC / AUSE, one threshold per
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 from core_fixtures import GEOTRANSFORM, write_geotiff
-from mc_uncertainty_plugin.core import evaluation_metrics as metrics
+from mc_uncertainty_plugin.core.evaluation import metrics
 from mc_uncertainty_plugin.core.errors import ParameterError
-from mc_uncertainty_plugin.core.evaluation import (
+from mc_uncertainty_plugin.core.evaluation.evaluation import (
     EvaluationConfig,
     ReferenceResampledWarning,
     evaluate_uncertainty,
     parse_class_names,
 )
-from mc_uncertainty_plugin.core.report import write_evaluation_outputs
+from mc_uncertainty_plugin.core.evaluation.report import write_evaluation_outputs
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

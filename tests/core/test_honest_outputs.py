@@ -15,11 +15,11 @@ from mc_uncertainty_plugin.core import (
     Normalization,
     ParameterError,
 )
-from mc_uncertainty_plugin.core.dropout import find_dropout_layers
-from mc_uncertainty_plugin.core.merger import CLASS_NODATA, UNCERTAINTY_NODATA
-from mc_uncertainty_plugin.core.sampler import EnsembleSampler
-from mc_uncertainty_plugin.core.tiling import TileGrid, tile_weight_map
-from mc_uncertainty_plugin.core.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
+from mc_uncertainty_plugin.core.inference.merger import CLASS_NODATA, UNCERTAINTY_NODATA
+from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
+from mc_uncertainty_plugin.core.inference.tiling import TileGrid, tile_weight_map
+from mc_uncertainty_plugin.core.inference.transforms import transforms_for
 
 
 class NanWhereBright(nn.Module):

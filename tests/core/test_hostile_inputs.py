@@ -13,8 +13,8 @@ import yaml
 
 from core_fixtures import SmallConvNet, random_image, write_geotiff
 from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, ModelLoadError, ParameterError, load_model
-from mc_uncertainty_plugin.core import yaml_config
-from mc_uncertainty_plugin.core.yaml_config import MAX_NODES, Interpolator, read_config
+from mc_uncertainty_plugin.core.models import yaml_config
+from mc_uncertainty_plugin.core.models.yaml_config import MAX_NODES, Interpolator, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_billion_laughs_is_refused_quickly_in_bounded_memory(tmp_path):
     assert path.stat().st_size < 1000
     started = time.perf_counter()
     child = _in_a_child(f"""
-        from mc_uncertainty_plugin.core.yaml_config import read_config, Interpolator
+        from mc_uncertainty_plugin.core.models.yaml_config import read_config, Interpolator
         from mc_uncertainty_plugin.core.errors import ModelLoadError
         try:
             Interpolator(read_config({str(path)!r})).get("model")

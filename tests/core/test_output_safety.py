@@ -14,15 +14,15 @@ from osgeo import gdal
 
 from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import EvaluationConfig, MCDropoutInferenceProcessor, ParameterError, RasterIOError
-from mc_uncertainty_plugin.core import output_files
-from mc_uncertainty_plugin.core.output_files import (
+from mc_uncertainty_plugin.core.io import output_files
+from mc_uncertainty_plugin.core.io.output_files import (
     STALE_AFTER_SECONDS,
     host_tag,
     publish_together,
     remove_stale_temporaries,
     temporary_path,
 )
-from mc_uncertainty_plugin.core.report import evaluate_to_files
+from mc_uncertainty_plugin.core.evaluation.report import evaluate_to_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_hard_links_and_symlinked_folders_are_seen_through(scene, tmp_path):
 def test_an_existing_folder_named_as_output_is_refused_before_any_computing(scene, monkeypatch):
     (scene / "result.tif").mkdir()
     calls = []
-    monkeypatch.setattr("mc_uncertainty_plugin.core.engine._probe_classes", lambda *a: calls.append(a))
+    monkeypatch.setattr("mc_uncertainty_plugin.core.inference.engine._probe_classes", lambda *a: calls.append(a))
     with pytest.raises(ParameterError, match="OUTPUT must name a file, not an existing folder"):
         run(str(scene / "scene.tif"), output_path=str(scene / "result.tif"))
     assert calls == []
@@ -237,7 +237,8 @@ def test_a_child_killed_while_publishing_never_leaves_a_mixed_pair(scene, tmp_pa
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(ROOT / "tests" / "core")!r})
         from core_fixtures import SmallConvNet
-        from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, output_files
+        from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor
+        from mc_uncertainty_plugin.core.io import output_files
         real = os.replace
         def replace(src, dst):
             if str(dst).endswith("c_mc_uncertainty.tif") and ".mcu-" in os.path.basename(str(src)):

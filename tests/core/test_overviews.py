@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from mc_uncertainty_plugin.core.raster_io import GeoTiffWriter
+from mc_uncertainty_plugin.core.io.raster_io import GeoTiffWriter
 
 
 def block_means(data: np.ndarray, factor: int, nodata: float) -> np.ndarray:

@@ -9,10 +9,10 @@ from osgeo import gdal
 from torch import nn
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
-from mc_uncertainty_plugin.core.engine import batch_for_memory, resolve_memory_format
+from mc_uncertainty_plugin.core.inference.engine import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.errors import ParameterError
-from mc_uncertainty_plugin.core.sampler import softmax_terms
-from mc_uncertainty_plugin.core.uncertainty import argmax_and_max, entropy
+from mc_uncertainty_plugin.core.inference.sampler import softmax_terms
+from mc_uncertainty_plugin.core.inference.uncertainty import argmax_and_max, entropy
 
 
 class PixelMLP(nn.Module):

@@ -8,10 +8,10 @@ from torch import nn
 
 from core_fixtures import random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor
-from mc_uncertainty_plugin.core.dropout import find_dropout_layers
-from mc_uncertainty_plugin.core.model_loading import _inject_decoder_dropout
-from mc_uncertainty_plugin.core.sampler import EnsembleSampler
-from mc_uncertainty_plugin.core.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
+from mc_uncertainty_plugin.core.models.loading import _inject_decoder_dropout
+from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
+from mc_uncertainty_plugin.core.inference.transforms import transforms_for
 
 
 def fpn():

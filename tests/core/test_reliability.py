@@ -25,9 +25,9 @@ from mc_uncertainty_plugin.core import (
     Normalization,
     ParameterError,
 )
-from mc_uncertainty_plugin.core.merger import CLASS_NODATA
-from mc_uncertainty_plugin.core.output_files import host_tag, remove_stale_temporaries
-from mc_uncertainty_plugin.core.raster_io import GeoTiffWriter
+from mc_uncertainty_plugin.core.inference.merger import CLASS_NODATA
+from mc_uncertainty_plugin.core.io.output_files import host_tag, remove_stale_temporaries
+from mc_uncertainty_plugin.core.io.raster_io import GeoTiffWriter
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -301,7 +301,7 @@ def test_missing_or_read_only_output_folder_is_refused(tmp_path, rgb_raster, mon
         proc.process(rgb_raster, output_path=str(tmp_path / "nope" / "o.tif"))
     locked = tmp_path / "locked"
     locked.mkdir()
-    from mc_uncertainty_plugin.core import engine
+    from mc_uncertainty_plugin.core.inference import engine
 
     # root may write anywhere, so the permission answer is simulated
     monkeypatch.setattr(engine.os, "access", lambda path, mode: not str(path).startswith(str(locked)))
@@ -410,7 +410,7 @@ class _WriteLog:
 
 
 def _writing_behind(monkeypatch) -> None:
-    from mc_uncertainty_plugin.core import engine
+    from mc_uncertainty_plugin.core.inference import engine
 
     monkeypatch.setattr(engine, "_writes_behind", lambda device: True)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mc_uncertainty_plugin.core.errors import ParameterError
-from mc_uncertainty_plugin.core.tiling import TileGrid, axis_starts, tile_weight_map
+from mc_uncertainty_plugin.core.inference.tiling import TileGrid, axis_starts, tile_weight_map
 
 
 @pytest.mark.parametrize("length,tile,step", [(10, 4, 3), (512, 512, 256), (513, 512, 256), (1000, 256, 100), (7, 4, 4)])

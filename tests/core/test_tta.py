@@ -9,7 +9,7 @@ import torch
 
 from core_fixtures import PerPixelDropoutNet, SmallConvNet, random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor, Normalization
-from mc_uncertainty_plugin.core.transforms import transforms_for
+from mc_uncertainty_plugin.core.inference.transforms import transforms_for
 
 IDENTITY = Normalization(mean=(0.0,), std=(1.0,), max_pixel_value=1.0)
 

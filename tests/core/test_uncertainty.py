@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mc_uncertainty_plugin.core.uncertainty import (
+from mc_uncertainty_plugin.core.inference.uncertainty import (
     entropy,
     mutual_information,
     predictive_entropy,

@@ -49,7 +49,7 @@ def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: 
         assert archive.read("mc_uncertainty_plugin/metadata.txt") == (REPO_ROOT / "metadata.txt").read_bytes()
     assert {name.split("/")[0] for name in names} == {"mc_uncertainty_plugin"}
     for expected in ("__init__.py", "plugin.py", "python_env.py", "icon.svg", "metadata.txt",
-                     "core/__init__.py", "core/engine.py", "qgis_layer/provider.py", "qgis_layer/task.py",
+                     "core/__init__.py", "core/inference/engine.py", "qgis_layer/provider.py", "qgis_layer/task.py",
                      "styles/uncertainty_viridis.qml", "styles/sample_classes.qml"):
         assert f"mc_uncertainty_plugin/{expected}" in names, expected
     for name in names:

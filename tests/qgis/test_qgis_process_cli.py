@@ -36,7 +36,7 @@ def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, 
     assert copied.returncode == 0, copied.stdout + copied.stderr
     plugin_dir = profile / "python" / "plugins" / "mc_uncertainty_plugin"
     assert (plugin_dir / "metadata.txt").is_file() and (plugin_dir / "icon.svg").is_file()
-    assert (plugin_dir / "core" / "processors.py").is_file()
+    assert (plugin_dir / "core" / "inference" / "processors.py").is_file()
     assert not list(plugin_dir.rglob("__pycache__")) and not list(plugin_dir.rglob("tests"))
     assert Path((plugin_dir / "python_env.txt").read_text().strip()) == (REPO_ROOT / ".venv").resolve()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ModelLoadError, ParameterError
+from ..errors import ModelLoadError, ParameterError
 
 __all__ = [
     "MAX_INTERPOLATED_CHARS",

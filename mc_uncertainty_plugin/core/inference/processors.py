@@ -13,11 +13,11 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from .compatibility import check_mc_compatibility
-from .config import InferenceConfig
+from ..models.compatibility import check_mc_compatibility
+from ..config import InferenceConfig
 from .engine import RunResult, run_inference
-from .errors import ParameterError
-from .model_loading import LoadedModel, as_loaded_model
+from ..errors import ParameterError
+from ..models.loading import LoadedModel, as_loaded_model
 
 __all__ = [
     "MCDropoutInferenceProcessor",

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
-from .errors import InferenceCancelled, ModelLoadError
-from .prefix_cache import PrefixCache, PrefixCacheError
+from ..models.dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
+from ..errors import InferenceCancelled, ModelLoadError
+from ..models.prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
 __all__ = ["EnsembleSampler", "TileAccumulators", "select_segmentation_output", "softmax_terms"]

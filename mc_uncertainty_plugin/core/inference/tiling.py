@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 __all__ = ["Window", "TileGrid", "axis_starts", "tile_weight_map"]
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import MissingDependencyError, RasterIOError
+from ..errors import MissingDependencyError, RasterIOError
 from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
-from .output_files import check_outputs, publish_together, temporary_path
+from ..io.output_files import check_outputs, publish_together, temporary_path
 
 __all__ = [
     "plot_reliability",

@@ -22,13 +22,13 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import InferenceConfig
-from .dropout import find_dropout_layers
-from .errors import InferenceCancelled, InferenceError, McUncertaintyError, ModelLoadError, ParameterError
+from ..config import InferenceConfig
+from ..models.dropout import find_dropout_layers
+from ..errors import InferenceCancelled, InferenceError, McUncertaintyError, ModelLoadError, ParameterError
 from .merger import CLASS_NODATA, UNCERTAINTY_NODATA, FinishedRows, StreamingMerger
-from .model_loading import LoadedModel
-from .output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries
-from .raster_io import GeoTiffWriter, RasterReader
+from ..models.loading import LoadedModel
+from ..io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries
+from ..io.raster_io import GeoTiffWriter, RasterReader
 from .sampler import EnsembleSampler, select_segmentation_output
 from .tiling import TileGrid, tile_weight_map
 from .transforms import transforms_for

@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from osgeo import gdal, osr
 
-from . import evaluation_metrics as metrics
-from .errors import InferenceCancelled, ParameterError
+from . import metrics
+from ..errors import InferenceCancelled, ParameterError
 
 __all__ = [
     "CLASS_NODATA",

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Iterable, Mapping, Sequence
 
-from .errors import ParameterError, RasterIOError
+from ..errors import ParameterError, RasterIOError
 
 __all__ = [
     "TEMPORARY_PATTERN",

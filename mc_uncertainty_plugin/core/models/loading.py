@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelLoadError, ParameterError
+from ..errors import ModelLoadError, ParameterError
 from .yaml_config import Interpolator, read_config, resolve_interpolations
 
 __all__ = [

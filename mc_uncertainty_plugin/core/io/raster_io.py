@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from osgeo import gdal
 
-from .errors import ParameterError, RasterIOError
+from ..errors import ParameterError, RasterIOError
 from .output_files import publish_together, temporary_path
 from .overviews import OverviewPyramid
-from .tiling import Window
+
+if TYPE_CHECKING:  # a window of the tile grid: any object with row, col, height and width
+    from ..inference.tiling import Window
 
 __all__ = ["RasterReader", "GeoTiffWriter"]
 

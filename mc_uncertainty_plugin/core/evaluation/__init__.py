@@ -1,0 +1,1 @@
+"""Evaluation of an uncertainty map against reference labels: metrics, streaming over the rasters, reports."""
