@@ -179,18 +179,3 @@ class InferenceConfig:
         if width % 256:
             raise ParameterError("panel_width", width, "be a multiple of 256")
         set_(self, "panel_width", width)
-
-    @property
-    def uncertainty_needs_expected_entropy(self) -> bool:
-        """True when the merge must also blend mean_t H[p_t] (expected entropy)."""
-        return self.export_uncertainty_map and self.uncertainty_mode == "expected_entropy"
-
-    @property
-    def uncertainty_needs_mutual_information(self) -> bool:
-        """True when the merge must blend each window's own mutual information."""
-        return self.export_uncertainty_map and self.uncertainty_mode == "mutual_information"
-
-    @property
-    def uncertainty_needs_votes(self) -> bool:
-        """True when the merge must also blend the per-class vote shares (variation ratio)."""
-        return self.export_uncertainty_map and self.uncertainty_mode == "variation_ratio"

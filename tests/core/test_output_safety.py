@@ -82,7 +82,7 @@ def test_hard_links_and_symlinked_folders_are_seen_through(scene, tmp_path):
 def test_an_existing_folder_named_as_output_is_refused_before_any_computing(scene, monkeypatch):
     (scene / "result.tif").mkdir()
     calls = []
-    monkeypatch.setattr("mc_uncertainty_plugin.core.inference.engine._probe_classes", lambda *a: calls.append(a))
+    monkeypatch.setattr("mc_uncertainty_plugin.core.inference.plan._probe_classes", lambda *a: calls.append(a))
     with pytest.raises(ParameterError, match="OUTPUT must name a file, not an existing folder"):
         run(str(scene / "scene.tif"), output_path=str(scene / "result.tif"))
     assert calls == []

@@ -1,8 +1,9 @@
 """Streaming blend of overlapping tile predictions into finished output rows.
 
 The merger holds accumulators only for the rows that windows still touch: at most one tile height of a
-column panel. Rows are handed out (:meth:`StreamingMerger.pop_rows`) as soon as no later window can reach
-them, so memory does not depend on the raster height.
+column panel of a region. Rows are handed out (:meth:`StreamingMerger.pop_rows`) as soon as no later window can
+reach them, so memory does not depend on the raster height. Windows are clipped to the region: a region's rows
+get exactly the sums (same terms, same order) as the same rows of the whole raster.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class FinishedRows:
 
 
 class StreamingMerger:
-    """Weighted blend of tile outputs over columns ``[col0, col1)`` of a raster ``height`` rows tall.
+    """Weighted blend of tile outputs over rows ``[row0, row1)`` and columns ``[col0, col1)`` of a raster.
 
     Per pixel it accumulates ``S_p = Σ_k w_k p̄_k`` (``(C,)``), ``S_w = Σ_k w_k`` and, as the uncertainty mode
     needs, ``S_e = Σ_k w_k E_k`` (expected entropy), ``S_i = Σ_k w_k I_k`` (each window's own mutual information
@@ -45,8 +46,8 @@ class StreamingMerger:
 
     Args:
         num_classes: C.
-        height: raster height.
-        col_range: ``(col0, col1)``, the panel's columns.
+        row_range: ``(row0, row1)``, the rows to blend (the whole raster: ``(0, height)``).
+        col_range: ``(col0, col1)``, the columns to blend (a panel).
         buffer_rows: rows kept in memory; at least the tile height.
         uncertainty_mode: a mode of :mod:`.uncertainty`, or ``None`` (no uncertainty output).
         with_confidence: also hand out ``max_c p̄_c``.
@@ -55,19 +56,19 @@ class StreamingMerger:
     def __init__(
         self,
         num_classes: int,
-        height: int,
+        row_range: tuple[int, int],
         col_range: tuple[int, int],
         buffer_rows: int,
         uncertainty_mode: str | None,
         with_confidence: bool = False,
     ) -> None:
         self.num_classes = num_classes
-        self.height = height
+        self.row0, self.row1 = row_range
         self.col0, self.col1 = col_range
         self.uncertainty_mode = uncertainty_mode
         self.with_confidence = with_confidence
-        self.top = 0  # first row not yet handed out
-        rows = min(buffer_rows, height)
+        self.top = self.row0  # first row not yet handed out
+        rows = min(buffer_rows, self.row1 - self.row0)
         cols = self.col1 - self.col0
         self._probs = np.zeros((num_classes, rows, cols), dtype=np.float32)
         self._weights = np.zeros((rows, cols), dtype=np.float32)
@@ -100,22 +101,21 @@ class StreamingMerger:
             votes: ``(C, h, w) float32`` per-tile vote shares, or ``None`` if not needed.
             mutual_information: ``(h, w) float32`` per-tile ``H[p̄] - E``, or ``None`` if not needed.
         """
-        r0 = window.row - self.top
-        if r0 < 0:
+        if window.row < self.top and self.top != self.row0:
             raise RuntimeError(f"window at row {window.row} reaches rows already written (top {self.top}).")
-        if r0 + window.height > self._weights.shape[0]:
-            raise RuntimeError(f"window at row {window.row} exceeds the merge buffer.")
-        c0 = max(window.col, self.col0)
-        c1 = min(window.col + window.width, self.col1)
-        if c0 >= c1:
+        r0, r1 = max(window.row, self.top), min(window.row + window.height, self.row1)
+        c0, c1 = max(window.col, self.col0), min(window.col + window.width, self.col1)
+        if r0 >= r1 or c0 >= c1:
             return
-        src = slice(c0 - window.col, c1 - window.col)
+        if r1 - self.top > self._weights.shape[0]:
+            raise RuntimeError(f"window at row {window.row} exceeds the merge buffer.")
+        src = (slice(r0 - window.row, r1 - window.row), slice(c0 - window.col, c1 - window.col))
         dst = slice(c0 - self.col0, c1 - self.col0)
-        rows = slice(r0, r0 + window.height)
-        w = weights[:, src]
-        parts = [mean_probs[:, :, src]]
+        rows = slice(r0 - self.top, r1 - self.top)
+        w = weights[src]
+        parts = [mean_probs[(slice(None),) + src]]
         for extra in (expected_entropy, mutual_information, votes):
-            parts.append(extra[..., src] if extra is not None else None)
+            parts.append(extra[(Ellipsis,) + src] if extra is not None else None)
         finite = np.isfinite(sum(p.sum(axis=0) if p.ndim == 3 else p for p in parts if p is not None))
         if not finite.all():  # non-negative terms: the sum is finite exactly when every term is
             self._broken[rows, dst] |= ~finite & (w > 0)
@@ -130,7 +130,7 @@ class StreamingMerger:
 
     def pop_rows(self, until_row: int) -> FinishedRows | None:
         """Finish rows ``[top, until_row)`` (no later window may touch them) and release their memory."""
-        until_row = min(until_row, self.height)
+        until_row = min(until_row, self.row1)
         count = until_row - self.top
         if count <= 0:
             return None
@@ -172,4 +172,4 @@ class StreamingMerger:
 
     def finalize(self) -> FinishedRows | None:
         """Finish every remaining row; calling it again returns ``None``."""
-        return self.pop_rows(self.height)
+        return self.pop_rows(self.row1)

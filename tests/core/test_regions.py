@@ -1,0 +1,82 @@
+"""Any region of the raster computes exactly as the whole run computes those pixels (the basis of blocks)."""
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal
+
+from core_fixtures import SmallConvNet, random_image, write_geotiff
+from mc_uncertainty_plugin.core import InferenceConfig, LoadedModel, MCDropoutInferenceProcessor
+from mc_uncertainty_plugin.core.inference.device import resolve_device
+from mc_uncertainty_plugin.core.inference.engine import run_region
+from mc_uncertainty_plugin.core.inference.plan import Region, balanced_split, plan_run, region_batches
+
+
+@pytest.fixture
+def one_thread():
+    """Exact mode: one torch thread (with more, CPU kernels split work by batch composition)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _read(path: str) -> tuple[np.ndarray, tuple]:
+    dataset = gdal.Open(path)
+    return dataset.GetRasterBand(1).ReadAsArray(), dataset.GetGeoTransform()
+
+
+@pytest.mark.parametrize("mode,tta,batch", [("mutual_information", "none", 0), ("entropy", "flip", 3),
+                                            ("variation_ratio", "none", 1)])
+def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thread, mode, tta, batch):
+    height, width = 83, 101  # odd sizes: the last windows of each axis are shifted inwards
+    image = write_geotiff(tmp_path / "in.tif", random_image((height, width), seed=3))
+    model = LoadedModel(SmallConvNet(p=0.3), in_channels=3)
+    config = InferenceConfig(n_samples=3, uncertainty_mode=mode, tta_mode=tta, model_input_shape=(32, 40),
+                             step_shape=(20, 24), seed=5, batch_size=batch)
+    whole = MCDropoutInferenceProcessor(model, **{f: getattr(config, f) for f in (
+        "n_samples", "uncertainty_mode", "tta_mode", "model_input_shape", "step_shape", "seed", "batch_size")})
+    paths = whole.process(image, output_path=str(tmp_path / "whole.tif"), confidence_path=str(tmp_path / "wc.tif"))
+    expected = {key: _read(p)[0] for key, p in zip(("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"),
+                                                   (paths["segmentation"], paths["uncertainty"], paths["confidence"]))}
+    plan, _ = plan_run(model, config, image, {"OUTPUT": str(tmp_path / "plan.tif"),
+                                              "OUTPUT_UNCERTAINTY": str(tmp_path / "plan_u.tif"),
+                                              "OUTPUT_CONFIDENCE": str(tmp_path / "plan_c.tif")},
+                       resolve_device("cpu"), lambda message: None)
+    mosaic = {key: np.full(values.shape, 7, values.dtype) for key, values in expected.items()}
+    origin = _read(paths["segmentation"])[1]
+    cuts_rows, cuts_cols = (0, 17, 50, height), (0, 33, 61, 90, width)  # regions not aligned to any window
+    for r0, r1 in zip(cuts_rows, cuts_rows[1:]):
+        for c0, c1 in zip(cuts_cols, cuts_cols[1:]):
+            region = Region(r0, c0, r1 - r0, c1 - c0)
+            files = {key: str(tmp_path / f"r{r0}_{c0}_{key}.tif") for key in expected}
+            result = run_region(plan, model, region, files)
+            for key, path in result.paths.items():
+                values, transform = _read(path)
+                assert values.shape == (region.height, region.width)
+                assert transform[0] == pytest.approx(origin[0] + c0 * origin[1])
+                assert transform[3] == pytest.approx(origin[3] + r0 * origin[5])
+                mosaic[key][r0:r1, c0:c1] = values
+    for key in expected:
+        np.testing.assert_array_equal(mosaic[key], expected[key], err_msg=key)
+
+
+def test_a_region_runs_only_the_windows_that_touch_it():
+    from mc_uncertainty_plugin.core.inference.tiling import TileGrid
+
+    grid = TileGrid((100, 100), (32, 32), (16, 16))
+    region = Region(40, 50, 10, 10)
+    windows = [w for b in region_batches(grid, region, 8192, 4) for w in b.windows]
+    touching = [w for w in grid if w.row < 50 and w.row + 32 > 40 and w.col < 60 and w.col + 32 > 50]
+    assert windows == touching  # the same windows, in the global order
+
+
+@pytest.mark.parametrize("count,cap", [(9, 8), (17, 8), (2, 8), (5, 2), (1, 4), (0, 4), (16, 8)])
+def test_balanced_batches_never_leave_a_tile_alone_beside_bigger_batches(count, cap):
+    parts = balanced_split(list(range(count)), cap)
+    assert [x for part in parts for x in part] == list(range(count))
+    assert all(len(part) <= cap for part in parts)
+    if count >= 2:
+        if cap >= 3:  # with cap 2 an odd count leaves one: the engine pairs a lone tile with its copy
+            assert min(len(p) for p in parts) >= 2
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
