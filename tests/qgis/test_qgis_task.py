@@ -87,9 +87,9 @@ def test_task_keeps_qgis_responsive_reports_progress_and_loads_styled_layers(
     assert any("% — ETA" in line for line in task.log) and any("Device: cpu" in line for line in task.log)
     # the styled layers, in one group
     (group,) = clean_project.layerTreeRoot().children()
-    assert isinstance(group, QgsLayerTreeGroup) and group.name() == "scene — MC Dropout"
-    assert [child.name() for child in group.children()] == ["scene — MC uncertainty (mutual information)",
-                                                             "scene — MC classes"]
+    assert isinstance(group, QgsLayerTreeGroup) and group.name() == "scene — MC Dropout (T = 30, MI)"
+    assert [child.name() for child in group.children()] == ["scene — MC uncertainty (mutual information, T = 30)",
+                                                             "scene — MC classes (T = 30)"]
     unc_layer, class_layer = task.layers
     assert unc_layer.source() == uncertainty and class_layer.source() == classes
     assert isinstance(unc_layer.renderer(), QgsSingleBandPseudoColorRenderer)
@@ -205,6 +205,6 @@ def test_action_runs_a_task_on_the_active_layer(
     watch.wait()
     assert task.error is None and task not in mc_plugin.tasks
     names = [child.name() for child in clean_project.layerTreeRoot().children()]
-    assert names == ["scene — MC Dropout", "scene"]
+    assert names == ["scene — MC Dropout (T = 2, entropy)", "scene"]
     assert sorted(os.listdir(tmp_path)) == ["scene_mc_classes.tif", "scene_mc_uncertainty.tif"]
-    assert any("scene — MC uncertainty (entropy)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+    assert any("scene — MC uncertainty (entropy, T = 2)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
