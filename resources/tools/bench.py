@@ -22,7 +22,8 @@ Part 4, time to first window on the sample (resources/sample, T = 10, 256 px til
 the progress bar first moves (the first batch of windows went through a pass), the way the plugin starts a run
 (import torch, lease the model from the session cache or load it, build the processor, run). Cold: a new process,
 timed from its launch (interpreter, imports, building the model, reading weights); warm: a second run in that
-process, with the model reused from the session cache. `--first-window-only` runs only this part (seconds).
+process, with the model reused from the session cache (the fastest of 2 processes, and of 3 warm runs in each, is
+kept). `--first-window-only` runs only this part (under a minute).
 
 Prints Markdown tables (pasted into the README).
 """
@@ -30,6 +31,7 @@ Prints Markdown tables (pasted into the README).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -272,14 +274,13 @@ def first_window(run_started, name):
 
 cold = first_window(launched, "cold.tif")
 cold.update(interpreter=started - launched, torch=torch_loaded - started)
-warm_started = time.time()
-warm = first_window(warm_started, "warm.tif")
+warm = [first_window(time.time(), f"warm_{i}.tif") for i in range(3)]
 print("REPORT" + json.dumps({"cold": cold, "warm": warm}))
 """
 
 
-def first_window(work: Path) -> list[str]:
-    """Time to the first window on the sample: a cold run in a new process, then a warm one in that process."""
+def _first_window_process(work: Path) -> dict:
+    """One new process: its cold run and three warm runs."""
     image, model = ROOT / "resources" / "sample" / "sample.tif", ROOT / "resources" / "sample" / "model.yaml"
     launched = time.time()
     done = subprocess.run([sys.executable, "-c", _FIRST_WINDOW, str(launched), str(ROOT), str(image), str(model),
@@ -287,10 +288,18 @@ def first_window(work: Path) -> list[str]:
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"time to first window failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    report = __import__("json").loads(lines[-1][len("REPORT"):])
-    cold, warm = report["cold"], report["warm"]
-    if cold["reused"] or not warm["reused"]:
-        raise RuntimeError(f"the warm run did not reuse the cold run's model: {report}")
+    report = json.loads(lines[-1][len("REPORT"):])
+    if report["cold"]["reused"] or not all(run["reused"] for run in report["warm"]):
+        raise RuntimeError(f"the warm runs did not reuse the cold run's model: {report}")
+    return report
+
+
+def first_window(work: Path, processes: int = 2) -> list[str]:
+    """Time to the first window on the sample: cold runs in new processes (the fastest of ``processes`` is kept),
+    then warm ones in those processes (the fastest of three per process is kept), as in the speed part."""
+    reports = [_first_window_process(work) for _ in range(processes)]
+    cold = min((report["cold"] for report in reports), key=lambda run: run["total"])
+    warm = min((run for report in reports for run in report["warm"]), key=lambda run: run["total"])
     rows = ["| time to first window (sample, T = 10, 256 px tiles, CPU) | total | interpreter start | import torch "
             "| building the model | reading weights | set-up + first batch of passes |", "|---|---:|---:|---:|---:|---:|---:|"]
     rows.append(f"| cold (new process) | {cold['total']:.1f} s | {cold['interpreter']:.1f} s | {cold['torch']:.1f} s | "
