@@ -28,9 +28,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 __all__ = [
     "PINNED_PACKAGES",
@@ -79,11 +79,11 @@ class Step:
 def _same_version(python: str, version: tuple[int, int]) -> bool:
     """Whether ``python`` runs and reports ``major.minor`` = ``version``."""
     try:
-        done = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        done = subprocess.run([python, "-c", "import sys; print('{}.{}'.format(*sys.version_info[:2]))"],
                               capture_output=True, text=True, timeout=20, env=_clean_environment())
     except (OSError, subprocess.SubprocessError):
         return False
-    return done.returncode == 0 and done.stdout.strip() == "%d.%d" % version
+    return done.returncode == 0 and done.stdout.strip() == "{}.{}".format(*version)
 
 
 def find_python(
@@ -104,7 +104,7 @@ def find_python(
     executable = sys.executable if executable is None else executable
     prefixes = (sys.base_prefix, sys.exec_prefix, sys.prefix) if prefixes is None else prefixes
     version = tuple(sys.version_info[:2]) if version is None else version  # type: ignore[assignment]
-    major_minor = "%d.%d" % version
+    major_minor = "{}.{}".format(*version)
     names = (f"python{major_minor}", "python3", "python", f"python{major_minor}.exe", "python3.exe", "python.exe")
     candidates: list[Path] = []
     if executable and Path(executable).name.lower().startswith("python"):
@@ -153,7 +153,7 @@ def default_variant(driver: str | None) -> str:
 
 def environment_dir(profile_dir: str | os.PathLike[str]) -> Path:
     """The environment the installer makes in QGIS profile ``profile_dir`` (one per Python version)."""
-    return Path(profile_dir) / "mc_uncertainty_plugin" / ("env-python%d.%d" % sys.version_info[:2])
+    return Path(profile_dir) / "mc_uncertainty_plugin" / ("env-python{}.{}".format(*sys.version_info[:2]))
 
 
 def numpy_constraint() -> tuple[str, ...]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
 

@@ -105,10 +105,9 @@ def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
 def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     import processing
     from qgis.core import QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
-    from qgis.utils import iface
-
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtWidgets import QDockWidget
+    from qgis.utils import iface
 
     window = iface.mainWindow()
     window.resize(1600, 1000)

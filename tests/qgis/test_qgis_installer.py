@@ -219,9 +219,8 @@ def test_missing_torch_stops_before_the_run_and_offers_the_installer(
 ) -> None:
     """The Toolbox path: prepareAlgorithm (main thread) finds no torch, puts the button into the message bar and
     fails with the message, before any import or file."""
-    from qgis.core import QgsProcessingException
-
     from conftest import RecordingFeedback
+    from qgis.core import QgsProcessingException
 
     class ErrorFeedback(RecordingFeedback):
         def __init__(self) -> None:

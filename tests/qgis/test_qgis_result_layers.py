@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import RecordingFeedback
 from osgeo import gdal
 from qgis.core import (
     QgsLayerTreeGroup,
@@ -19,7 +21,6 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 
-from conftest import RecordingFeedback
 from mc_uncertainty_plugin.qgis_layer.styling import (
     DEFAULT_CLASS_COLORS,
     default_class_color,

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import RecordingFeedback
+
 from mc_uncertainty_plugin.core.model_cache import SESSION_MODELS
 
 FAST_RUN = {"MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32", "N_SAMPLES": 2}
@@ -33,7 +33,6 @@ def small_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, 
     """A YAML config (qgis_test_models.SleepyNet, no sleeping) with a state_dict checkpoint: every loading stage,
     at a small cost."""
     import torch
-
     from qgis_test_models import SleepyNet
 
     monkeypatch.setenv("MC_UNCERTAINTY_ALLOWED_TARGETS", "qgis_test_models.")
