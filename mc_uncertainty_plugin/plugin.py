@@ -1,5 +1,6 @@
 """The QGIS plugin object: registers the Processing provider (desktop QGIS and qgis_process) and, on the desktop,
-the "MC uncertainty on the active layer…" action, which runs the core in a background ``QgsTask``."""
+the "MC uncertainty on the active layer…" action, which runs the core in a background ``QgsTask``, and
+*Plugins ▸ MC Uncertainty ▸ Install PyTorch…*, which installs what the algorithms need."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class McUncertaintyPlugin:
         self.iface = iface
         self.provider: McUncertaintyProvider | None = None
         self.action: QAction | None = None
+        self.install_action: QAction | None = None
         self.tasks: set[Any] = set()  # running tasks: a Python QgsTask must be referenced until it ends
 
     def initProcessing(self) -> None:  # noqa: N802
@@ -49,6 +51,12 @@ class McUncertaintyPlugin:
         self.action.triggered.connect(self.run_on_active_layer)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addToolBarIcon(self.action)
+        self.install_action = QAction(plugin_icon(), tr("Install PyTorch…"), self.iface.mainWindow())
+        self.install_action.setObjectName("mcUncertaintyInstallPyTorch")
+        self.install_action.setToolTip(tr("Install PyTorch and segmentation-models-pytorch for MC Uncertainty, "
+                                          "into a Python environment of its own in the QGIS profile"))
+        self.install_action.triggered.connect(self.show_installer)
+        self.iface.addPluginToMenu(MENU, self.install_action)
 
     def unload(self) -> None:
         """Remove the action and the provider; running tasks are cancelled."""
@@ -62,9 +70,22 @@ class McUncertaintyPlugin:
             self.iface.removeToolBarIcon(self.action)
             self.action.deleteLater()
             self.action = None
+        if self.install_action is not None and self.iface is not None:
+            self.iface.removePluginMenu(MENU, self.install_action)
+            self.install_action.deleteLater()
+            self.install_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        from .core.models.cache import SESSION_MODELS  # pure Python: no torch import
+
+        SESSION_MODELS.clear()
+
+    def show_installer(self) -> Any:
+        """Open the *Install PyTorch…* dialog (non-modal); returns it."""
+        from .qgis_layer.install_dialog import show_install_dialog
+
+        return show_install_dialog(self.iface.mainWindow() if self.iface is not None else None)
 
     def run_on_active_layer(self) -> Any:
         """Ask for a model (dialog) and start a task on the active raster layer; returns the task or None."""
@@ -100,7 +121,11 @@ class McUncertaintyPlugin:
         bar = self.iface.messageBar()
         if task.layers:
             names = ", ".join(layer.name() for layer in task.layers)
-            bar.pushMessage("MC Uncertainty", tr(f"Added {names}."), Qgis.Success, 8)
+            bar.pushMessage("MC Uncertainty", tr("Added {}.").format(names), Qgis.Success, 8)
+        elif task.error and task.missing_dependencies:
+            from .qgis_layer.install_dialog import offer_install
+
+            offer_install(bar, task.error, self.show_installer)
         elif task.error:
             bar.pushMessage("MC Uncertainty", task.error, Qgis.Critical, 0)
         else:

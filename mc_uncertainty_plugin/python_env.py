@@ -7,7 +7,9 @@ holds no numpy, so QGIS's numpy and GDAL stay those of the system) and tries aga
 
 1. the environment variable ``MC_UNCERTAINTY_PYTHON_ENV`` (path of a venv, or of a ``site-packages`` folder);
 2. the QGIS setting ``mc_uncertainty_plugin/python_env`` (same meaning);
-3. the file ``python_env.txt`` in the plugin folder (written by ``make install``: the repository's ``.venv``).
+3. the environment made by *Plugins ▸ MC Uncertainty ▸ Install PyTorch…* (:mod:`.installer`), recorded in the
+   QGIS setting ``mc_uncertainty_plugin/install/environment``;
+4. the file ``python_env.txt`` in the plugin folder (written by ``make install``: the repository's ``.venv``).
 
 Nothing here imports torch at module import time, so the Processing provider loads without it.
 """
@@ -28,7 +30,11 @@ __all__ = [
     "INSTALL_COMMAND",
     "configured_environments",
     "site_packages_dirs",
+    "INSTALLED_ENV_KEY",
+    "INSTALL_MENU",
     "torch_available",
+    "activate_environment",
+    "torch_findable",
     "ensure_torch",
     "guard_against_llvm_clash",
     "missing_torch_message",
@@ -39,6 +45,8 @@ __all__ = [
 ENV_VAR = "MC_UNCERTAINTY_PYTHON_ENV"
 ALLOW_TRITON_ENV_VAR = "MC_UNCERTAINTY_ALLOW_TRITON"
 SETTINGS_KEY = "mc_uncertainty_plugin/python_env"
+INSTALLED_ENV_KEY = "mc_uncertainty_plugin/install/environment"  # written by the installer when it succeeded
+INSTALL_MENU = "Plugins ▸ MC Uncertainty ▸ Install PyTorch…"
 ENV_FILE_NAME = "python_env.txt"
 INSTALL_COMMAND = "pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0"
 REQUIRED_MODULES = ("torch",)
@@ -50,13 +58,13 @@ DISTRIBUTIONS = {"segmentation_models_pytorch": "segmentation-models-pytorch==0.
 PLUGIN_DIR = Path(__file__).resolve().parent
 
 
-def _setting_value() -> str:
-    """The QGIS setting ``mc_uncertainty_plugin/python_env``, or "" outside QGIS."""
+def _setting_value(key: str = SETTINGS_KEY) -> str:
+    """The QGIS setting ``key`` (by default ``mc_uncertainty_plugin/python_env``), or "" outside QGIS."""
     try:
         from qgis.core import QgsSettings
     except ImportError:  # pure-Python use of the package
         return ""
-    value = QgsSettings().value(SETTINGS_KEY, "")
+    value = QgsSettings().value(key, "")
     return str(value or "").strip()
 
 
@@ -80,6 +88,7 @@ def configured_environments(plugin_dir: Path | None = None) -> list[tuple[str, s
     candidates = [
         (ENV_VAR, os.environ.get(ENV_VAR, "").strip()),
         (f"QGIS setting {SETTINGS_KEY}", _setting_value()),
+        ("Install PyTorch…", _setting_value(INSTALLED_ENV_KEY)),
         (str(plugin_dir / ENV_FILE_NAME), _file_value(plugin_dir)),
     ]
     return [(source, os.path.expanduser(path)) for source, path in candidates if path]
@@ -171,6 +180,39 @@ def guard_against_llvm_clash(maps_path: str = "/proc/self/maps") -> bool:
     return True
 
 
+def activate_environment(env_path: str | os.PathLike[str]) -> list[str]:
+    """Put the ``site-packages`` of ``env_path`` (and what its ``.pth`` files name) at the front of ``sys.path``.
+
+    Nothing is imported: the next ``import torch`` finds the environment's packages, in this session already.
+
+    Returns:
+        The entries added (empty when they were there already or the environment has none for this Python).
+    """
+    added_all: list[str] = []
+    for folder in site_packages_dirs(env_path):
+        if str(folder) in sys.path:
+            continue
+        before = list(sys.path)
+        site.addsitedir(str(folder))  # appends, and runs the folder's .pth files
+        added = [entry for entry in sys.path if entry not in before]
+        sys.path[:] = added + before  # the environment's packages win over the system's
+        added_all += added
+    importlib.invalidate_caches()
+    return added_all
+
+
+def torch_findable(plugin_dir: Path | None = None) -> bool:
+    """Whether ``import torch`` would find torch, after adding the configured environments; imports nothing
+    (cheap enough for the main thread)."""
+    if _module_found("torch"):
+        return True
+    for _source, env_path in configured_environments(plugin_dir):
+        activate_environment(env_path)
+        if _module_found("torch"):
+            return True
+    return False
+
+
 def ensure_torch(plugin_dir: Path | None = None) -> bool:
     """Make torch (and segmentation-models-pytorch) importable, adding a configured environment to
     ``sys.path`` when needed (and keeping triton out where it would crash QGIS: :func:`guard_against_llvm_clash`).
@@ -182,13 +224,7 @@ def ensure_torch(plugin_dir: Path | None = None) -> bool:
     if torch_available() and _companions_found():
         return True
     for _source, env_path in configured_environments(plugin_dir):
-        for folder in site_packages_dirs(env_path):
-            if str(folder) not in sys.path:
-                before = list(sys.path)
-                site.addsitedir(str(folder))  # appends, and runs the folder's .pth files
-                added = [entry for entry in sys.path if entry not in before]
-                sys.path[:] = added + before  # the environment's packages win over the system's
-        importlib.invalidate_caches()
+        activate_environment(env_path)
         if torch_available() and _companions_found():
             return True
     return torch_available()
@@ -215,10 +251,10 @@ def missing_torch_message(plugin_dir: Path | None = None) -> str:
     if not environments:
         lines.append("No Python environment is configured.")
     lines.append(
-        f"Install it into a virtual environment made with python{version} "
+        f"Install it with {INSTALL_MENU} (it sets up a Python environment in your QGIS profile and needs no "
+        f"restart). Or install it yourself into a virtual environment made with python{version} "
         f"(python{version} -m venv --system-site-packages ENV; ENV/bin/{INSTALL_COMMAND}) "
-        f"and point the environment variable {ENV_VAR} or the QGIS setting {SETTINGS_KEY} at ENV, "
-        "or run `make install` in the plugin's repository."
+        f"and point the environment variable {ENV_VAR} or the QGIS setting {SETTINGS_KEY} at ENV."
     )
     return " ".join(lines)
 
@@ -263,6 +299,6 @@ def missing_modules_message(modules: list[str], plugin_dir: Path | None = None) 
     )
     return (
         f"MC Uncertainty: this model config needs {', '.join(modules)}, which QGIS's Python {version} cannot "
-        f"import (torch itself was found). Install it {where}: pip install {packages} "
-        f"(all requirements: {INSTALL_COMMAND}), or run `make install` in the plugin's repository."
+        f"import (torch itself was found). Install it with {INSTALL_MENU}, or yourself {where}: "
+        f"pip install {packages} (all requirements: {INSTALL_COMMAND})."
     )

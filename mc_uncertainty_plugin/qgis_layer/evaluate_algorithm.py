@@ -24,8 +24,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .parameters import tr, with_help
-from .provider_icon import plugin_icon
+from .parameters import compose_help, tr, with_help
+from .provider_icon import ICON_PATH, plugin_icon
 from .run_guards import cancel_on_interrupt, processing_error
 
 __all__ = ["EvaluateAlgorithm"]
@@ -50,7 +50,8 @@ _HELP = "\n".join((
     "nodata, 255) are all valid. A reference on another grid is resampled (nearest neighbour) onto the class "
     "raster's grid, with a warning. Every pixel counts; rasters are read by blocks, so memory stays small.",
     "• Accuracy: share of correct pixels. IoU per class: TP / (TP + FP + FN); mean IoU averages the classes.",
-    "• ECE (needs CONFIDENCE = max p̄, e.g. OUTPUT_CONFIDENCE of the segmentation): expected calibration error "
+    "• ECE (needs the \"Confidence raster\" max p̄, e.g. the confidence raster of the segmentation): expected "
+    "calibration error "
     "over 15 confidence bins, Σ (n_b/N)|accuracy_b − confidence_b|; 0 = calibrated. The reliability diagram "
     "shows accuracy against confidence per bin.",
     "• AUROC: probability that a wrong pixel is more uncertain than a correct one (0.5 = useless, 1 = perfect). "
@@ -59,17 +60,19 @@ _HELP = "\n".join((
     "(risk); AURC is the mean risk over all coverages, lower is better. Sparsification and AUSE: remove the most "
     "uncertain pixels first and compare with an oracle that removes the errors first; AUSE is the area between "
     "the two curves (0 = as good as the oracle).",
-    "• PAvPU (Mukhoti & Gal 2018): in PAVPU_PATCH_SIZE x PAVPU_PATCH_SIZE patches, accurate = accuracy ≥ 0.5, "
+    "• PAvPU (Mukhoti & Gal 2018): in square patches (\"PAvPU patch size\"), accurate = accuracy ≥ 0.5, "
     "certain = mean uncertainty below a threshold; p(accurate | certain), p(uncertain | inaccurate) and "
     "PAvPU = (n_ac + n_iu) / all patches are plotted against the threshold.",
     "• Histograms of the uncertainty of correct and of wrong pixels: the less they overlap, the better.",
     "Uncertainties are binned on 2048 fine bins; values in one bin count as ties (the report states the bin "
-    "width). Results: the three file paths and ACCURACY, MEAN_IOU, ECE (empty without CONFIDENCE), AUROC, AUPR, "
-    "AURC, AUSE.",
+    "width). Results: the three files and the numbers accuracy, mean IoU, ECE (empty without a confidence "
+    "raster), AUROC, AUPR, AURC and AUSE.",
+))
+_COMMAND_LINE = (
     "Command line: qgis_process run mc_uncertainty:evaluate -- CLASSES=classes.tif "
     "UNCERTAINTY=classes_mc_uncertainty.tif REFERENCE=labels.tif OUTPUT_HTML=report.html OUTPUT_PNG=report.png "
-    "OUTPUT_JSON=report.json",
-))
+    "OUTPUT_JSON=report.json (parameter keys: qgis_process help mc_uncertainty:evaluate)"
+)
 
 
 class EvaluateAlgorithm(QgsProcessingAlgorithm):
@@ -89,10 +92,14 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
                                 "accuracy", "iou", "reliability")]
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return tr(_HELP)
+        return compose_help(self, _HELP, _COMMAND_LINE)
 
     def icon(self) -> QIcon:
         return plugin_icon()
+
+    def svgIconPath(self) -> str:  # noqa: N802
+        """The plugin's icon, also in the Graphical Modeler (which draws an algorithm's SVG, else a gear)."""
+        return ICON_PATH
 
     def createInstance(self) -> EvaluateAlgorithm:  # noqa: N802
         return type(self)()
@@ -101,25 +108,28 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         add = self.addParameter
         add(with_help(
             QgsProcessingParameterRasterLayer(CLASSES, tr("Class raster")),
-            "Predicted class index per pixel (uint8, 255 = nodata), e.g. OUTPUT of MC Dropout segmentation. "
+            "Predicted class index per pixel (uint8, 255 = nodata), e.g. the class raster of MC Dropout "
+            "segmentation. "
             "Its grid is the grid of the evaluation.",
         ))
         add(with_help(
             QgsProcessingParameterRasterLayer(UNCERTAINTY, tr("Uncertainty raster")),
-            "Per-pixel uncertainty on the grid of CLASSES, higher = less sure (entropy, mutual information ...), "
-            "e.g. OUTPUT_UNCERTAINTY of the segmentation. Its nodata and NaN pixels are left out.",
+            "Per-pixel uncertainty on the grid of the class raster, higher = less sure (entropy, mutual "
+            "information ...), e.g. the uncertainty raster of the segmentation. Its nodata and NaN pixels are "
+            "left out.",
         ))
         add(with_help(
             QgsProcessingParameterRasterLayer(CONFIDENCE, tr("Confidence raster (max p̄, for calibration)"),
                                               optional=True),
-            "Optional: the confidence max_c p̄_c in [0, 1] on the grid of CLASSES (OUTPUT_CONFIDENCE of the "
-            "segmentation). Gives the ECE and the reliability diagram; without it they are left out.",
+            "Optional: the confidence max_c p̄_c in [0, 1] on the grid of the class raster (the confidence "
+            "raster of the segmentation). Gives the ECE and the reliability diagram; without it they are left "
+            "out.",
         ))
         add(with_help(
             QgsProcessingParameterRasterLayer(REFERENCE, tr("Reference labels")),
-            "True class index per pixel (same class numbering as CLASSES; nodata and 255 = no label). On another "
-            "grid it is resampled by nearest neighbour onto the grid of CLASSES (a warning says so); without "
-            "georeferencing it must have the size of CLASSES.",
+            "True class index per pixel (same class numbering as the class raster; nodata and 255 = no label). "
+            "On another grid it is resampled by nearest neighbour onto the class raster's grid (a warning says "
+            "so); without georeferencing it must have the class raster's size.",
         ))
         add(with_help(
             QgsProcessingParameterString(CLASS_NAMES, tr("Class names (comma-separated)"), optional=True),

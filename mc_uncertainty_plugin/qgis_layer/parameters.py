@@ -1,6 +1,7 @@
 """Processing parameters shared by the provider's algorithms, and reading them back.
 
-Keys, kinds and defaults follow the parameter table of PRODUCT.md. Enum parameters store option *names*
+Keys, kinds and defaults follow the parameter table of the README. Help texts name parameters by the labels users
+see in the dialog (keys appear only in command-line examples). Enum parameters store option *names*
 (``usesStaticStrings``) and accept an option index too, so ``qgis_process run ... -- TILE_WEIGHT=pyramid``,
 ``TILE_WEIGHT=1`` and ``processing.run(..., {"TILE_WEIGHT": "pyramid"})`` (or ``1``) all work.
 """
@@ -13,6 +14,7 @@ from typing import Any
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
@@ -22,8 +24,9 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProperty,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
 from .run_guards import processing_error, raw_number
 
@@ -46,10 +49,12 @@ __all__ = [
     "OUTPUT",
     "OUTPUT_UNCERTAINTY",
     "OUTPUT_CONFIDENCE",
+    "STRETCH_UNCERTAINTY",
     "TILE_WEIGHTS",
     "UNCERTAINTY_MODES",
     "TTA_MODES",
     "TTA_HELP",
+    "tta_help",
     "DEVICES",
     "MODEL_FILE_FILTER",
     "CHECKPOINT_FILE_FILTER",
@@ -61,7 +66,10 @@ __all__ = [
     "CommonValues",
     "read_common_values",
     "given",
+    "output_given",
     "with_help",
+    "parameters_help",
+    "compose_help",
 ]
 
 INPUT = "INPUT"
@@ -82,6 +90,7 @@ DEVICE = "DEVICE"
 OUTPUT = "OUTPUT"
 OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
 OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+STRETCH_UNCERTAINTY = "STRETCH_UNCERTAINTY"
 
 # The same choices as mc_uncertainty_plugin.core.config (not imported here: the core imports torch).
 # tests/qgis checks that both stay equal.
@@ -90,14 +99,28 @@ UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "varia
 TTA_MODES = ("none", "flip", "d4")
 DEVICES = ("auto", "cpu", "cuda")
 
-TTA_HELP = (
-    "TTA_MODE: none = one deterministic pass (the uncertainty is that pass's entropy; mutual information is 0); "
+_TTA_TRANSFORMS = (
     "flip = 4 transforms that keep the tile's shape: identity, horizontal flip, vertical flip and both (= rotation "
     "by 180°), exact for any tile; d4 = the 8 symmetries of the square: those 4 plus the rotations by 90° and "
     "270° and the two transposes. These 4 turn an H x W tile into a W x H one, which is fed to the model as is "
     "(no padding, no resampling), so d4 stays exact on non-square tiles; the model must accept both "
     "orientations (SMP models: both sides multiples of 32). Run time grows with the number of transforms."
 )
+TTA_HELP = (  # the TTA algorithm's meaning: without transforms, one deterministic pass
+    "none = one deterministic pass (the uncertainty is that pass's entropy; mutual information is 0); "
+    + _TTA_TRANSFORMS
+)
+_MC_TTA_HELP = (
+    "none = no augmentation: the T dropout passes only (the default); " + _TTA_TRANSFORMS
+    + " Combined with MC dropout: T x K samples, each transform with its own dropout masks."
+)
+
+
+def tta_help(with_n_samples: bool) -> str:
+    """The help of TTA_MODE: in MC dropout "none" means no augmentation (the T passes still run); in TTA, one
+    deterministic pass."""
+    return _MC_TTA_HELP if with_n_samples else TTA_HELP
+
 
 MODEL_FILE_FILTER = "Model config or TorchScript (*.yaml *.yml *.pt *.torchscript *.jit);;All files (*.*)"
 CHECKPOINT_FILE_FILTER = "Checkpoint (*.pth *.pt *.ckpt *.safetensors);;All files (*.*)"
@@ -213,7 +236,7 @@ def add_common_parameters(
     tta_default: str,
     uncertainty_suffix: str,
 ) -> None:
-    """Add the PRODUCT.md parameters to ``algorithm`` (inside its ``initAlgorithm``).
+    """Add the segmentation parameters to ``algorithm`` (inside its ``initAlgorithm``).
 
     Args:
         algorithm: the algorithm being initialised.
@@ -238,20 +261,22 @@ def add_common_parameters(
         QgsProcessingParameterFile(CHECKPOINT, tr("Checkpoint (weights for a YAML model)"),
                                    behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILE_FILTER,
                                    optional=True),
-        "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file. "
-        "Overrides checkpoint_path of the config. Leave empty for TorchScript models.",
+        "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file, read "
+        "without running code from it. Overrides checkpoint_path of the config; leave empty when the config "
+        "names its weights, and for TorchScript models (their weights are inside).",
     ))
     add(with_help(
         QgsProcessingParameterBand(BANDS, tr("Input bands (in model order)"), parentLayerParameterName=INPUT,
                                    optional=True, allowMultiple=True),
-        "The input bands fed to the model, in order. Empty: the first in_channels bands. "
-        "qgis_process: BANDS=3,2,1 or the key repeated (BANDS=3 BANDS=2 BANDS=1).",
+        "The bands of the input raster fed to the model, in the model's channel order (e.g. 3, 2, 1 for a "
+        "model trained on BGR; a band may be repeated to feed a 1-band raster to a 3-band model). Empty: the "
+        "first in_channels bands.",
     ))
     add(with_help(
         QgsProcessingParameterNumber(NUM_CLASSES, tr("Number of classes (0 = from the model)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=255),
-        "Expected number of classes C. 0 takes the model's output channels; a different value than the model's "
-        "is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
+        "Expected number of classes C, as a check: 0 takes the model's output channels; a value different from "
+        "the model's is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
     ))
     add(with_help(
         QgsProcessingParameterString(MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"),
@@ -264,8 +289,8 @@ def add_common_parameters(
     ))
     add(with_help(
         _enum(TILE_WEIGHT, "Tile weighting", TILE_WEIGHTS, "gaussian"),
-        "How overlapping tiles are blended: gaussian (default), pyramid or mean. "
-        f"{_choices_help(TILE_WEIGHTS)}; e.g. TILE_WEIGHT=pyramid.",
+        "How overlapping tiles are blended: gaussian (default, σ = tile/8), pyramid or mean. "
+        f"{_choices_help(TILE_WEIGHTS)}.",
         advanced=True,
     ))
     add(with_help(
@@ -278,41 +303,50 @@ def add_common_parameters(
     ))
     add(with_help(
         QgsProcessingParameterBoolean(EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True),
-        "Unchecked (false): only the class raster is written, by the faster mean-prediction path; "
-        "OUTPUT_UNCERTAINTY is then ignored and its result is empty.",
+        "Unchecked: only the class raster is written, by the faster mean-prediction path; the \"Uncertainty "
+        "raster\" output is then ignored.",
     ))
     if with_n_samples:
         add(with_help(
             QgsProcessingParameterNumber(N_SAMPLES, tr("Number of stochastic passes (T)"),
                                          type=QgsProcessingParameterNumber.Integer, defaultValue=10, minValue=1),
-            "T forward passes with dropout kept active; time grows linearly with T. 10 suits most uses, "
-            "30 gives a finer uncertainty estimate.",
+            "T forward passes with dropout kept active; time grows linearly with T (the part of the network "
+            "before the first dropout runs once). 10 suits most uses, 30 gives a finer uncertainty estimate.",
         ))
     add(with_help(
         _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
-        TTA_HELP + " "
-        + ("Combined with MC dropout: T x K samples, each transform with its own dropout masks. "
-           if with_n_samples else "")
-        + f"{_choices_help(TTA_MODES)}.",
+        tta_help(with_n_samples) + f" {_choices_help(TTA_MODES)}.",
     ))
     add(with_help(
         QgsProcessingParameterNumber(SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer,
                                      defaultValue=0, minValue=0),
-        "Same seed and same inputs give identical outputs. Any integer in 0 .. 2^64 − 1 (the dialog's box stops at "
-        "2^31 − 1; qgis_process and scripts take the full range).",
+        "The dropout masks are drawn from this seed (and the window, the pass and the layer): the same seed and "
+        "the same inputs give identical outputs; another seed gives another sample of the same uncertainty. No "
+        "effect without dropout (TTA alone). Any integer in 0 .. 2^64 − 1 (the dialog's box stops at 2^31 − 1; "
+        "qgis_process and scripts take the full range).",
         advanced=True,
     ))
     add(with_help(
         QgsProcessingParameterNumber(BATCH_SIZE, tr("Batch size (0 = automatic)"),
                                      type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
-        "Tiles per forward pass. 0 chooses from the available memory. The dropout masks do not depend on it; the "
-        "outputs are equal up to float32 rounding.",
+        "Tiles per forward pass. 0 chooses from the available memory (on a GPU, from its free memory). Changes "
+        "speed and memory use; the dropout masks do not depend on it and the outputs are equal up to float32 "
+        "rounding.",
         advanced=True,
     ))
     add(with_help(
         _enum(DEVICE, "Device", DEVICES, "auto"),
         "auto (CUDA when available, else CPU), cpu or cuda. The device used is reported in the log. "
         f"{_choices_help(DEVICES)}.",
+        advanced=True,
+    ))
+    add(with_help(
+        QgsProcessingParameterBoolean(STRETCH_UNCERTAINTY, tr("Stretch the uncertainty colours to the data (2–98 %)"),
+                                      defaultValue=False, optional=True),
+        "How the loaded uncertainty layer is coloured. Unchecked (default): from 0 to the measure's maximum "
+        "(ln C), the same scale on every map, so maps can be compared. Checked: over the data's 2–98 % range, "
+        "for maps whose values all sit near 0 (typical of TTA); the layer's name then says \"colours stretched "
+        "2–98 %\" and its legend gives the range. Only the display changes, not the file.",
         advanced=True,
     ))
     add(with_help(
@@ -326,9 +360,9 @@ def add_common_parameters(
             optional=True,
             createByDefault=False,
         ),
-        "GeoTIFF, 1 band, float32 in [0, ln C] (variation_ratio: [0, 1 − 1/C]) on the grid of the input. Left empty (in the Toolbox: "
-        f"'Skip output'), it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded "
-        "with it; to write no uncertainty raster, uncheck EXPORT_UNCERTAINTY_MAP.",
+        "GeoTIFF, 1 band, float32 in [0, ln C] (variation_ratio: [0, 1 − 1/C]) on the grid of the input. Left "
+        f"empty, it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded with it; to "
+        "write no uncertainty raster, uncheck \"Write the uncertainty raster\".",
     ))
     add(with_help(
         QgsProcessingParameterRasterDestination(
@@ -336,9 +370,26 @@ def add_common_parameters(
             createByDefault=False,
         ),
         "GeoTIFF, 1 band, float32: max over classes of the mean probability p̄, in [1/C, 1], on the grid of "
-        "the input. Written only when given; 'Evaluate uncertainty' uses it for calibration (ECE, reliability "
-        "diagram).",
+        "the input. Written only when given; \"Evaluate uncertainty\" uses it for calibration (ECE, "
+        "reliability diagram).",
     ))
+
+
+def parameters_help(algorithm: QgsProcessingAlgorithm) -> str:
+    """One paragraph per visible parameter, by the label users see: ``"• Label: help"`` (hidden ones left out)."""
+    lines = []
+    for definition in algorithm.parameterDefinitions():
+        if definition.flags() & QgsProcessingParameterDefinition.FlagHidden:
+            continue
+        help_text = definition.help() or ""
+        lines.append(f"• {definition.description()}" + (f": {help_text}" if help_text else ""))
+    return "\n".join(lines)
+
+
+def compose_help(algorithm: QgsProcessingAlgorithm, intro: str, command_line: str) -> str:
+    """The help panel of ``algorithm``: ``intro``, every parameter by its label (:func:`parameters_help`), then
+    ``command_line`` (the only place keys appear). One paragraph per line."""
+    return "\n".join((tr(intro), tr("Parameters:"), parameters_help(algorithm), tr(command_line)))
 
 
 @dataclass(frozen=True)
@@ -371,6 +422,24 @@ def given(parameters: dict[str, Any], key: str) -> bool:
     return parameters.get(key) not in (None, "")
 
 
+def output_given(parameters: dict[str, Any], key: str) -> bool:
+    """Whether the caller gave a destination for output ``key``.
+
+    An empty definition means "not given": the Batch dialog passes ``QgsProcessingOutputLayerDefinition("")``
+    for every output left blank (taking it as given would queue an empty path to load).
+    """
+    value = parameters.get(key)
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        if value.propertyType() != QgsProperty.StaticProperty:
+            return True  # an expression: only the run can tell
+        value = value.staticValue()
+    if isinstance(value, QVariant):
+        value = None if value.isNull() else value.value()
+    return value is not None and str(value).strip() != ""
+
+
 def read_common_values(
     algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
 ) -> CommonValues:
@@ -395,10 +464,10 @@ def read_common_values(
     output_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT, context)
     # Only resolved when written: resolving registers the layer for loading in the Toolbox.
     uncertainty_path = None
-    if export_uncertainty:
+    if export_uncertainty and output_given(parameters, OUTPUT_UNCERTAINTY):
         uncertainty_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_UNCERTAINTY, context) or None
     confidence_path = None
-    if given(parameters, OUTPUT_CONFIDENCE):
+    if output_given(parameters, OUTPUT_CONFIDENCE):
         confidence_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_CONFIDENCE, context) or None
     processor_kwargs: dict[str, Any] = {
         "uncertainty_mode": read_enum(algorithm, parameters, UNCERTAINTY_MODE, context),

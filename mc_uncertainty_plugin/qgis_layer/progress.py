@@ -1,4 +1,5 @@
-"""Progress of a run: weighted stages on one progress bar, and an ETA line in the log every ~10 %.
+"""Progress of a run: weighted stages on one progress bar, an ETA line in the log every ~10 %, and the start-up
+stages (loading PyTorch, building the model, reading weights) named while they run and timed in the log.
 
 Plain Python (callbacks in, callbacks out), so Processing (``QgsProcessingFeedback``) and the task
 (``QgsTask.setProgress``) share it.
@@ -11,7 +12,7 @@ from typing import Callable
 
 from qgis.core import QgsProcessingFeedback, QgsProcessingMultiStepFeedback
 
-__all__ = ["EtaLog", "format_seconds", "StagedFeedback"]
+__all__ = ["EtaLog", "format_seconds", "StagedFeedback", "StageTimer"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -102,3 +103,46 @@ class StagedFeedback:
             self._step = step
             self.feedback.setCurrentStep(step)
         self.feedback.setProgress((overall - step) * 100.0)
+
+
+class StageTimer:
+    """Names the stage being worked on and logs how long each one took when the next begins (or at :meth:`end`).
+
+    ``begin("Loading PyTorch…")`` shows the label (e.g. as the Processing dialog's progress text, above a bar
+    that cannot move while one long call runs) and, at the next ``begin`` or ``end``, logs
+    ``"Loading PyTorch… 8.2 s"``.
+
+    Args:
+        show: receives each label when its stage begins.
+        log: receives one line per finished stage.
+        clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        show: Callable[[str], None],
+        log: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._show = show
+        self._log = log
+        self._clock = clock
+        self._label: str | None = None
+        self._started = 0.0
+        self.seconds: dict[str, float] = {}  # label -> seconds, for every stage that ended
+
+    def begin(self, label: str) -> None:
+        """End the current stage (if any) and start ``label``."""
+        self.end()
+        self._label = label
+        self._started = self._clock()
+        self._show(label)
+
+    def end(self) -> None:
+        """End the current stage and log its time; nothing when no stage runs."""
+        if self._label is None:
+            return
+        seconds = self._clock() - self._started
+        self.seconds[self._label] = seconds
+        self._log(f"{self._label} {seconds:.1f} s")
+        self._label = None

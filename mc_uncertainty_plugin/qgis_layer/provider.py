@@ -7,8 +7,8 @@ from qgis.PyQt.QtGui import QIcon
 
 from .evaluate_algorithm import EvaluateAlgorithm
 from .mc_dropout_algorithm import McDropoutAlgorithm
-from .tta_algorithm import TtaAlgorithm
 from .provider_icon import ICON_PATH, plugin_icon
+from .tta_algorithm import TtaAlgorithm
 
 __all__ = ["McUncertaintyProvider"]
 

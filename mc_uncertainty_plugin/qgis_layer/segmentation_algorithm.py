@@ -7,15 +7,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QWidget
 
+from .. import python_env
 from .core_runner import run_processor
-from .parameters import add_common_parameters, read_common_values, tr
-from .provider_icon import plugin_icon
+from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values, tr
+from .provider_icon import ICON_PATH, plugin_icon
 from .result_layers import Method
 
-__all__ = ["SegmentationAlgorithm"]
+__all__ = ["SegmentationAlgorithm", "offer_install_on_main_thread"]
+
+
+def offer_install_on_main_thread(message: str) -> bool:
+    """In QGIS Desktop, on the main thread: show ``message`` in the message bar with an "Install PyTorch…"
+    button; True when shown (False under qgis_process, in scripts without a GUI, or from a worker thread)."""
+    from qgis.PyQt.QtCore import QCoreApplication, QThread
+
+    try:
+        from qgis.utils import iface
+    except ImportError:
+        return False
+    app = QCoreApplication.instance()
+    if iface is None or app is None or QThread.currentThread() != app.thread():
+        return False
+    from .install_dialog import offer_install
+
+    offer_install(iface.messageBar(), message)
+    return True
 
 
 class SegmentationAlgorithm(QgsProcessingAlgorithm):
@@ -26,6 +46,7 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
     SHORT_DESCRIPTION = ""
     TAGS: tuple[str, ...] = ()
     HELP = ""  # one paragraph per line: the Toolbox shows each line as a paragraph
+    COMMAND_LINE = ""  # the last paragraph of the help: a qgis_process example (the only place keys appear)
     UNCERTAINTY_SUFFIX = ""
     WITH_N_SAMPLES = False
     TTA_DEFAULT = "none"
@@ -45,13 +66,25 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
         return [tr(t) for t in self.TAGS]
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return tr(self.HELP)
+        return compose_help(self, self.HELP, self.COMMAND_LINE)
 
     def icon(self) -> QIcon:
         return plugin_icon()
 
+    def svgIconPath(self) -> str:  # noqa: N802
+        """The plugin's icon, also in the Graphical Modeler (which draws an algorithm's SVG, else a gear)."""
+        return ICON_PATH
+
     def createInstance(self) -> SegmentationAlgorithm:  # noqa: N802
         return type(self)()
+
+    def createCustomParametersWidget(self, parent: QWidget | None = None) -> QWidget | None:  # noqa: N802
+        """The Toolbox dialog, saying what an empty "Uncertainty raster" does (see :mod:`.algorithm_dialog`)."""
+        try:
+            from .algorithm_dialog import SegmentationDialog
+        except ImportError:  # the Processing plugin's GUI is not there
+            return None
+        return SegmentationDialog(self.create(), self.UNCERTAINTY_SUFFIX, parent)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         add_common_parameters(self, with_n_samples=self.WITH_N_SAMPLES, tta_default=self.TTA_DEFAULT,
@@ -61,9 +94,21 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
         """Keyword arguments of this algorithm's processor beyond the common ones."""
         return {}
 
+    def prepareAlgorithm(  # noqa: N802
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> bool:
+        """Before the run (on the main thread in the Toolbox): without torch, stop at once, and offer the
+        installer in the message bar. Imports nothing (cheap)."""
+        if not python_env.torch_findable():
+            message = python_env.missing_torch_message()
+            offer_install_on_main_thread(message)
+            raise QgsProcessingException(message)
+        return True
+
     def processAlgorithm(  # noqa: N802
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         values = read_common_values(self, parameters, context)
+        stretch = self.parameterAsBoolean(parameters, STRETCH_UNCERTAINTY, context)
         return run_processor(self.PROCESSOR, self.extra_processor_kwargs(parameters, context), values, self.METHOD,
-                             context, feedback)
+                             context, feedback, stretch=stretch)

@@ -1,7 +1,9 @@
 """Renderers for the two outputs, read from the files themselves.
 
 - Uncertainty raster: singleband pseudocolor, viridis, from 0 to the measure's maximum, ``MC_UNCERTAINTY_MAX``
-  written by the core (ln C for the entropies and mutual information, 1 − 1/C for the variation ratio).
+  written by the core (ln C for the entropies and mutual information, 1 − 1/C for the variation ratio), so maps
+  stay comparable; or, on request, stretched to the data's 2–98 % range (:func:`uncertainty_stretch`), for maps
+  whose values all sit near 0 (a TTA map is often nearly black on 0 .. ln C).
 - Class raster: paletted, one entry per class 0 .. C-1 with the config's ``class_names`` / ``class_colors``
   (the core writes them as GDAL category names and colour table), a fixed qualitative palette otherwise;
   the nodata value 255 is no class and stays transparent.
@@ -37,6 +39,7 @@ __all__ = [
     "viridis_ramp",
     "uncertainty_maximum",
     "uncertainty_mode",
+    "uncertainty_stretch",
     "read_class_legend",
     "default_class_color",
     "style_uncertainty_layer",
@@ -100,6 +103,18 @@ def uncertainty_maximum(uncertainty_path: str, num_classes: int | None = None) -
     return math.log(num_classes)
 
 
+def uncertainty_stretch(layer: QgsRasterLayer, low: float = 0.02, high: float = 0.98) -> tuple[float, float]:
+    """``(maximum, minimum)`` of the colour scale stretched to band 1's ``low`` .. ``high`` cumulative range
+    (nodata excluded; estimated on a sample of 250 000 pixels)."""
+    lower, upper = layer.dataProvider().cumulativeCut(1, low, high, layer.extent(), 250_000)
+    if not (math.isfinite(lower) and math.isfinite(upper)) or upper <= lower:
+        stats = layer.dataProvider().bandStatistics(1)
+        lower, upper = stats.minimumValue, stats.maximumValue
+    if not upper > lower:
+        upper = lower + 1e-6
+    return float(upper), float(lower)
+
+
 def uncertainty_mode(uncertainty_path: str) -> str | None:
     """The measure an uncertainty raster holds (``MC_UNCERTAINTY_MODE``: entropy, mutual_information), or None."""
     return _metadata(uncertainty_path).get(_MODE_KEY) or None
@@ -147,28 +162,27 @@ def read_class_legend(class_path: str, num_classes: int | None = None) -> ClassL
     return ClassLegend(tuple(labels), tuple(colors), bool(names) or table is not None)
 
 
-def style_uncertainty_layer(layer: QgsRasterLayer, maximum: float | None) -> None:
-    """Render band 1 of ``layer`` as singleband pseudocolor, viridis, from 0 to ``maximum``.
+def style_uncertainty_layer(layer: QgsRasterLayer, maximum: float | None, minimum: float = 0.0) -> None:
+    """Render band 1 of ``layer`` as singleband pseudocolor, viridis, from ``minimum`` to ``maximum``.
 
     Args:
         layer: the uncertainty raster.
         maximum: top of the colour scale (ln C for entropy); None takes the band's maximum.
+        minimum: bottom of the colour scale (0, or the data's 2 % value when stretched).
     """
-    if maximum is None or maximum <= 0:
+    if maximum is None or maximum <= minimum:
         stats = layer.dataProvider().bandStatistics(1)
-        maximum = stats.maximumValue if stats.maximumValue > 0 else 1.0
+        maximum = stats.maximumValue if stats.maximumValue > minimum else minimum + 1.0
     ramp = viridis_ramp()
     steps = 10
-    items = [
-        QgsColorRampShader.ColorRampItem(maximum * i / (steps - 1), ramp.color(i / (steps - 1)), f"{maximum * i / (steps - 1):.3g}")
-        for i in range(steps)
-    ]
-    color_ramp_shader = QgsColorRampShader(0.0, maximum, ramp.clone(), QgsColorRampShader.Interpolated)
+    values = [minimum + (maximum - minimum) * i / (steps - 1) for i in range(steps)]
+    items = [QgsColorRampShader.ColorRampItem(v, ramp.color(i / (steps - 1)), f"{v:.3g}") for i, v in enumerate(values)]
+    color_ramp_shader = QgsColorRampShader(minimum, maximum, ramp.clone(), QgsColorRampShader.Interpolated)
     color_ramp_shader.setColorRampItemList(items)
-    shader = QgsRasterShader(0.0, maximum)
+    shader = QgsRasterShader(minimum, maximum)
     shader.setRasterShaderFunction(color_ramp_shader)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMin(minimum)
     renderer.setClassificationMax(maximum)
     layer.setRenderer(renderer)
     layer.triggerRepaint()

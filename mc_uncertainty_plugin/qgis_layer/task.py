@@ -1,8 +1,10 @@
 """A ``QgsTask`` that runs the core in the background, for GUI code outside Processing.
 
-``run()`` executes in a worker thread of ``QgsApplication.taskManager()``: it loads the model and calls the core
-with ``progress`` → ``setProgress`` and ``is_cancelled`` → ``isCanceled``. ``finished()`` runs on the main
-thread: it loads both outputs, styled, into a new layer group of the project (:func:`.result_layers.add_result_layers`).
+``run()`` executes in a worker thread of ``QgsApplication.taskManager()``: it gets the model through the same
+bridge as the Processing algorithms (:func:`.core_runner.session_model`: stages named and timed in the log, a
+model of an earlier run reused) and calls the core with ``progress`` → ``setProgress`` and ``is_cancelled`` →
+``isCanceled``. ``finished()`` runs on the main thread: it loads both outputs, styled, into a new layer group of
+the project (:func:`.result_layers.add_result_layers`).
 
     request = TaskRequest(input_path="scene.tif", input_name="scene", model_path="model.yaml",
                           output_path="/data/scene_mc_classes.tif", uncertainty_path="/data/scene_mc_uncertainty.tif")
@@ -14,21 +16,26 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
 
-from .. import python_env
-from .progress import EtaLog, format_seconds
+from ..core.errors import InferenceCancelled, McUncertaintyError, ParameterError  # no torch import
+from .core_runner import MissingDependencies, build_processor, session_model
+from .parameters import tr
+from .progress import EtaLog, StageTimer, format_seconds
 from .result_layers import MC_DROPOUT, TTA, add_result_layers
 
-__all__ = ["LOG_TAG", "TaskRequest", "McUncertaintyTask", "output_paths", "default_output_folder"]
+__all__ = ["LOG_TAG", "BANDS_HINT", "TaskRequest", "McUncertaintyTask", "output_paths", "default_output_folder",
+           "is_temporary_folder"]
 
 LOG_TAG = "MC Uncertainty"  # the Log Messages panel tab
 _PROCESSORS = {MC_DROPOUT.key: ("MCDropoutInferenceProcessor", MC_DROPOUT), TTA.key: ("MultiClassInferenceProcessor", TTA)}
+BANDS_HINT = ('Choose them in the dialog\'s "Input bands" field, in model order (e.g. 1,1,1 feeds a 1-band layer to '
+              "a 3-band model).")
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,9 @@ class TaskRequest:
         uncertainty_path: the uncertainty raster to write; None: beside ``output_path`` (the core's default).
         checkpoint_path: weights of a YAML model, or None.
         method: ``mc_dropout`` or ``tta``.
-        options: further keyword arguments of the core processor (``n_samples``, ``uncertainty_mode``,
+        options: further keyword arguments of the core processor (``n_samples``, ``uncertainty_mode``, ``bands``,
             ``model_input_shape`` ...); left out, the model config's ``inference_processor:`` values apply.
+        stretch: stretch the uncertainty layer's colours to the data (2–98 %) instead of 0 .. maximum.
     """
 
     input_path: str
@@ -55,6 +63,7 @@ class TaskRequest:
     checkpoint_path: str | None = None
     method: str = MC_DROPOUT.key
     options: Mapping[str, Any] = field(default_factory=dict)
+    stretch: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in _PROCESSORS:
@@ -80,7 +89,9 @@ class McUncertaintyTask(QgsTask):
 
     After the task ends: ``paths`` holds the core's result (``{"segmentation": ..., "uncertainty": ...}``),
     ``layers`` the layers added, ``error`` the one-line message of a failure (None when it succeeded or was
-    cancelled), ``log`` every line the run reported (also sent to the "MC Uncertainty" log tab).
+    cancelled), ``missing_dependencies`` whether it failed for want of torch (the plugin then offers the
+    installer), ``log`` every line the run reported (also sent to the "MC Uncertainty" log tab), ``stage`` the
+    start-up stage running now ("Loading PyTorch…" ...) and ``stage_seconds`` each finished stage's time.
     """
 
     def __init__(self, request: TaskRequest, project: QgsProject | None = None) -> None:
@@ -91,7 +102,10 @@ class McUncertaintyTask(QgsTask):
         self.paths: dict[str, str | None] | None = None
         self.layers: list[QgsRasterLayer] = []
         self.error: str | None = None
+        self.missing_dependencies = False
         self.log: list[str] = []
+        self.stage = ""
+        self.stage_seconds: dict[str, float] = {}
         self.seconds = 0.0
 
     def _log(self, message: str) -> None:
@@ -113,41 +127,45 @@ class McUncertaintyTask(QgsTask):
         finally:
             self.seconds = time.monotonic() - started
 
+    def _show_stage(self, label: str) -> None:
+        self.stage = label
+        self._log(label)
+
     def _run(self) -> bool:
         request = self.request
-        if not python_env.ensure_torch():
-            self.error = python_env.missing_torch_message()
-            return False
-        missing = python_env.missing_model_modules(request.model_path)
-        if missing:
-            self.error = python_env.missing_modules_message(missing)
-            return False
-        from .. import core  # imports torch
-        from ..core.errors import InferenceCancelled, McUncertaintyError
-
-        processor_name, _method = _PROCESSORS[request.method]
+        timer = StageTimer(self._show_stage, self._log)
         try:
-            self._log(f"Loading {request.model_path}")
-            model = core.load_model(request.model_path, checkpoint=request.checkpoint_path)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                processor = getattr(core, processor_name)(model, **dict(request.options))
-            for warning in caught:
-                if issubclass(warning.category, UserWarning):
-                    self._warn(str(warning.message))
-            if self.isCanceled():
-                return False
-            self.paths = processor.process(
-                request.input_path,
-                os.path.dirname(os.path.abspath(request.output_path)),
-                output_path=request.output_path,
-                uncertainty_path=request.uncertainty_path,
-                progress=EtaLog(self.setProgress, self._log),
-                is_cancelled=self.isCanceled,
-                log=self._log,
-                warn=self._warn,
-            )
+            return self._run_core(request, timer)
+        except MissingDependencies as error:
+            self.error, self.missing_dependencies = str(error), True
+            return False
+        finally:
+            self.stage_seconds = dict(timer.seconds)
+
+    def _run_core(self, request: TaskRequest, timer: StageTimer) -> bool:
+        processor_name, _method = _PROCESSORS[request.method]
+        options = dict(request.options)
+        try:
+            with session_model(request.model_path, request.checkpoint_path, options.get("device"), timer,
+                               self._log) as model:
+                processor = build_processor(processor_name, model, options, self._warn)
+                if self.isCanceled():
+                    return False
+                self.paths = processor.process(
+                    request.input_path,
+                    os.path.dirname(os.path.abspath(request.output_path)),
+                    output_path=request.output_path,
+                    uncertainty_path=request.uncertainty_path,
+                    progress=EtaLog(self.setProgress, self._log),
+                    is_cancelled=self.isCanceled,
+                    log=self._log,
+                    warn=self._warn,
+                )
         except InferenceCancelled:
+            return False
+        except ParameterError as error:
+            hint = " " + tr(BANDS_HINT) if error.parameter in ("INPUT", "BANDS") and "BANDS" in str(error) else ""
+            self.error = str(error) + hint
             return False
         except McUncertaintyError as error:
             self.error = str(error)
@@ -161,7 +179,7 @@ class McUncertaintyTask(QgsTask):
             try:
                 self.layers = add_result_layers(
                     self.project, self.paths["segmentation"], self.paths.get("uncertainty"),
-                    self.request.input_name, method,
+                    self.request.input_name, method, self.request.stretch,
                 )
             except ValueError as error:
                 self.error = str(error)
@@ -174,8 +192,20 @@ class McUncertaintyTask(QgsTask):
             self._log(f"{self.description()}: cancelled; no output was written.")
 
 
-def default_output_folder(project: QgsProject) -> str:
-    """The project's folder when the project is saved, else QGIS Processing's temporary folder."""
+def is_temporary_folder(folder: str) -> bool:
+    """Whether ``folder`` lies in QGIS Processing's temporary folder (deleted when QGIS exits)."""
+    temporary = os.path.realpath(QgsProcessingUtils.tempFolder())
+    path = os.path.realpath(folder) if folder else ""
+    return bool(path) and (path == temporary or path.startswith(temporary + os.sep))
+
+
+def default_output_folder(project: QgsProject, input_path: str | None = None) -> str:
+    """Where the outputs go by default: the project's folder when the project is saved, else the input's folder
+    when it is writable, else QGIS Processing's temporary folder (deleted when QGIS exits)."""
     if project.fileName():
         return str(Path(project.absoluteFilePath()).parent)
+    if input_path:
+        folder = os.path.dirname(os.path.abspath(input_path))
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
     return QgsProcessingUtils.tempFolder()

@@ -1,7 +1,10 @@
-"""The small dialog of the "MC uncertainty on the active layer…" action: model, method, T, output folder.
+"""The small dialog of the "MC uncertainty on the active layer…" action: model, method, T, input bands, output
+folder.
 
 Everything else (tiles, seed, device ...) takes the model config's ``inference_processor:`` values or the
-defaults; the Processing algorithm has every parameter.
+defaults; the Processing algorithm has every parameter. The output folder defaults to the saved project's folder,
+else to the input's folder when it is writable, else to QGIS's temporary folder, which the dialog then says is
+deleted when QGIS closes.
 """
 
 from __future__ import annotations
@@ -12,22 +15,38 @@ from typing import Any
 from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
     QLabel,
+    QLineEdit,
     QSpinBox,
     QWidget,
 )
 
 from .parameters import CHECKPOINT_FILE_FILTER, MODEL_FILE_FILTER, UNCERTAINTY_MODES, tr
 from .result_layers import MC_DROPOUT, TTA
-from .task import TaskRequest, default_output_folder, output_paths
+from .task import TaskRequest, default_output_folder, is_temporary_folder, output_paths
 
-__all__ = ["TaskDialog"]
+__all__ = ["TaskDialog", "parse_bands"]
 
 _SETTINGS = "mc_uncertainty_plugin/task_dialog/"
+
+
+def parse_bands(text: str, band_count: int) -> tuple[int, ...] | None:
+    """``"3, 2, 1"`` → ``(3, 2, 1)``; "" → None (the model's first bands).
+
+    Raises:
+        ValueError: not a list of band numbers in 1..band_count (the message echoes the text).
+    """
+    parts = [part.strip() for part in text.replace(";", ",").replace(" ", ",").split(",") if part.strip()]
+    if not parts:
+        return None
+    if not all(part.isdigit() and 1 <= int(part) <= band_count for part in parts):
+        raise ValueError(f"Input bands must be band numbers from 1 to {band_count}, comma-separated, got {text!r}.")
+    return tuple(int(part) for part in parts)
 
 
 class TaskDialog(QDialog):
@@ -70,11 +89,30 @@ class TaskDialog(QDialog):
             self.mode.addItem(mode.replace("_", " "), mode)
         form.addRow(tr("Uncertainty"), self.mode)
 
+        self.bands = QLineEdit()
+        count = layer.bandCount()
+        self.bands.setPlaceholderText(tr("empty: the first bands the model takes (the layer has {})").format(count))
+        self.bands.setToolTip(tr("The layer's bands fed to the model, in model order, e.g. 3,2,1; a band may be "
+                                 "repeated (1,1,1 feeds a 1-band layer to a 3-band model)."))
+        form.addRow(tr("Input bands"), self.bands)
+
+        self.stretch = QCheckBox(tr("Stretch the uncertainty colours to the data (2–98 %)"))
+        self.stretch.setToolTip(tr("Off: colours from 0 to the measure's maximum (ln C), comparable between maps. "
+                                   "On: over the data's 2–98 % range, for maps whose values all sit near 0 (TTA)."))
+        form.addRow("", self.stretch)
+
         self.folder = QgsFileWidget()
         self.folder.setStorageMode(QgsFileWidget.GetDirectory)
-        self.folder.setFilePath(default_output_folder(self.project))
-        self.folder.setToolTip(tr("Where the two GeoTIFFs are written: the project's folder, else a temporary one."))
+        self.folder.setFilePath(default_output_folder(self.project, layer.source()))
+        self.folder.setToolTip(tr("Where the two GeoTIFFs are written: the saved project's folder, else the "
+                                  "input's folder, else QGIS's temporary folder."))
         form.addRow(tr("Output folder"), self.folder)
+        self.folder_note = QLabel("")
+        self.folder_note.setWordWrap(True)
+        form.addRow("", self.folder_note)
+        self.bands_note = QLabel("")
+        self.bands_note.setWordWrap(True)
+        form.addRow("", self.bands_note)
 
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.buttons.accepted.connect(self.accept)
@@ -84,11 +122,27 @@ class TaskDialog(QDialog):
         self.method.currentIndexChanged.connect(self._update)
         self.model.fileChanged.connect(self._update)
         self.folder.fileChanged.connect(self._update)
+        self.bands.textChanged.connect(self._update)
         self._update()
+
+    def _bands(self) -> tuple[int, ...] | None:
+        return parse_bands(self.bands.text(), self.layer.bandCount())
 
     def _update(self, *_args: Any) -> None:
         self.n_samples.setEnabled(self.method.currentData() == MC_DROPOUT.key)
-        ready = os.path.isfile(self.model.filePath()) and os.path.isdir(self.folder.filePath())
+        folder = self.folder.filePath()
+        temporary = bool(folder) and is_temporary_folder(folder)
+        self.folder_note.setText(tr("This is QGIS's temporary folder: it is deleted when QGIS closes. Choose "
+                                    "another folder to keep the results.") if temporary else "")
+        self.folder_note.setVisible(temporary)
+        try:
+            self._bands()
+            bands_ok, note = True, ""
+        except ValueError as error:
+            bands_ok, note = False, str(error)
+        self.bands_note.setText(note)
+        self.bands_note.setVisible(bool(note))
+        ready = os.path.isfile(self.model.filePath()) and os.path.isdir(folder) and bands_ok
         self.buttons.button(QDialogButtonBox.Ok).setEnabled(ready)
 
     def request(self) -> TaskRequest:
@@ -98,6 +152,9 @@ class TaskDialog(QDialog):
         options: dict[str, Any] = {"uncertainty_mode": self.mode.currentData()}
         if method == MC_DROPOUT.key:
             options["n_samples"] = self.n_samples.value()
+        bands = self._bands()
+        if bands:
+            options["bands"] = bands
         settings = QgsSettings()
         settings.setValue(_SETTINGS + "model", self.model.filePath())
         settings.setValue(_SETTINGS + "method", method)
@@ -111,4 +168,5 @@ class TaskDialog(QDialog):
             checkpoint_path=self.checkpoint.filePath() or None,
             method=method,
             options=options,
+            stretch=self.stretch.isChecked(),
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .parameters import TTA_HELP
 from .result_layers import TTA
 from .segmentation_algorithm import SegmentationAlgorithm
 
@@ -14,18 +13,22 @@ _HELP = "\n".join((
     "exactly (inverse transform) and the K class probabilities are averaged. The mean p̄ gives the class raster "
     "(argmax); the spread across transforms gives the uncertainty — high where the model's output changes when "
     "the input is flipped or rotated (lack of geometric invariance).",
-    TTA_HELP,
     "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
     "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share. "
-    "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically (dropout off); for dropout "
-    "sampling use MC Dropout segmentation, whose TTA_MODE combines both.",
-    "Outputs: OUTPUT, a uint8 class raster (255 = nodata), and OUTPUT_UNCERTAINTY, a float32 raster which, left "
-    "empty, is written beside OUTPUT with _uncertainty added to its name (classes.tif: classes_uncertainty.tif). "
-    "In the Toolbox both are loaded in one group named after the input: the uncertainty in viridis from 0 to "
-    "ln C, the classes with the config's class names and colours.",
-    "Command line: qgis_process run mc_uncertainty:tta -- INPUT=image.tif MODEL=model.yaml TTA_MODE=d4 "
-    "OUTPUT=classes.tif",
+    "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically "
+    "(dropout off); for dropout sampling use MC Dropout segmentation, whose \"Test-time augmentation\" combines "
+    "both.",
+    "Outputs: the \"Class raster\", uint8 (255 = nodata), and the \"Uncertainty raster\", float32, which, left "
+    "empty, is written beside the class raster with _uncertainty added to its name (classes.tif: "
+    "classes_uncertainty.tif). Both are loaded in one group named after the input, the transforms and the measure: "
+    "the uncertainty in viridis from 0 to ln C (TTA maps are often dark on that scale: \"Stretch the uncertainty "
+    "colours to the data\" spreads them over their 2–98 % range), the classes with the config's class names and "
+    "colours.",
 ))
+_COMMAND_LINE = (
+    "Command line: qgis_process run mc_uncertainty:tta -- INPUT=image.tif MODEL=model.yaml TTA_MODE=d4 "
+    "OUTPUT=classes.tif (parameter keys: qgis_process help mc_uncertainty:tta)"
+)
 
 
 class TtaAlgorithm(SegmentationAlgorithm):
@@ -36,6 +39,7 @@ class TtaAlgorithm(SegmentationAlgorithm):
     SHORT_DESCRIPTION = "Segment a raster with a trained model and map its uncertainty by test-time augmentation."
     TAGS = ("segmentation", "uncertainty", "tta", "augmentation", "d4", "deep learning", "pytorch")
     HELP = _HELP
+    COMMAND_LINE = _COMMAND_LINE
     UNCERTAINTY_SUFFIX = "_uncertainty"
     WITH_N_SAMPLES = False
     TTA_DEFAULT = "d4"

@@ -18,6 +18,12 @@ dropout and DeepLabV3+ (ASPP dropout), at T = 1, 10, 30, over the same raster an
 Part 2, choices measured: full-pass time contiguous vs channels_last (and opt-in bfloat16 autocast), and the
 stochastic suffix looped T times vs stacked as one batch of T.
 Part 3, memory: peak RSS of `qgis_process` runs on a 16 MP and a ~150 MP raster.
+Part 4, time to first window on the sample (resources/sample, T = 10, 256 px tiles, step 128, CPU): from "Run" until
+the progress bar first moves (the first batch of windows went through a pass), the way the plugin starts a run
+(import torch, lease the model from the session cache or load it, build the processor, run). Cold: a new process,
+timed from its launch (interpreter, imports, building the model, reading weights); warm: a second run in that
+process, with the model reused from the session cache (the fastest of 2 processes, and of 3 warm runs in each, is
+kept). `--first-window-only` runs only this part (under a minute).
 
 Prints Markdown tables (pasted into the README).
 """
@@ -25,6 +31,7 @@ Prints Markdown tables (pasted into the README).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +44,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import segmentation_models_pytorch as smp  # noqa: E402
 import torch  # noqa: E402
 from osgeo import gdal, osr  # noqa: E402
 
@@ -69,6 +75,8 @@ def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:
 
 def architectures(only: list[str] | None = None) -> dict[str, torch.nn.Module]:
     """The three benchmark models (or those whose name starts with one of ``only``)."""
+    import segmentation_models_pytorch as smp
+
     torch.manual_seed(0)
     fpn = smp.FPN("resnet34", encoder_weights=None, classes=5, decoder_dropout=0.2)
     unet = smp.Unet("resnet34", encoder_weights=None, classes=5)
@@ -225,6 +233,84 @@ def memory(args: argparse.Namespace, work: Path) -> list[str]:
     return rows
 
 
+# Runs in a new process: argv = launch time (time.time() of the parent just before the launch), repository, image,
+# model, output folder. Prints REPORT{json}: the cold run's stages and both runs' time to the first progress report.
+_FIRST_WINDOW = r"""
+import json, os, sys, time
+launched, root, image, model, out = float(sys.argv[1]), *sys.argv[2:6]
+started = time.time()
+sys.path.insert(0, root)
+import torch  # what the run's "Loading PyTorch…" stage does
+torch_loaded = time.time()
+from mc_uncertainty_plugin.core import InferenceCancelled, MCDropoutInferenceProcessor
+from mc_uncertainty_plugin.core.models.cache import SESSION_MODELS, model_key
+from mc_uncertainty_plugin.core.models.loading import load_model
+
+
+def first_window(run_started, name):
+    marks = {}
+    loading = [None, time.time()]
+
+    def stage(label):
+        now = time.time()
+        if loading[0]:
+            marks[loading[0]] = now - loading[1]
+        loading[:] = [label, now]
+
+    first = []
+    with SESSION_MODELS.lease(model_key(model, None, "cpu"), lambda: load_model(model, stage=stage)) as lease:
+        if loading[0]:
+            marks[loading[0]] = time.time() - loading[1]
+        processor = MCDropoutInferenceProcessor(lease.value, n_samples=10, model_input_shape=(256, 256),
+                                                step_shape=(128, 128), device="cpu", seed=0)
+        set_up = time.time()
+        try:
+            processor.process(image, output_path=os.path.join(out, name), progress=lambda p: first.append(time.time()),
+                              is_cancelled=lambda: bool(first))
+        except InferenceCancelled:
+            pass
+    return {"total": first[0] - run_started, "reused": lease.reused, "to_first_pass": first[0] - set_up, **marks}
+
+
+cold = first_window(launched, "cold.tif")
+cold.update(interpreter=started - launched, torch=torch_loaded - started)
+warm = [first_window(time.time(), f"warm_{i}.tif") for i in range(3)]
+print("REPORT" + json.dumps({"cold": cold, "warm": warm}))
+"""
+
+
+def _first_window_process(work: Path) -> dict:
+    """One new process: its cold run and three warm runs."""
+    image, model = ROOT / "resources" / "sample" / "sample.tif", ROOT / "resources" / "sample" / "model.yaml"
+    launched = time.time()
+    done = subprocess.run([sys.executable, "-c", _FIRST_WINDOW, str(launched), str(ROOT), str(image), str(model),
+                           str(work)], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"time to first window failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    report = json.loads(lines[-1][len("REPORT"):])
+    if report["cold"]["reused"] or not all(run["reused"] for run in report["warm"]):
+        raise RuntimeError(f"the warm runs did not reuse the cold run's model: {report}")
+    return report
+
+
+def first_window(work: Path, processes: int = 2) -> list[str]:
+    """Time to the first window on the sample: cold runs in new processes (the fastest of ``processes`` is kept),
+    then warm ones in those processes (the fastest of three per process is kept), as in the speed part."""
+    reports = [_first_window_process(work) for _ in range(processes)]
+    cold = min((report["cold"] for report in reports), key=lambda run: run["total"])
+    warm = min((run for report in reports for run in report["warm"]), key=lambda run: run["total"])
+    rows = ["| time to first window (sample, T = 10, 256 px tiles, CPU) | total | interpreter start | import torch "
+            "| building the model | reading weights | set-up + first batch of passes |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows.append(f"| cold (new process) | {cold['total']:.1f} s | {cold['interpreter']:.1f} s | {cold['torch']:.1f} s | "
+                f"{cold.get('build', 0.0):.1f} s | {cold.get('weights', 0.0):.1f} s | {cold['to_first_pass']:.1f} s |")
+    rows.append(f"| warm (model reused) | {warm['total']:.2f} s | — | — | 0 (reused) | 0 (reused) | "
+                f"{warm['to_first_pass']:.2f} s |")
+    for row in rows[2:]:
+        print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per method and T, alternating (best is kept)")
@@ -234,12 +320,19 @@ def main() -> None:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
     parser.add_argument("--models", nargs="*", help="only these models (name prefixes: FPN, Unet, DeepLabV3+)")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--first-window-only", action="store_true",
+                        help="only the time to first window on the sample, cold and warm (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="mc_bench_") as folder:
         work = Path(folder)
         print(f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU only\n")
+        print("## Time to first window\n")
+        rows = first_window(work)
+        print("\n" + "\n".join(rows) + "\n")
+        if args.first_window_only:
+            return
         if not args.skip_speed:
             print(f"## Speed: {args.size}x{args.size} px raster, {args.tile}px tiles, batch 1, best of {args.repeat}\n")
             rows, stages = speed(args, work)

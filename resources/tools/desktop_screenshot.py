@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 REPORT_ENV = "MC_SHOT_REPORT"  # where QGIS writes the JSON report
+N_SAMPLES = 10
 SETTINGS_ENV = "MC_SHOT_SETTINGS"  # JSON: paths for the run inside QGIS
 
 
@@ -90,7 +91,7 @@ def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
     request = TaskRequest(
         input_path=scene.source(), input_name=scene.name(), model_path=settings["model"],  # type: ignore[attr-defined]
         output_path=settings["output"], uncertainty_path=settings["output"].replace(".tif", "_mc_uncertainty.tif"),
-        options={"n_samples": 10, "model_input_shape": "256", "step_shape": "128"},
+        options={"n_samples": N_SAMPLES, "model_input_shape": "256", "step_shape": "128"},
     )
     task = plugin.start_task(request)
     loop = QEventLoop()
@@ -104,10 +105,9 @@ def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
 def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     import processing
     from qgis.core import QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
-    from qgis.utils import iface
-
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtWidgets import QDockWidget
+    from qgis.utils import iface
 
     window = iface.mainWindow()
     window.resize(1600, 1000)
@@ -116,11 +116,12 @@ def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     if "Browser" in docks:
         docks["Browser"].hide()  # the Layers panel gets the whole height
     if "Layers" in docks:
-        window.resizeDocks([docks["Layers"]], [400], Qt.Horizontal)
+        window.resizeDocks([docks["Layers"]], [480], Qt.Horizontal)  # room for "sample — MC uncertainty (entropy, T = 10)"
     report["providers"] = [p.id() for p in QgsApplication.processingRegistry().providers()]
     from qgis.PyQt.QtWidgets import QAction
 
-    report["actions"] = [a.text() for a in window.findChildren(QAction) if a.objectName() == "mcUncertaintyOnActiveLayer"]
+    report["actions"] = [a.text() for a in window.findChildren(QAction)
+                         if a.objectName() in ("mcUncertaintyOnActiveLayer", "mcUncertaintyInstallPyTorch")]
     project = QgsProject.instance()
     scene = QgsRasterLayer(settings["input"], "sample")
     project.addMapLayer(scene)
@@ -130,7 +131,7 @@ def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
         report["results"] = processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
             "INPUT": scene,
             "MODEL": settings["model"],
-            "N_SAMPLES": 10,
+            "N_SAMPLES": N_SAMPLES,
             "MODEL_INPUT_SHAPE": "256",
             "STEP_SHAPE": "128",
             "OUTPUT": settings["output"],
@@ -147,7 +148,7 @@ def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     scene_node = root.findLayer(scene.id())
     if scene_node is not None:
         scene_node.setExpanded(False)
-    uncertainty = project.mapLayersByName("sample — MC uncertainty (entropy)")
+    uncertainty = project.mapLayersByName(f"sample — MC uncertainty (entropy, T = {N_SAMPLES})")
     canvas = iface.mapCanvas()
     if uncertainty:
         iface.setActiveLayer(uncertainty[0])
@@ -221,10 +222,11 @@ def _launch(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    expected_group = {"group": "sample — MC Dropout",
-                      "layers": ["sample — MC uncertainty (entropy)", "sample — MC classes"]}
-    if not report.get("actions"):
-        raise SystemExit("desktop_screenshot: the plugin's action is not in the main window")
+    expected_group = {"group": f"sample — MC Dropout (T = {N_SAMPLES}, entropy)",
+                      "layers": [f"sample — MC uncertainty (entropy, T = {N_SAMPLES})", f"sample — MC classes (T = {N_SAMPLES})"]}
+    if len(report.get("actions", [])) != 2:
+        raise SystemExit("desktop_screenshot: the plugin's actions (active layer, Install PyTorch…) are not in the "
+                         "main window")
     if not report.get("ok") or expected_group not in report.get("tree", []):
         raise SystemExit("desktop_screenshot: the styled result group is missing (see the report above)")
     print(f"desktop_screenshot: wrote {args.output} ({args.output.stat().st_size / 1024:.0f} KiB)")

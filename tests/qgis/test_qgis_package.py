@@ -41,6 +41,11 @@ def plugin_zip(package_tool: ModuleType, tmp_path_factory: pytest.TempPathFactor
     return package_tool.build_package(tmp_path_factory.mktemp("dist"))
 
 
+def archive_license(plugin_zip: Path) -> bytes:
+    with zipfile.ZipFile(plugin_zip) as archive:
+        return archive.read("mc_uncertainty_plugin/LICENSE")
+
+
 def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: Path) -> None:
     version = package_tool.read_metadata()["version"]
     assert plugin_zip.name == f"mc_uncertainty_plugin-{version}.zip"
@@ -48,7 +53,10 @@ def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: 
         names = archive.namelist()
         assert archive.read("mc_uncertainty_plugin/metadata.txt") == (REPO_ROOT / "metadata.txt").read_bytes()
     assert {name.split("/")[0] for name in names} == {"mc_uncertainty_plugin"}
-    for expected in ("__init__.py", "plugin.py", "python_env.py", "icon.svg", "metadata.txt",
+    # the licence travels with the plugin: GPL v2 or later, as QGIS itself
+    assert archive_license(plugin_zip) == (REPO_ROOT / "LICENSE").read_bytes()
+    assert b"GNU GENERAL PUBLIC LICENSE" in archive_license(plugin_zip)[:200] and b"Version 2" in archive_license(plugin_zip)[:200]
+    for expected in ("__init__.py", "plugin.py", "python_env.py", "installer.py", "icon.svg", "metadata.txt", "LICENSE",
                      "core/__init__.py", "core/inference/engine.py", "qgis_layer/provider.py", "qgis_layer/task.py",
                      "styles/uncertainty_viridis.qml", "styles/sample_classes.qml"):
         assert f"mc_uncertainty_plugin/{expected}" in names, expected

@@ -90,3 +90,23 @@ def test_missing_smp_is_explained(
     other.write_text("model:\n  _target_: torch.nn.Identity\n", encoding="utf-8")
     assert python_env.missing_model_modules(str(other)) == []
     assert python_env.missing_model_modules(config) == ["segmentation_models_pytorch"]
+
+
+@pytest.mark.parametrize("algorithm_id", ["mc_uncertainty:mc_dropout", "mc_uncertainty:tta", "mc_uncertainty:evaluate"])
+def test_help_covers_every_parameter_by_its_label(registry: Any, algorithm_id: str) -> None:
+    """The help panel names what users see (labels), not keys; every parameter is explained. Keys appear only
+    in the command-line example, the help's last paragraph."""
+    import re
+
+    algorithm = registry.algorithmById(algorithm_id)
+    help_text = algorithm.shortHelpString()
+    *body, command_line = help_text.split("\n")
+    body_text = "\n".join(body)
+    assert command_line.startswith("Command line: qgis_process run " + algorithm_id)
+    for definition in algorithm.parameterDefinitions():
+        assert f"• {definition.description()}: " in body_text, definition.name()
+        assert re.search(rf"\b{definition.name()}\b", body_text) is None, f"key {definition.name()} in the help"
+    if algorithm_id != "mc_uncertainty:evaluate":
+        for label in ("Checkpoint (weights for a YAML model)", "Input bands (in model order)", "Random seed",
+                      "Number of classes (0 = from the model)", "Batch size (0 = automatic)", "Device"):
+            assert f"• {label}: " in body_text, label

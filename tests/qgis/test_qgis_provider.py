@@ -44,6 +44,7 @@ EXPECTED_PARAMETERS = {
     "SEED": (QgsProcessingParameterNumber, 0, False, True),
     "BATCH_SIZE": (QgsProcessingParameterNumber, 0, False, True),
     "DEVICE": (QgsProcessingParameterEnum, "auto", False, True),
+    "STRETCH_UNCERTAINTY": (QgsProcessingParameterBoolean, False, True, True),
     "OUTPUT": (QgsProcessingParameterRasterDestination, None, False, False),
     "OUTPUT_UNCERTAINTY": (QgsProcessingParameterRasterDestination, None, True, False),
     "OUTPUT_CONFIDENCE": (QgsProcessingParameterRasterDestination, None, True, False),
@@ -131,7 +132,7 @@ def test_missing_torch_fails_with_install_message(
         run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"))
     message = str(raised.value)
     assert "pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0" in message
-    assert "MC_UNCERTAINTY_PYTHON_ENV" in message and "make install" in message
+    assert "MC_UNCERTAINTY_PYTHON_ENV" in message and "Plugins ▸ MC Uncertainty ▸ Install PyTorch…" in message
     assert "Traceback" not in message
     assert not (tmp_path / "classes.tif").exists()
 

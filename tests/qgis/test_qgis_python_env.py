@@ -78,7 +78,7 @@ def test_ensure_adds_the_configured_site_packages(
 def test_missing_message_explains_what_is_wrong(no_configuration: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     message = python_env.missing_torch_message(no_configuration)
     assert "No Python environment is configured" in message
-    assert python_env.INSTALL_COMMAND in message and "make install" in message
+    assert python_env.INSTALL_COMMAND in message and python_env.INSTALL_MENU in message
 
     monkeypatch.setenv(python_env.ENV_VAR, str(tmp_path / "nowhere"))
     assert "does not exist" in python_env.missing_torch_message(no_configuration)

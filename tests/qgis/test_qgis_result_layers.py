@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import RecordingFeedback
 from osgeo import gdal
 from qgis.core import (
     QgsLayerTreeGroup,
@@ -18,7 +21,6 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 
-from conftest import RecordingFeedback
 from mc_uncertainty_plugin.qgis_layer.styling import (
     DEFAULT_CLASS_COLORS,
     default_class_color,
@@ -65,8 +67,9 @@ def test_run_and_load_results_groups_and_styles_both_outputs(
          "OUTPUT": str(tmp_path / "classes.tif")},
         feedback=feedback,
     )
-    assert tree(clean_project) == [("scene — MC Dropout", ["scene — MC uncertainty (entropy)", "scene — MC classes"])]
-    uncertainty = layer_named(clean_project, "scene — MC uncertainty (entropy)")
+    assert tree(clean_project) == [("scene — MC Dropout (T = 2, entropy)",
+                                    ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"])]
+    uncertainty = layer_named(clean_project, "scene — MC uncertainty (entropy, T = 2)")
     assert uncertainty.source() == results["OUTPUT_UNCERTAINTY"]
     renderer = uncertainty.renderer()
     assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
@@ -74,14 +77,14 @@ def test_run_and_load_results_groups_and_styles_both_outputs(
     ramp = renderer.shader().rasterShaderFunction().colorRampItemList()
     assert (ramp[0].color.name(), ramp[-1].color.name()) == ("#440154", "#fde725")
 
-    classes = layer_named(clean_project, "scene — MC classes")
+    classes = layer_named(clean_project, "scene — MC classes (T = 2)")
     assert classes.source() == results["OUTPUT"]
     # names from the config, colours from the default palette (the config has none)
     assert class_items(classes) == [(0, DEFAULT_CLASS_COLORS[0], "background"), (1, DEFAULT_CLASS_COLORS[1], "building"),
                                     (2, DEFAULT_CLASS_COLORS[2], "water")]
     # the log: stages, ETA lines, device, windows, time
     infos = "\n".join(feedback.infos)
-    assert "Model loaded in" in infos and "Device: cpu" in infos and "windows of 64x64" in infos
+    assert "Loading PyTorch… " in infos and "Device: cpu" in infos and "windows of 64x64" in infos
     assert "% — ETA" in infos and "Total" in infos
 
 
@@ -95,8 +98,9 @@ def test_tta_layers_say_method_and_mode(
         {"INPUT": raster_path, "MODEL": no_dropout_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
          "TTA_MODE": "flip", "UNCERTAINTY_MODE": "mutual_information", "OUTPUT": str(tmp_path / "tta.tif")},
     )
-    assert tree(clean_project) == [("scene — TTA", ["scene — TTA uncertainty (mutual information)", "scene — TTA classes"])]
-    classes = layer_named(clean_project, "scene — TTA classes")
+    assert tree(clean_project) == [("scene — TTA (flip, MI)",
+                                    ["scene — TTA uncertainty (mutual information, flip)", "scene — TTA classes (flip)"])]
+    classes = layer_named(clean_project, "scene — TTA classes (flip)")
     assert [label for _value, _color, label in class_items(classes)] == ["class 0", "class 1", "class 2"]
 
 
@@ -108,35 +112,97 @@ def test_variation_ratio_scale_ends_at_its_maximum(
     processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
         "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "UNCERTAINTY_MODE": "variation_ratio",
         "OUTPUT": str(tmp_path / "vr.tif")})
-    renderer = layer_named(clean_project, "scene — MC uncertainty (variation ratio)").renderer()
+    renderer = layer_named(clean_project, "scene — MC uncertainty (variation ratio, T = 2)").renderer()
     assert renderer.classificationMax() == pytest.approx(1 - 1 / 3, abs=1e-5)  # 1 - 1/C, not ln C
 
 
-def test_each_run_gets_its_own_group(
+def test_each_run_gets_its_own_group_and_a_number(
     mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path, clean_project: Any
 ) -> None:
     import processing
 
-    for name in ("first", "second"):
+    for name, samples in (("first", 2), ("second", 2), ("third", 3)):
         processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-            "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / f"{name}.tif")})
+            "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "N_SAMPLES": samples,
+            "OUTPUT": str(tmp_path / f"{name}.tif")})
     groups = tree(clean_project)
-    assert [name for name, _layers in groups] == ["scene — MC Dropout", "scene — MC Dropout"]
-    assert all(len(layers) == 2 for _name, layers in groups)
-    sources = {Path(layer.source()).name for layer in clean_project.mapLayers().values()}
-    assert sources == {"first.tif", "first_mc_uncertainty.tif", "second.tif", "second_mc_uncertainty.tif"}
+    # newest on top; the same settings twice: a run number; another T: its own name
+    assert groups == [
+        ("scene — MC Dropout (T = 3, entropy)", ["scene — MC uncertainty (entropy, T = 3)", "scene — MC classes (T = 3)"]),
+        ("scene — MC Dropout (T = 2, entropy) #2",
+         ["scene — MC uncertainty (entropy, T = 2) #2", "scene — MC classes (T = 2) #2"]),
+        ("scene — MC Dropout (T = 2, entropy)", ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"]),
+    ]
+    sources = {Path(layer.source()).name: layer.name() for layer in clean_project.mapLayers().values()}
+    assert sources["second.tif"] == "scene — MC classes (T = 2) #2"
+    assert len(set(sources.values())) == 6  # no two layers share a name
+
+
+@contextlib.contextmanager
+def following_the_current_layer(project: Any) -> Iterator[None]:
+    """Do what QGIS Desktop's layer panel does: a layer added to the tree becomes the current layer, and new
+    layers are inserted where the current layer is (its group). At the end new layers go to the top again (the
+    insertion point must not outlive the groups a test's clean-up deletes)."""
+    from qgis.core import QgsLayerTreeRegistryBridge
+
+    def added(parent: Any, first: int, _last: int) -> None:
+        node = parent.children()[first]
+        if isinstance(node, QgsLayerTreeLayer) and isinstance(node.parent(), QgsLayerTreeGroup):
+            project.layerTreeRegistryBridge().setLayerInsertionPoint(
+                QgsLayerTreeRegistryBridge.InsertionPoint(node.parent(), 0))
+
+    project.layerTreeRoot().addedChildren.connect(added)
+    try:
+        yield
+    finally:
+        project.layerTreeRoot().addedChildren.disconnect(added)
+        project.layerTreeRegistryBridge().setLayerInsertionPoint(
+            QgsLayerTreeRegistryBridge.InsertionPoint(project.layerTreeRoot(), 0))
+
+
+def test_a_run_never_nests_its_group_in_an_earlier_one(
+    mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path, clean_project: Any
+) -> None:
+    """The current layer sits in the first run's group (QGIS makes the loaded layer current): the second run's
+    group goes beside it, at the top level, not inside; a user's own group is still honoured."""
+    import processing
+    from qgis.core import QgsLayerTreeRegistryBridge
+
+    with following_the_current_layer(clean_project):
+        for name in ("first", "second"):
+            processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
+                "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / f"{name}.tif")})
+        assert [name for name, _layers in tree(clean_project)] == [
+            "scene — MC Dropout (T = 2, entropy) #2", "scene — MC Dropout (T = 2, entropy)"]
+        mine = clean_project.layerTreeRoot().addGroup("my results")
+        clean_project.layerTreeRegistryBridge().setLayerInsertionPoint(QgsLayerTreeRegistryBridge.InsertionPoint(mine, 0))
+        processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
+            "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / "third.tif")})
+    assert [child.name() for child in mine.children()] == ["scene — MC Dropout (T = 2, entropy) #3"]
 
 
 def test_batch_dialog_runs_two_rasters(
     mc_plugin: Any, registry: Any, qgis_iface: Any, raster_path: str, torchscript_model: str, tmp_path: Path,
-    clean_project: Any,
+    clean_project: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The Toolbox's "Run as Batch Process…" dialog, filled in and run as a user would (two rows)."""
+    """The Toolbox's "Run as Batch Process…" dialog, filled in and run as a user would (two rows, the optional
+    outputs left blank): no "layers were not correctly generated" error, no row nested in the previous one."""
     import shutil
 
+    import processing.gui.BatchAlgorithmDialog as batch_module
     from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
     from qgis.core import QgsProcessingContext as Context
 
+    queued: list[list[str]] = []
+    loaded_ok: list[bool] = []
+    real_handler = batch_module.handleAlgorithmResults
+
+    def handle(alg: Any, context: Any, *args: Any, **kwargs: Any) -> bool:
+        queued.append(list(context.layersToLoadOnCompletion()))
+        loaded_ok.append(real_handler(alg, context, *args, **kwargs))  # False: "not correctly generated"
+        return loaded_ok[-1]
+
+    monkeypatch.setattr(batch_module, "handleAlgorithmResults", handle)
     second_raster = str(tmp_path / "second_scene.tif")
     shutil.copy(raster_path, second_raster)
     algorithm = registry.createAlgorithmById("mc_uncertainty:mc_dropout")
@@ -154,20 +220,62 @@ def test_batch_dialog_runs_two_rasters(
         panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column["OUTPUT"]).setValue(outputs[row])
     panel.checkLoadLayersOnCompletion.setChecked(True)
     try:
-        dialog.runAlgorithm()
+        with following_the_current_layer(clean_project):
+            dialog.runAlgorithm()
     finally:
         dialog.close()
 
-    for output in outputs:
-        assert gdal.Open(output) is not None
-        assert gdal.Open(output[: -len(".tif")] + "_mc_uncertainty.tif") is not None
+    assert loaded_ok == [True, True]
+    for row, output in enumerate(outputs):
+        uncertainty = output[: -len(".tif")] + "_mc_uncertainty.tif"
+        assert gdal.Open(output) is not None and gdal.Open(uncertainty) is not None
+        assert sorted(queued[row]) == sorted([output, uncertainty])  # no empty path queued
     assert sorted(tree(clean_project)) == [
-        ("scene — MC Dropout", ["scene — MC uncertainty (entropy)", "scene — MC classes"]),
-        ("second_scene — MC Dropout", ["second_scene — MC uncertainty (entropy)", "second_scene — MC classes"]),
+        ("scene — MC Dropout (T = 2, entropy)", ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"]),
+        ("second_scene — MC Dropout (T = 2, entropy)",
+         ["second_scene — MC uncertainty (entropy, T = 2)", "second_scene — MC classes (T = 2)"]),
     ]
     for layer in clean_project.mapLayers().values():
         expected = QgsSingleBandPseudoColorRenderer if "uncertainty" in layer.name() else QgsPalettedRasterRenderer
         assert isinstance(layer.renderer(), expected), layer.name()
+
+
+def test_empty_output_definitions_mean_not_given(run_mc_dropout: Any, tmp_path: Path, clean_project: Any) -> None:
+    """What the Batch dialog passes for blank optional outputs: definitions with an empty path. The uncertainty
+    then goes beside OUTPUT and is loaded; no confidence raster is written; nothing empty is queued."""
+    from qgis.core import QgsProcessingOutputLayerDefinition as Definition
+
+    context = QgsProcessingContext()
+    context.setProject(clean_project)
+    output = str(tmp_path / "classes.tif")
+    results = run_mc_dropout(OUTPUT=Definition(output, clean_project), OUTPUT_UNCERTAINTY=Definition("", clean_project),
+                             OUTPUT_CONFIDENCE=Definition("", clean_project), context=context)
+    beside = str(tmp_path / "classes_mc_uncertainty.tif")
+    assert results["OUTPUT_UNCERTAINTY"] == beside and results["OUTPUT_CONFIDENCE"] is None
+    assert sorted(context.layersToLoadOnCompletion()) == sorted([output, beside])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "classes_mc_uncertainty.tif"]
+
+
+def test_stretched_colours_span_the_data_and_say_so(
+    mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path, clean_project: Any
+) -> None:
+    import processing
+
+    for stretch in (False, True):
+        processing.runAndLoadResults("mc_uncertainty:tta", {
+            "INPUT": raster_path, "MODEL": no_dropout_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
+            "TTA_MODE": "flip", "STRETCH_UNCERTAINTY": stretch, "OUTPUT": str(tmp_path / f"tta_{stretch}.tif")})
+    fixed = layer_named(clean_project, "scene — TTA uncertainty (entropy, flip)")
+    stretched = layer_named(clean_project, "scene — TTA uncertainty (entropy, flip; colours stretched 2–98 %) #2")
+    assert (fixed.renderer().classificationMin(), fixed.renderer().classificationMax()) == (0, pytest.approx(LN3, abs=1e-5))
+    dataset = gdal.Open(stretched.source())
+    values = dataset.GetRasterBand(1).ReadAsArray().ravel()
+    low, high = stretched.renderer().classificationMin(), stretched.renderer().classificationMax()
+    assert low == pytest.approx(np.quantile(values, 0.02), abs=0.02 * LN3)
+    assert high == pytest.approx(np.quantile(values, 0.98), abs=0.02 * LN3)
+    assert 0 < low < high < LN3
+    legend = stretched.renderer().shader().rasterShaderFunction().colorRampItemList()
+    assert float(legend[0].label) == pytest.approx(low, rel=1e-2) and float(legend[-1].label) == pytest.approx(high, rel=1e-2)
 
 
 def test_outputs_not_loaded_by_processing_run(run_mc_dropout: Any, tmp_path: Path, clean_project: Any) -> None:

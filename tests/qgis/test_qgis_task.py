@@ -87,9 +87,9 @@ def test_task_keeps_qgis_responsive_reports_progress_and_loads_styled_layers(
     assert any("% — ETA" in line for line in task.log) and any("Device: cpu" in line for line in task.log)
     # the styled layers, in one group
     (group,) = clean_project.layerTreeRoot().children()
-    assert isinstance(group, QgsLayerTreeGroup) and group.name() == "scene — MC Dropout"
-    assert [child.name() for child in group.children()] == ["scene — MC uncertainty (mutual information)",
-                                                             "scene — MC classes"]
+    assert isinstance(group, QgsLayerTreeGroup) and group.name() == "scene — MC Dropout (T = 30, MI)"
+    assert [child.name() for child in group.children()] == ["scene — MC uncertainty (mutual information, T = 30)",
+                                                             "scene — MC classes (T = 30)"]
     unc_layer, class_layer = task.layers
     assert unc_layer.source() == uncertainty and class_layer.source() == classes
     assert isinstance(unc_layer.renderer(), QgsSingleBandPseudoColorRenderer)
@@ -156,7 +156,8 @@ def test_dialog_builds_the_request(
     dialog = TaskDialog(layer, clean_project)
     ok = dialog.buttons.button(QDialogButtonBox.Ok)
     assert not ok.isEnabled()  # no model yet
-    assert Path(dialog.folder.filePath()).is_dir()  # unsaved project: a temporary folder
+    # unsaved project: the input's folder (writable), not QGIS's temporary folder (deleted on exit)
+    assert dialog.folder.filePath() == str(Path(raster_path).parent) and dialog.folder_note.isHidden()
     dialog.model.setFilePath(torchscript_model)
     dialog.folder.setFilePath(str(tmp_path))
     assert ok.isEnabled()
@@ -168,11 +169,57 @@ def test_dialog_builds_the_request(
     assert request.output_path == str(tmp_path / "scene_mc_classes.tif")
     assert request.uncertainty_path == str(tmp_path / "scene_mc_uncertainty.tif")
     assert dict(request.options) == {"n_samples": 7, "uncertainty_mode": "mutual_information"}
+    assert request.stretch is False
+    dialog.bands.setText("3, 1,1")
+    dialog.stretch.setChecked(True)
+    assert dialog.request().options["bands"] == (3, 1, 1) and dialog.request().stretch
+    dialog.bands.setText("4")  # the layer has 3 bands
+    assert not ok.isEnabled() and "from 1 to 3" in dialog.bands_note.text()
+    dialog.bands.setText("")
     dialog.method.setCurrentIndex(dialog.method.findData("tta"))
     assert not dialog.n_samples.isEnabled()
     assert "n_samples" not in dialog.request().options
     # remembered for the next time
     assert TaskDialog(layer, clean_project).model.filePath() == torchscript_model
+
+
+def test_dialog_says_when_results_would_be_deleted_on_exit(
+    raster_path: str, clean_project: Any, fresh_dialog_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unsaved project and an input folder the user cannot write: QGIS's temporary folder, and the dialog
+    says it is deleted when QGIS closes; another folder takes the warning away."""
+    from qgis.core import QgsProcessingUtils
+
+    import mc_uncertainty_plugin.qgis_layer.task as task_module
+
+    monkeypatch.setattr(task_module.os, "access", lambda path, mode: False)
+    dialog = TaskDialog(QgsRasterLayer(raster_path, "scene"), clean_project)
+    assert dialog.folder.filePath() == QgsProcessingUtils.tempFolder()
+    assert not dialog.folder_note.isHidden() and "deleted when QGIS closes" in dialog.folder_note.text()
+    dialog.folder.setFilePath(str(Path(raster_path).parent))
+    assert dialog.folder_note.isHidden()
+
+
+def test_one_band_layer_error_points_to_the_dialogs_bands_then_runs_with_them(
+    mc_plugin: Any, torchscript_model: str, tmp_path: Path, clean_project: Any
+) -> None:
+    """A 1-band layer and a 3-band model: the error names the dialog's own field; with 1,1,1 it runs."""
+    import numpy as np
+    from conftest import _write_geotiff
+
+    gray = _write_geotiff(tmp_path / "gray.tif", np.full((1, 40, 50), 120, dtype=np.uint8))
+    for bands in (None, (1, 1, 1)):
+        classes, uncertainty = output_paths(str(tmp_path), "gray", "mc_dropout")
+        options = {"n_samples": 2, **TILES, **({"bands": bands} if bands else {})}
+        task = McUncertaintyTask(TaskRequest(gray, "gray", torchscript_model, classes, uncertainty, options=options),
+                                 clean_project)
+        watch = start(task)
+        watch.wait()
+        if bands is None:
+            assert watch.ended == "terminated" and "\"Input bands\"" in task.error and "1,1,1" in task.error
+        else:
+            assert watch.ended == "completed", task.error
+            assert Path(classes).is_file()
 
 
 def test_action_without_a_raster_layer_warns(mc_plugin: Any, qgis_iface: Any, clean_project: Any) -> None:
@@ -205,6 +252,6 @@ def test_action_runs_a_task_on_the_active_layer(
     watch.wait()
     assert task.error is None and task not in mc_plugin.tasks
     names = [child.name() for child in clean_project.layerTreeRoot().children()]
-    assert names == ["scene — MC Dropout", "scene"]
+    assert names == ["scene — MC Dropout (T = 2, entropy)", "scene"]
     assert sorted(os.listdir(tmp_path)) == ["scene_mc_classes.tif", "scene_mc_uncertainty.tif"]
-    assert any("scene — MC uncertainty (entropy)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+    assert any("scene — MC uncertainty (entropy, T = 2)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))

@@ -19,7 +19,7 @@ import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ __all__ = [
     "ALLOWED_TARGETS_ENV",
     "resolve_interpolations",
     "TORCHSCRIPT_SUFFIXES",
+    "STAGE_BUILD",
+    "STAGE_WEIGHTS",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".torchscript", ".jit")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+STAGE_BUILD = "build"  # load_model's stages, as passed to its ``stage`` callback: building the architecture,
+STAGE_WEIGHTS = "weights"  # then reading the weights (a checkpoint, or a TorchScript file)
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,7 @@ def load_model(
     checkpoint: str | None = None,
     *,
     allowed_prefixes: Sequence[str] = (),
+    stage: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load a model from a trainer-style YAML config (+ checkpoint) or a TorchScript file.
 
@@ -296,6 +301,9 @@ def load_model(
         allowed_prefixes: extra trusted ``_target_`` module prefixes besides the defaults
             (``segmentation_models_pytorch.``, ``torch.nn.``, ``mc_uncertainty_plugin.``) and those in the
             ``MC_UNCERTAINTY_ALLOWED_TARGETS`` environment variable.
+        stage: called with :data:`STAGE_BUILD` before the architecture is built (a YAML model; this imports
+            segmentation-models-pytorch when the config names it) and with :data:`STAGE_WEIGHTS` before the
+            weights are read, so a caller can report and time each stage.
 
     Returns:
         A :class:`LoadedModel` in eval mode on the CPU.
@@ -306,24 +314,32 @@ def load_model(
     lower = path.lower()
     if lower.endswith(CONFIG_SUFFIXES):
         allowed = DEFAULT_ALLOWED_PREFIXES + tuple(allowed_prefixes) + allowed_prefixes_from_environment()
-        return _load_from_config(path, checkpoint, allowed)
+        return _load_from_config(path, checkpoint, allowed, stage or _no_stage)
     if lower.endswith(TORCHSCRIPT_SUFFIXES):
+        (stage or _no_stage)(STAGE_WEIGHTS)
         return _load_torchscript(path)
     raise ParameterError("MODEL", path, "end in .yaml/.yml (config) or .pt/.torchscript/.jit (TorchScript)")
 
 
-def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str]) -> LoadedModel:
+def _no_stage(_name: str) -> None:
+    pass
+
+
+def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str],
+                      stage: Callable[[str], None] = _no_stage) -> LoadedModel:
     config = Interpolator(read_config(path, "MODEL"))  # only the sections read below are interpolated
     section = config.get("model")
     if not isinstance(section, Mapping):
         raise ModelLoadError(f"MODEL: '{path}' has no 'model:' section (a mapping with _target_ and its arguments).")
     notes: list[str] = []
+    stage(STAGE_BUILD)
     module = _build_from_config(section, allowed, notes)
     if checkpoint:
         checkpoint = os.path.abspath(os.fspath(checkpoint))  # CHECKPOINT: relative to the working directory
     elif config.get("checkpoint_path"):
         checkpoint = os.path.join(os.path.dirname(os.path.abspath(path)), str(config.get("checkpoint_path")))
     if checkpoint:
+        stage(STAGE_WEIGHTS)
         load_state_dict_strict(module, _read_checkpoint(checkpoint), checkpoint)
     else:
         notes.append("no checkpoint given: the network has random weights")
