@@ -39,6 +39,12 @@ _EXPORTS = {
     "MCCompatibilityWarning": "inference.processors",
     "entropy": "inference.uncertainty",
     "mutual_information": "inference.uncertainty",
+    "ReviewConfig": "review_regions",
+    "ReviewPatch": "review_regions",
+    "ReviewResult": "review_regions",
+    "find_review_regions": "review_regions",
+    "review_regions_to_file": "review_vector",
+    "write_review_layer": "review_vector",
     "predictive_entropy": "inference.uncertainty",
     "variation_ratio": "inference.uncertainty",
 }
