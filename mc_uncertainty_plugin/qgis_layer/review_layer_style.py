@@ -1,7 +1,8 @@
 """How the regions-to-review layer looks in QGIS, and the post-processor that applies it when Processing loads it.
 
 Outlines only (the uncertainty underneath stays visible), coloured by rank from red (rank 1) through pink to
-white (the last rank) in at most five equal rank intervals, each patch labelled with its rank. The attribute
+white (the last rank) in at most five equal rank intervals, over a wider dark halo so they read on any image;
+each patch is labelled with its rank. The attribute
 table opens sorted by rank, so a labeller can walk the patches in order (select a row, *Zoom to selection*).
 """
 
@@ -32,6 +33,7 @@ __all__ = ["RANK_FIELD", "MAX_RANK_CLASSES", "rank_color_ramp", "style_review_la
 RANK_FIELD = "rank"
 MAX_RANK_CLASSES = 5
 OUTLINE_WIDTH_MM = 0.8
+HALO_WIDTH_MM = 1.4
 
 
 def rank_color_ramp() -> QgsGradientColorRamp:
@@ -49,8 +51,14 @@ def _rank_ranges(last_rank: int) -> list[tuple[int, int]]:
 
 
 def _outline(color: QColor) -> QgsFillSymbol:
-    return QgsFillSymbol.createSimple({"style": "no", "outline_style": "solid", "outline_color": color.name(),
-                                       "outline_width": str(OUTLINE_WIDTH_MM), "outline_width_unit": "MM"})
+    """A fill symbol without fill: a dark halo, then the coloured outline on top."""
+    def layer(stroke: str, width: float) -> dict[str, str]:
+        return {"style": "no", "outline_style": "solid", "outline_color": stroke, "outline_width": str(width),
+                "outline_width_unit": "MM"}
+
+    symbol = QgsFillSymbol.createSimple(layer("#000000", HALO_WIDTH_MM))
+    symbol.appendSymbolLayer(QgsFillSymbol.createSimple(layer(color.name(), OUTLINE_WIDTH_MM)).takeSymbolLayer(0))
+    return symbol
 
 
 def _rank_labels() -> QgsVectorLayerSimpleLabeling:

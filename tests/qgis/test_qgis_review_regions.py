@@ -142,10 +142,10 @@ def test_loaded_layer_is_styled_by_rank_with_labels(mc_plugin: Any, rasters: tup
     ranges = renderer.ranges()
     assert [r.label() for r in ranges] == ["rank 1–2", "rank 3–5", "rank 6–7", "rank 8–10", "rank 11–12"]
     for item in ranges:
-        fill = item.symbol().symbolLayer(0)
-        assert fill.brushStyle() == Qt.NoBrush  # outline only: the uncertainty stays visible
-        assert fill.strokeWidth() > 0
-    colors = [item.symbol().symbolLayer(0).strokeColor().name() for item in ranges]
+        halo, outline = (item.symbol().symbolLayer(i) for i in range(item.symbol().symbolLayerCount()))
+        assert halo.brushStyle() == outline.brushStyle() == Qt.NoBrush  # outline only: the uncertainty stays visible
+        assert halo.strokeColor().name() == "#000000" and halo.strokeWidth() > outline.strokeWidth() > 0
+    colors = [item.symbol().symbolLayer(1).strokeColor().name() for item in ranges]
     assert colors[0] == "#ff1f1f" and colors[-1] == "#ffffff" and len(set(colors)) == len(colors)
     assert layer.labelsEnabled() and layer.labeling().settings().fieldName == "rank"
     assert layer.attributeTableConfig().sortExpression() == '"rank"'
