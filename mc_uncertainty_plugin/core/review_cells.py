@@ -140,6 +140,16 @@ class _Band:
         flags = self.band.GetMaskFlags()
         self.nodata = self.band.GetNoDataValue() if flags & gdal.GMF_NODATA else None
         self.mask = None if flags & (gdal.GMF_ALL_VALID | gdal.GMF_NODATA) else self.band.GetMaskBand()
+        self.block_rows = max(1, self.band.GetBlockSize()[1])
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop GDAL's cached blocks once rows ``[start, stop)`` reached or crossed a block boundary.
+
+        Without this GDAL keeps every block read, up to its cache size (5 % of the RAM by default), so memory
+        would grow with the raster. A block row cut by ``stop`` may then be read twice, never more.
+        """
+        if start // self.block_rows != stop // self.block_rows:
+            self.dataset.FlushCache()
 
     def _read(self, band: gdal.Band, col: int, row: int, cols: int, rows: int) -> np.ndarray:
         array = read_window(band, col, row, cols, rows)
@@ -172,20 +182,25 @@ class CellStats:
     classes: np.ndarray | None  # int64
 
 
-def _classes_of(key: str, path: str, values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class indices (int64) and their validity; valid values must be integers in 0..254."""
-    valid = valid & (values != CLASS_NODATA)
-    labels = values[valid]
-    if labels.size and (np.any(labels < 0) or np.any(labels > CLASS_NODATA) or
-                        (np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.floor(labels)))):
-        bad = labels[(labels < 0) | (labels > CLASS_NODATA) | (labels != np.floor(labels))][0]
-        raise ParameterError(key, path, f"hold class indices 0..254 (255 or its nodata = none); it has {bad!r}")
-    return np.where(valid, values, 0).astype(np.int64), valid
+def _check_classes(key: str, path: str, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Where ``values`` hold a class (valid and not 255); raises unless those are integers in 0..254."""
+    labelled = valid & (values != CLASS_NODATA)
+    if values.dtype == np.uint8:
+        return labelled
+    labels = values[labelled]
+    wrong = (labels < 0) | (labels > CLASS_NODATA) | (labels != np.floor(labels))
+    if wrong.any():
+        raise ParameterError(key, path, f"hold class indices 0..254 (255 or its nodata = none); it has "
+                                        f"{labels[wrong][0]!r}")
+    return labelled
 
 
-def _cell_sums(array: np.ndarray, rows: np.ndarray, cols: np.ndarray, ufunc: np.ufunc = np.add) -> np.ndarray:
-    """``ufunc`` over each cell of ``array`` ``(h, w)``: cells start at ``rows`` / ``cols`` (local offsets)."""
-    return ufunc.reduceat(ufunc.reduceat(array, rows, axis=0), cols, axis=1)
+def _cell_reduce(array: np.ndarray, rows: np.ndarray, cols: np.ndarray, ufunc: np.ufunc = np.add,
+                 dtype: type | None = None) -> np.ndarray:
+    """``ufunc`` over each cell of ``array`` ``(h, w)``, cells starting at ``rows`` / ``cols`` (local offsets):
+    along each pixel row's segments first (contiguous, ten times faster than down the columns first), then over
+    the cell's rows. ``dtype`` is the accumulator (float64 sums of float32 values)."""
+    return ufunc.reduceat(ufunc.reduceat(array, cols, axis=1, dtype=dtype), rows, axis=0)
 
 
 class CellReader:
@@ -203,6 +218,12 @@ class CellReader:
                                      f"have the grid of UNCERTAINTY ({_describe_grid(dataset)}); "
                                      f"it has {_describe_grid(self.classes.dataset)}")
 
+    def release(self, start: int, stop: int) -> None:
+        """Called after reading rows ``[start, stop)``: lets both inputs drop their cached blocks."""
+        for band in (self.uncertainty, self.classes):
+            if band is not None:
+                band.release(start, stop)
+
     def cells(self, rows: PlacementAxis, cols: PlacementAxis, row_cells: tuple[int, int],
               col_chunks: list[tuple[int, int]]) -> CellStats:
         """Read cell rows ``[row_cells)`` chunk by chunk and reduce them to per-cell statistics."""
@@ -214,18 +235,25 @@ class CellReader:
         for lo, hi in col_chunks:
             c0, c1 = int(cols.bounds[lo]), int(cols.bounds[hi])
             col_starts = cols.bounds[lo:hi] - c0
-            values, ok = self.uncertainty.read(c0, r0, c1 - c0, r1 - r0)
-            values = values.astype(np.float64)
-            total[:, lo:hi] = _cell_sums(np.where(ok, values, 0.0), row_starts, col_starts)
-            valid[:, lo:hi] = _cell_sums(ok.astype(np.int64), row_starts, col_starts)
-            peak[:, lo:hi] = _cell_sums(np.where(ok, values, -np.inf), row_starts, col_starts, np.maximum)
+            window = (c0, r0, c1 - c0, r1 - r0)
+            values, ok = self.uncertainty.read(*window)
+            if not np.issubdtype(values.dtype, np.floating):
+                values = values.astype(np.float64)
+            holes = not ok.all()
+            if holes:
+                np.copyto(values, -np.inf, where=~ok)
+            peak[:, lo:hi] = _cell_reduce(values, row_starts, col_starts, np.maximum)
+            if holes:
+                np.copyto(values, 0.0, where=~ok)
+            total[:, lo:hi] = _cell_reduce(values, row_starts, col_starts, dtype=np.float64)
+            valid[:, lo:hi] = _cell_reduce(ok, row_starts, col_starts, dtype=np.int64)
             if self.classes is not None:
-                raw, raw_ok = self.classes.read(c0, r0, c1 - c0, r1 - r0)
-                labels, labelled = _classes_of("CLASSES", self.classes.path, raw, raw_ok)
-                for label in np.flatnonzero(np.bincount(labels[labelled], minlength=1)):
+                raw, raw_ok = self.classes.read(*window)
+                labelled = _check_classes("CLASSES", self.classes.path, raw, raw_ok)
+                for label in np.flatnonzero(np.bincount(raw[labelled].astype(np.int64), minlength=1)):
                     per_cell = counts.setdefault(int(label), np.zeros(shape, np.int64))
-                    per_cell[:, lo:hi] = _cell_sums((labelled & (labels == label)).astype(np.int64),
-                                                    row_starts, col_starts)
+                    per_cell[:, lo:hi] = _cell_reduce(labelled & (raw == label), row_starts, col_starts,
+                                                      dtype=np.int64)
         classes = None
         if self.classes is not None:
             classes = np.zeros((shape[0], max(counts, default=-1) + 1, shape[1]), np.int64)

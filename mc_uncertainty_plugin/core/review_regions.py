@@ -248,6 +248,7 @@ def _scan(inputs: CellReader, config: ReviewConfig, rows: PlacementAxis, cols: P
             raise InferenceCancelled("The search for regions to review was cancelled.")
         height = int(rows.bounds[hi] - rows.bounds[lo])
         band = inputs.cells(rows, cols, (lo, hi), list(cols.chunks(max(1, config.max_read_pixels // height))))
+        inputs.release(int(rows.bounds[lo]), int(rows.bounds[hi]))
         for i in range(hi - lo):
             stored[lo + i] = CellStats(band.total[i], band.valid[i], band.peak[i],
                                        None if band.classes is None else band.classes[i])
