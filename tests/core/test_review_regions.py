@@ -276,3 +276,20 @@ def test_the_pool_bound_is_count_times_the_overlaps(tmp_path: Path) -> None:
     for size, patch, stride in ((1000, 64, 7), (333, 100, 100), (50, 9, 1), (10, 256, 64)):
         built = review_cells.PlacementAxis.build(size, patch, stride)
         assert built.max_overlapping() <= 2 * math.ceil(patch / stride)
+
+
+def test_gdal_block_cache_stays_at_a_few_block_rows(tmp_path: Path) -> None:
+    """GDAL would keep every block read (up to 5 % of the RAM): the search drops them band by band."""
+    from osgeo import gdal
+
+    path = str(tmp_path / "tiled.tif")
+    dataset = gdal.GetDriverByName("GTiff").Create(path, 1024, 4096, 1, gdal.GDT_Float32,
+                                                   ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"])
+    dataset.GetRasterBand(1).WriteArray(np.random.default_rng(0).random((4096, 1024)).astype(np.float32))
+    dataset = None
+    baseline = gdal.GetCacheUsed()
+    used: list[int] = []
+    find_review_regions(ReviewConfig(path, patch_size=64, max_read_pixels=256 * 1024),
+                        progress=lambda _: used.append(gdal.GetCacheUsed() - baseline))
+    block_row = 256 * 1024 * 4
+    assert len(used) == 16 and max(used) <= 2 * block_row, used  # the raster is 16 block rows
