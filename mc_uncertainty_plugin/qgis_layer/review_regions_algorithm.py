@@ -1,10 +1,10 @@
 """Processing algorithm ``mc_uncertainty:review_regions``: the most uncertain square patches of an uncertainty
 raster, ranked and not overlapping, as a polygon layer to step through (labelling, quality control).
 
-Thin: reads the parameters, makes one core call (:func:`mc_uncertainty_plugin.core.review_vector.
-review_regions_to_file`) and returns the written file; the core's errors become ``QgsProcessingException`` with
-the same message. When the output is loaded (Toolbox, ``runAndLoadResults``) a
-:class:`~.review_layer_style.ReviewLayerPostProcessor` styles it.
+Thin: reads the parameters, makes one core call
+(:func:`mc_uncertainty_plugin.core.review_vector.review_regions_to_file`) and returns the written file; the core's
+errors become ``QgsProcessingException`` with the same message. When the output is loaded (Toolbox,
+``runAndLoadResults``) a :class:`~.review_layer_style.ReviewLayerPostProcessor` styles it.
 """
 
 from __future__ import annotations
