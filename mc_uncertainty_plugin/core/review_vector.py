@@ -21,22 +21,22 @@ A patch's polygon is its four pixel corners through the raster's geotransform
 rotated squares. A raster without georeferencing gets ``(0, 1, 0, 0, 0, -1)`` (x = column, y = -row), as QGIS
 draws it.
 
-The file is written under a hidden temporary name in the output's folder
-(``.{name}.{pid}-{id}.partial{extension}``) and renamed onto the output only when complete, so a crash never
-leaves a file that looks finished; temporaries of runs that died are removed by the next run.
+The output is checked before any pixel is read (:func:`~.io.output_files.check_outputs`: not an input file, nor one
+a VRT input reads; an existing, writable folder), then written under a hidden temporary name in its folder
+(``.mcu-{host}-{pid}-{random}.partial{extension}``, :mod:`.io.output_files`) and renamed onto the output only when
+complete, so a crash never leaves a file that looks finished; temporaries of runs that died are removed by the
+next run.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import re
-import uuid
 from typing import Callable
 
 from osgeo import gdal, ogr, osr
 
 from .errors import InferenceCancelled, ParameterError, RasterIOError
+from .io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries, temporary_path
 from .review_regions import ReviewConfig, ReviewPatch, ReviewResult, find_review_regions
 
 __all__ = ["VECTOR_DRIVERS", "RANK_COLORS", "write_review_layer", "review_regions_to_file"]
@@ -47,57 +47,21 @@ RANK_COLORS = ("#ff1f1f", "#ff4fd8", "#ffffff")
 # FlatGeobuf would otherwise reorder the features along its spatial index.
 _LAYER_OPTIONS = {"FlatGeobuf": ["SPATIAL_INDEX=NO"]}
 _UNGEOREFERENCED = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-_SQLITE_SIDE_FILES = ("", "-journal", "-wal", "-shm")
-
-
-def _driver_name(path: str) -> str:
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in VECTOR_DRIVERS:
-        raise ParameterError("OUTPUT", path, "end in .gpkg, .geojson, .json or .fgb")
-    return VECTOR_DRIVERS[extension]
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
+_SQLITE_SIDE_FILES = ("", "-journal", "-wal", "-shm")  # what a failed GeoPackage write may leave
 
 
 def check_output(path: str, inputs: dict[str, str | None]) -> str:
-    """The absolute output path, after checking its extension, its folder and that it is no input file.
+    """The absolute output path, after checking its extension, its folder and that no input reads it.
 
     Raises:
-        ParameterError: a bad extension, a missing folder, or the same file as an input (named by its key).
+        ParameterError: the same file as an input or a file it reads (named by the input's key), an unsupported
+            extension, an existing folder, a missing or read-only folder.
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ParameterError("OUTPUT", path, "be a file path")
-    path = os.path.abspath(str(path))
-    for key, source in inputs.items():
-        if source and _same_file(path, source):
-            raise ParameterError("OUTPUT", path, f"be another file than {key}")
-    _driver_name(path)
-    if not os.path.isdir(os.path.dirname(path)):
-        raise ParameterError("OUTPUT", path, "be in an existing folder")
+    path = check_outputs({"OUTPUT": os.fspath(path)}, rasters=inputs)["OUTPUT"]
+    check_extension("OUTPUT", path, tuple(VECTOR_DRIVERS))
     return path
-
-
-def _remove_stale_temporaries(path: str) -> None:
-    """Delete temporaries of ``path`` whose writing process is gone."""
-    folder, name = os.path.split(path)
-    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)-[0-9a-f]+\.partial")
-    for candidate in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.partial*")):
-        match = pattern.match(os.path.basename(candidate))
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            try:
-                os.remove(candidate)
-            except OSError:
-                pass
-        except PermissionError:
-            pass
 
 
 def _spatial_reference(wkt: str) -> osr.SpatialReference | None:
@@ -158,23 +122,23 @@ def write_review_layer(result: ReviewResult, path: str) -> str:
 
     Raises:
         ParameterError: the extension is not supported or the folder does not exist.
-        RasterIOError: GDAL failed to write (nothing is left at ``path``).
+        RasterIOError: GDAL failed to write (nothing is left at ``path``; an earlier file there is kept).
     """
     path = check_output(path, {})
-    _remove_stale_temporaries(path)
-    folder, name = os.path.split(path)
-    stem, extension = os.path.splitext(name)
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{extension}")
+    remove_stale_temporaries(os.path.dirname(path))
+    extension = os.path.splitext(path)[1]
+    driver_name = VECTOR_DRIVERS[extension.lower()]
+    temporary = temporary_path(path) + extension  # drivers such as FlatGeobuf go by the extension
+    dataset = None
     try:
-        driver_name = _driver_name(path)
         driver = ogr.GetDriverByName(driver_name)
         dataset = driver.CreateDataSource(temporary) if driver is not None else None
         if dataset is None:
             raise RasterIOError(f"cannot create '{path}': {gdal.GetLastErrorMsg() or 'no GDAL driver'}.")
-        _fill(dataset, result, stem, driver_name)
+        _fill(dataset, result, os.path.splitext(os.path.basename(path))[0], driver_name)
         dataset.FlushCache()
         dataset = None  # closes the file
-        os.replace(temporary, path)
+        publish_together([(temporary, path)])
     except RuntimeError as error:  # GDAL with exceptions on
         raise RasterIOError(f"cannot write '{path}': {error}.") from None
     except OSError as error:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from core_fixtures import GEOTRANSFORM, write_geotiff
-from osgeo import ogr, osr
+from osgeo import gdal, ogr, osr
 
 from mc_uncertainty_plugin.core import review_vector
 from mc_uncertainty_plugin.core.errors import InferenceCancelled, ParameterError, RasterIOError
+from mc_uncertainty_plugin.core.io.output_files import host_tag
 from mc_uncertainty_plugin.core.review_regions import ReviewConfig
 from mc_uncertainty_plugin.core.review_vector import review_regions_to_file
 
@@ -130,11 +131,16 @@ def test_no_eligible_patch_gives_an_empty_layer(tmp_path: Path) -> None:
 def test_bad_outputs_are_refused_before_reading(tmp_path: Path) -> None:
     u_path = _hot_raster(tmp_path)
     classes = write_geotiff(tmp_path / "c.gpkg", np.zeros((60, 80), np.uint8))  # a GeoTIFF named .gpkg
-    with pytest.raises(ParameterError, match="^OUTPUT must be another file than UNCERTAINTY"):
+    with pytest.raises(ParameterError, match="^OUTPUT must differ from UNCERTAINTY"):
         review_regions_to_file(ReviewConfig(u_path), u_path)
-    with pytest.raises(ParameterError, match="^OUTPUT must be another file than CLASSES"):
+    with pytest.raises(ParameterError, match="^OUTPUT must differ from CLASSES"):
         review_regions_to_file(ReviewConfig(u_path, classes), str(tmp_path / "." / "c.gpkg"))
-    with pytest.raises(ParameterError, match=r"^OUTPUT must end in \.gpkg, \.geojson, \.json or \.fgb, got .*\.shp"):
+    vrt = str(tmp_path / "u.vrt")
+    gdal.Translate(vrt, u_path, format="VRT")
+    with pytest.raises(ParameterError, match="^OUTPUT must differ from UNCERTAINTY and the files it reads"):
+        review_regions_to_file(ReviewConfig(vrt), str(tmp_path / "u.tif"))  # the file behind the VRT
+    os.remove(vrt)
+    with pytest.raises(ParameterError, match=r"^OUTPUT must end in \.gpkg or \.geojson or \.json or \.fgb.*\.shp"):
         review_regions_to_file(ReviewConfig(u_path), str(tmp_path / "r.shp"))
     with pytest.raises(ParameterError, match="^OUTPUT must be in an existing folder"):
         review_regions_to_file(ReviewConfig(u_path), str(tmp_path / "nowhere" / "r.gpkg"))
@@ -166,12 +172,11 @@ def test_a_failed_or_cancelled_write_leaves_nothing(tmp_path: Path, monkeypatch:
 
 def test_temporaries_of_dead_runs_are_removed(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f".review.gpkg.{dead_pid}-abc123.partial.gpkg"
-    stale_journal = tmp_path / f".review.gpkg.{dead_pid}-abc123.partial.gpkg-journal"
-    alive = tmp_path / f".review.gpkg.{os.getpid()}-def456.partial.gpkg"
-    for path in (stale, stale_journal, alive):
+    here = host_tag()
+    stale = tmp_path / f".mcu-{here}-{int(dead.stdout)}-abcdef12.partial.gpkg"
+    alive = tmp_path / f".mcu-{here}-{os.getpid()}-12abcdef.partial.gpkg"
+    for path in (stale, alive):
         path.write_bytes(b"partial")
     review_regions_to_file(ReviewConfig(_hot_raster(tmp_path), patch_size=16), str(tmp_path / "review.gpkg"))
-    assert not stale.exists() and not stale_journal.exists()
+    assert not stale.exists()
     assert alive.exists()  # another run of this very process may still be writing it
