@@ -39,7 +39,7 @@ from .errors import InferenceCancelled, ParameterError, RasterIOError
 from .io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries, temporary_path
 from .review_regions import ReviewConfig, ReviewPatch, ReviewResult, find_review_regions
 
-__all__ = ["VECTOR_DRIVERS", "RANK_COLORS", "write_review_layer", "review_regions_to_file"]
+__all__ = ["VECTOR_DRIVERS", "RANK_COLORS", "check_output", "write_review_layer", "review_regions_to_file"]
 
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 # Outline colours from rank 1 to the last rank (QGIS style and previews): they stand out on viridis.
