@@ -26,7 +26,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
-from ..core.review_vector import RANK_COLORS
+from ..core.review.vector import RANK_COLORS
 
 __all__ = ["RANK_FIELD", "MAX_RANK_CLASSES", "rank_color_ramp", "style_review_layer", "ReviewLayerPostProcessor"]
 

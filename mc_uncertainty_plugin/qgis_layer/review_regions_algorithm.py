@@ -2,7 +2,7 @@
 raster, ranked and not overlapping, as a polygon layer to step through (labelling, quality control).
 
 Thin: reads the parameters, makes one core call
-(:func:`mc_uncertainty_plugin.core.review_vector.review_regions_to_file`) and returns the written file; the core's
+(:func:`mc_uncertainty_plugin.core.review.vector.review_regions_to_file`) and returns the written file; the core's
 errors become ``QgsProcessingException`` with the same message. When the output is loaded (Toolbox,
 ``runAndLoadResults``) a :class:`~.review_layer_style.ReviewLayerPostProcessor` styles it.
 """
@@ -132,8 +132,8 @@ class ReviewRegionsAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.errors import McUncertaintyError
-        from ..core.review_regions import ReviewConfig
-        from ..core.review_vector import review_regions_to_file
+        from ..core.review.regions import ReviewConfig
+        from ..core.review.vector import review_regions_to_file
 
         uncertainty = self._raster_path(parameters, UNCERTAINTY, context)
         classes = self._raster_path(parameters, CLASSES, context)

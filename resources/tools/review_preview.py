@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from preview import DEFAULT_MAX_SIZE, _open, _read_rgb, _read_size  # noqa: E402
 
-from mc_uncertainty_plugin.core.review_vector import RANK_COLORS  # noqa: E402
+from mc_uncertainty_plugin.core.review.vector import RANK_COLORS  # noqa: E402
 
 __all__ = ["read_patches", "write_review_preview"]
 

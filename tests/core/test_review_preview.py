@@ -8,8 +8,8 @@ import pytest
 from core_fixtures import random_image, write_geotiff
 from osgeo import gdal
 
-from mc_uncertainty_plugin.core.review_regions import ReviewConfig
-from mc_uncertainty_plugin.core.review_vector import review_regions_to_file
+from mc_uncertainty_plugin.core.review.regions import ReviewConfig
+from mc_uncertainty_plugin.core.review.vector import review_regions_to_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tools"))
 

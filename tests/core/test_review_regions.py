@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from core_fixtures import write_geotiff
 
-from mc_uncertainty_plugin.core import review_cells
 from mc_uncertainty_plugin.core.errors import InferenceCancelled, ParameterError
-from mc_uncertainty_plugin.core.review_regions import ReviewConfig, find_review_regions
+from mc_uncertainty_plugin.core.review import cells as review_cells
+from mc_uncertainty_plugin.core.review.regions import ReviewConfig, find_review_regions
 
 NODATA = -1.0
 

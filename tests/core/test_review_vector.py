@@ -13,11 +13,11 @@ import pytest
 from core_fixtures import GEOTRANSFORM, write_geotiff
 from osgeo import gdal, ogr, osr
 
-from mc_uncertainty_plugin.core import review_vector
 from mc_uncertainty_plugin.core.errors import InferenceCancelled, ParameterError, RasterIOError
 from mc_uncertainty_plugin.core.io.output_files import host_tag
-from mc_uncertainty_plugin.core.review_regions import ReviewConfig
-from mc_uncertainty_plugin.core.review_vector import review_regions_to_file
+from mc_uncertainty_plugin.core.review import vector as review_vector
+from mc_uncertainty_plugin.core.review.regions import ReviewConfig
+from mc_uncertainty_plugin.core.review.vector import review_regions_to_file
 
 
 def _hot_raster(tmp_path: Path, **kwargs) -> str:

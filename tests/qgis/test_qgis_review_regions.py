@@ -28,7 +28,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 
-from mc_uncertainty_plugin.core.review_regions import ReviewConfig, find_review_regions
+from mc_uncertainty_plugin.core.review.regions import ReviewConfig, find_review_regions
 from mc_uncertainty_plugin.qgis_layer.review_layer_style import style_review_layer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Placements and per-cell statistics for the regions-to-review search (:mod:`.review_regions`).
+"""Placements and per-cell statistics for the regions-to-review search (:mod:`.regions`).
 
 Along each axis the boundaries of all placements (patch starts and ends) cut the raster into *cells*, intervals
 of at most the stride; every placement is a union of whole cells. :class:`CellReader` reads the uncertainty
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import ParameterError, RasterIOError
+from ..errors import ParameterError, RasterIOError
 
 __all__ = ["CLASS_NODATA", "PlacementAxis", "CellStats", "CellReader", "read_window"]
 

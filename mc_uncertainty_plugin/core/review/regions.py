@@ -45,8 +45,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InferenceCancelled, ParameterError
-from .review_cells import CLASS_NODATA, CellReader, CellStats, PlacementAxis
+from ..errors import InferenceCancelled, ParameterError
+from .cells import CLASS_NODATA, CellReader, CellStats, PlacementAxis
 
 __all__ = [
     "CLASS_NODATA",

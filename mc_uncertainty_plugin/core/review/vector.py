@@ -21,11 +21,11 @@ A patch's polygon is its four pixel corners through the raster's geotransform
 rotated squares. A raster without georeferencing gets ``(0, 1, 0, 0, 0, -1)`` (x = column, y = -row), as QGIS
 draws it.
 
-The output is checked before any pixel is read (:func:`~.io.output_files.check_outputs`: not an input file, nor one
-a VRT input reads; an existing, writable folder), then written under a hidden temporary name in its folder
-(``.mcu-{host}-{pid}-{random}.partial{extension}``, :mod:`.io.output_files`) and renamed onto the output only when
-complete, so a crash never leaves a file that looks finished; temporaries of runs that died are removed by the
-next run.
+The output is checked before any pixel is read (not an input file, nor one a VRT input reads; an existing,
+writable folder), then written under a hidden temporary name in its folder
+(``.mcu-{host}-{pid}-{random}.partial{extension}``) and renamed onto the output only when complete, so a crash
+never leaves a file that looks finished; temporaries of runs that died are removed by the next run. Both follow
+the rules of :mod:`mc_uncertainty_plugin.core.io.output_files`, as the rasters and reports do.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Callable
 
 from osgeo import gdal, ogr, osr
 
-from .errors import InferenceCancelled, ParameterError, RasterIOError
-from .io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries, temporary_path
-from .review_regions import ReviewConfig, ReviewPatch, ReviewResult, find_review_regions
+from ..errors import InferenceCancelled, ParameterError, RasterIOError
+from ..io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries, temporary_path
+from .regions import ReviewConfig, ReviewPatch, ReviewResult, find_review_regions
 
 __all__ = ["VECTOR_DRIVERS", "RANK_COLORS", "check_output", "write_review_layer", "review_regions_to_file"]
 
@@ -157,7 +157,7 @@ def review_regions_to_file(
     progress: Callable[[float], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
 ) -> tuple[ReviewResult, str]:
-    """Find the regions to review (:func:`~.review_regions.find_review_regions`, 95 % of ``progress``) and write
+    """Find the regions to review (:func:`~.regions.find_review_regions`, 95 % of ``progress``) and write
     them to ``output_path``.
 
     Returns:
