@@ -39,6 +39,12 @@ _EXPORTS = {
     "MCCompatibilityWarning": "inference.processors",
     "entropy": "inference.uncertainty",
     "mutual_information": "inference.uncertainty",
+    "ReviewConfig": "review.regions",
+    "ReviewPatch": "review.regions",
+    "ReviewResult": "review.regions",
+    "find_review_regions": "review.regions",
+    "review_regions_to_file": "review.vector",
+    "write_review_layer": "review.vector",
     "predictive_entropy": "inference.uncertainty",
     "variation_ratio": "inference.uncertainty",
 }

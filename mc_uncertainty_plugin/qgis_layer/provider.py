@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from .evaluate_algorithm import EvaluateAlgorithm
 from .mc_dropout_algorithm import McDropoutAlgorithm
 from .provider_icon import ICON_PATH, plugin_icon
+from .review_regions_algorithm import ReviewRegionsAlgorithm
 from .tta_algorithm import TtaAlgorithm
 
 __all__ = ["McUncertaintyProvider"]
@@ -35,6 +36,7 @@ class McUncertaintyProvider(QgsProcessingProvider):
         self.addAlgorithm(McDropoutAlgorithm())
         self.addAlgorithm(TtaAlgorithm())
         self.addAlgorithm(EvaluateAlgorithm())
+        self.addAlgorithm(ReviewRegionsAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         # The core writes GeoTIFF only.
@@ -42,3 +44,10 @@ class McUncertaintyProvider(QgsProcessingProvider):
 
     def defaultRasterFileExtension(self) -> str:  # noqa: N802
         return "tif"
+
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
+        # review_regions writes single-file formats itself (Shapefile would cut its field names to 10 characters).
+        return ["gpkg", "geojson", "fgb"]
+
+    def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802, N803
+        return "gpkg"

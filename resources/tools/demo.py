@@ -11,6 +11,15 @@ then prints the class and uncertainty rasters it wrote (``results`` OUTPUT and O
 answer), compares the classes with ``resources/sample/labels.tif`` inside and outside the sample's
 out-of-distribution patch, and draws ``demo_output/sample_preview.png`` (input | classes | uncertainty).
 
+Then it picks the regions to review on that uncertainty::
+
+    qgis_process.bin run mc_uncertainty:review_regions --json -- \
+        UNCERTAINTY=demo_output/sample_classes_mc_uncertainty.tif CLASSES=demo_output/sample_classes.tif \
+        PATCH_SIZE=64 COUNT=8 OUTPUT=demo_output/sample_review.gpkg
+
+prints the ranked patches (and which of them cover the out-of-distribution patch) and draws
+``demo_output/sample_review.png`` (the patches over the input and the uncertainty).
+
 Environment: ``QGIS_PROCESS`` overrides the qgis_process executable (default ``qgis_process.bin``: Debian's
 ``qgis_process`` wrapper script is broken); ``QT_QPA_PLATFORM`` defaults to ``offscreen``.
 Exit status: 0 on success, 1 when qgis_process fails or writes no outputs, 2 when qgis_process cannot be run.
@@ -32,6 +41,7 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preview import read_class_style, write_preview  # noqa: E402
+from review_preview import read_patches, write_review_preview  # noqa: E402
 
 gdal.UseExceptions()
 
@@ -49,6 +59,9 @@ PARAMETERS = {
 }
 DEFAULT_UNCERTAINTY = OUTPUT_DIR / "sample_classes_mc_uncertainty.tif"
 PREVIEW = OUTPUT_DIR / "sample_preview.png"
+REVIEW_ALGORITHM = "mc_uncertainty:review_regions"
+REVIEW_PARAMETERS = {"PATCH_SIZE": "64", "COUNT": "8", "OUTPUT": str(OUTPUT_DIR / "sample_review.gpkg")}
+REVIEW_PREVIEW = OUTPUT_DIR / "sample_review.png"
 TIMEOUT_S = 1800
 
 
@@ -87,9 +100,11 @@ def parse_json_answer(stdout: str) -> dict:
         return json.JSONDecoder().raw_decode(stdout[start:])[0]
 
 
-def run_algorithm(executable: str) -> tuple[dict, float]:
+def run_algorithm(executable: str, algorithm: str = ALGORITHM, parameters: dict[str, str] | None = None
+                  ) -> tuple[dict, float]:
     """Run the algorithm; return (JSON "results", seconds). Exits with status 1 on failure."""
-    command = [executable, "run", ALGORITHM, "--json", "--"] + [f"{k}={v}" for k, v in PARAMETERS.items()]
+    parameters = PARAMETERS if parameters is None else parameters
+    command = [executable, "run", algorithm, "--json", "--"] + [f"{k}={v}" for k, v in parameters.items()]
     print("running:", " ".join(command), flush=True)
     t0 = time.monotonic()
     try:
@@ -154,6 +169,47 @@ def summarise(classes: Path, uncertainty: Path, labels: Path, num_classes: int) 
                   f"mean uncertainty {unc[mask].mean():.3f}")
 
 
+def _ood_window(labels: Path) -> tuple[int, int, int, int] | None:
+    """The sample's out-of-distribution window ``(xoff, yoff, xsize, ysize)``, from the labels' metadata."""
+    if not labels.is_file():
+        return None
+    window = (gdal.Open(str(labels)).GetMetadataItem("OOD_WINDOW") or "").split(",")
+    return tuple(int(v) for v in window) if len(window) == 4 else None
+
+
+def review(executable: str, classes: Path, uncertainty: Path, names: list[str] | None) -> int:
+    """Run review_regions on the demo's uncertainty, print the ranked patches, draw their preview."""
+    parameters = {"UNCERTAINTY": os.path.relpath(uncertainty, REPO_ROOT), "CLASSES": os.path.relpath(classes, REPO_ROOT),
+                  **REVIEW_PARAMETERS}
+    results, seconds = run_algorithm(executable, REVIEW_ALGORITHM, parameters)
+    layer = _resolve(results.get("OUTPUT") or REVIEW_PARAMETERS["OUTPUT"])
+    if not layer.is_file():
+        print(f"demo: review_regions reported success but {layer} is missing", file=sys.stderr)
+        return 1
+    print(f"review_regions finished in {seconds:.1f} s")
+    print(f"regions to review:  {layer}")
+    ood = _ood_window(REPO_ROOT / SAMPLE_DIR / "labels.tif")
+    print("rank  pixels (col, row)  mean   max    dominant class  share in the OOD patch")
+    for rank, pixels, fields in read_patches(layer, gdal.Open(str(uncertainty))):
+        col, row = (int(round(v)) for v in pixels[:4].min(axis=0))
+        size = int(round(pixels[:4, 0].max() - pixels[:4, 0].min()))
+        share = ""
+        if ood is not None:
+            dx = max(0, min(col + size, ood[0] + ood[2]) - max(col, ood[0]))
+            dy = max(0, min(row + size, ood[1] + ood[3]) - max(row, ood[1]))
+            share = f"{dx * dy / size ** 2:.0%}"
+        dominant = fields.get("dominant_class")
+        label = names[dominant] if names and dominant is not None and dominant < len(names) else str(dominant)
+        print(f"{rank:>4}  {col:>5}, {row:<5}         {fields['mean_uncertainty']:.3f}  "
+              f"{fields['max_uncertainty']:.3f}  {label:<14}  {share}")
+    png = write_review_preview(REPO_ROOT / PARAMETERS["INPUT"], uncertainty, layer, REPO_ROOT / REVIEW_PREVIEW,
+                               num_classes=len(names) if names else None,
+                               title=f"Regions to review: {REVIEW_PARAMETERS['COUNT']} patches of "
+                                     f"{REVIEW_PARAMETERS['PATCH_SIZE']} px, ranked by mean uncertainty")
+    print(f"review preview:     {png}")
+    return 0
+
+
 def main() -> int:
     os.chdir(REPO_ROOT)
     executable = qgis_process_executable()
@@ -161,7 +217,8 @@ def main() -> int:
         print("demo: qgis_process.bin not found (install QGIS: `make setup`, or set QGIS_PROCESS).", file=sys.stderr)
         return 2
     (REPO_ROOT / OUTPUT_DIR).mkdir(exist_ok=True)
-    for stale in (PARAMETERS["OUTPUT"], DEFAULT_UNCERTAINTY, PREVIEW):  # and GDAL side-cars of earlier runs
+    for stale in (PARAMETERS["OUTPUT"], DEFAULT_UNCERTAINTY, PREVIEW, REVIEW_PARAMETERS["OUTPUT"],
+                  REVIEW_PREVIEW):  # and GDAL side-cars of earlier runs
         for path in (_resolve(stale), _resolve(f"{stale}.aux.xml")):
             path.unlink(missing_ok=True)
 
@@ -186,7 +243,7 @@ def main() -> int:
                         class_names=names, class_colors=colors, num_classes=num_classes,
                         title=f"MC dropout, T = {PARAMETERS['N_SAMPLES']} (resources/sample)")
     print(f"preview:            {png}")
-    return 0
+    return review(executable, classes, uncertainty, names)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
     assert not provider.icon().isNull()
     assert Path(provider.svgIconPath()).is_file()
     assert sorted(alg.id() for alg in provider.algorithms()) == [
-        "mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:tta"]
+        "mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:review_regions", "mc_uncertainty:tta"]
     algorithm = registry.algorithmById("mc_uncertainty:mc_dropout")
     assert algorithm.displayName() == "MC Dropout segmentation with uncertainty"
     assert "Monte Carlo Dropout" in algorithm.shortHelpString()
@@ -177,7 +177,8 @@ def test_plugin_loads_without_torch(raster_path: str, torchscript_model: str, tm
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     assert lines, done.stdout + done.stderr
     report = json.loads(lines[-1][len("REPORT"):])
-    assert report["algorithms"] == ["mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:tta"]
+    assert report["algorithms"] == ["mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:review_regions",
+                                    "mc_uncertainty:tta"]
     assert report["torch_imported"] is False
     assert "pip install torch==2.14.1" in report.get("error", ""), report
 
