@@ -9,9 +9,9 @@ from typing import Any
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QAction, QDialog
 
-from .qgis_layer.parameters import tr
-from .qgis_layer.provider import McUncertaintyProvider
-from .qgis_layer.provider_icon import plugin_icon
+from .i18n import tr
+from .processing_provider.provider import McUncertaintyProvider
+from .icons import plugin_icon
 
 __all__ = ["McUncertaintyPlugin"]
 
@@ -83,13 +83,13 @@ class McUncertaintyPlugin:
 
     def show_installer(self) -> Any:
         """Open the *Install PyTorch…* dialog (non-modal); returns it."""
-        from .qgis_layer.install_dialog import show_install_dialog
+        from .gui.install_dialog import show_install_dialog
 
         return show_install_dialog(self.iface.mainWindow() if self.iface is not None else None)
 
     def run_on_active_layer(self) -> Any:
         """Ask for a model (dialog) and start a task on the active raster layer; returns the task or None."""
-        from .qgis_layer.task_dialog import TaskDialog
+        from .gui.task_dialog import TaskDialog
 
         layer = self.iface.activeLayer()
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid() or layer.providerType() != "gdal":
@@ -103,8 +103,8 @@ class McUncertaintyPlugin:
         return self.start_task(dialog.request())
 
     def start_task(self, request: Any) -> Any:
-        """Run ``request`` (a :class:`~.qgis_layer.task.TaskRequest`) in QGIS's task manager; returns the task."""
-        from .qgis_layer.task import McUncertaintyTask
+        """Run ``request`` (a :class:`~.gui.task.TaskRequest`) in QGIS's task manager; returns the task."""
+        from .gui.task import McUncertaintyTask
 
         task = McUncertaintyTask(request)
         self.tasks.add(task)
@@ -123,7 +123,7 @@ class McUncertaintyPlugin:
             names = ", ".join(layer.name() for layer in task.layers)
             bar.pushMessage("MC Uncertainty", tr("Added {}.").format(names), Qgis.Success, 8)
         elif task.error and task.missing_dependencies:
-            from .qgis_layer.install_dialog import offer_install
+            from .gui.install_dialog import offer_install
 
             offer_install(bar, task.error, self.show_installer)
         elif task.error:

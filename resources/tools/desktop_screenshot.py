@@ -85,7 +85,7 @@ def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
     from qgis.PyQt.QtCore import QEventLoop, QTimer
     from qgis.utils import plugins
 
-    from mc_uncertainty_plugin.qgis_layer.task import TaskRequest
+    from mc_uncertainty_plugin.gui.task import TaskRequest
 
     plugin = plugins["mc_uncertainty_plugin"]
     request = TaskRequest(

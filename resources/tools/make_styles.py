@@ -3,7 +3,7 @@
 The plugin styles the layers it loads itself; these files are for users who open an output later (Layer
 Properties ▸ Symbology ▸ Style ▸ Load Style…, or a copy named like the raster, ``X.qml`` beside ``X.tif``, which
 QGIS applies when it opens ``X.tif``). They are made by the plugin's own styling functions
-(``mc_uncertainty_plugin.qgis_layer.styling``) on two small GeoTIFFs and saved by QGIS:
+(``mc_uncertainty_plugin.map_layers.styling``) on two small GeoTIFFs and saved by QGIS:
 
 - ``uncertainty_viridis.qml``: singleband pseudocolor, viridis, 0 .. ln 5 (the sample model's 5 classes);
   ``--classes N`` writes ``uncertainty_viridis_N.qml`` for 0 .. ln N instead.
@@ -60,7 +60,7 @@ def write_styles(output_dir: Path, num_classes: int | None = None, config_path: 
     from osgeo import gdal
     from qgis.core import QgsMapLayer, QgsRasterLayer
 
-    from mc_uncertainty_plugin.qgis_layer.styling import ClassLegend, style_class_layer, style_uncertainty_layer
+    from mc_uncertainty_plugin.map_layers.styling import ClassLegend, style_class_layer, style_uncertainty_layer
 
     output_dir.mkdir(parents=True, exist_ok=True)
     categories = QgsMapLayer.Symbology | QgsMapLayer.Rendering

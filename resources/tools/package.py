@@ -3,7 +3,7 @@
 ``dist/mc_uncertainty_plugin-<version>.zip`` (version from ``metadata.txt``) holds one top folder::
 
     mc_uncertainty_plugin/
-        __init__.py, plugin.py, python_env.py, icon.svg, core/, qgis_layer/   the package, without caches
+        __init__.py, plugin.py, python_env.py, icon.svg, core/, processing_provider/, map_layers/, gui/   the package, without caches
         metadata.txt                                                          copy of the top-level one
         styles/*.qml                                                          from resources/styles
         LICENSE                                                               when the repository has one

@@ -17,7 +17,7 @@ from qgis.PyQt.QtCore import QEventLoop, QTimer
 from qgis.PyQt.QtWidgets import QPushButton
 
 from mc_uncertainty_plugin import installer, python_env
-from mc_uncertainty_plugin.qgis_layer.install_dialog import InstallDialog, offer_install
+from mc_uncertainty_plugin.gui.install_dialog import InstallDialog, offer_install
 
 PACKAGE = "mc_tiny_pkg_for_test"
 
@@ -199,7 +199,7 @@ def test_the_menu_and_the_error_message_open_the_installer(
     mc_plugin: Any, qgis_iface: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert mc_plugin.install_action is not None and mc_plugin.install_action.text() == "Install PyTorch…"
-    import mc_uncertainty_plugin.qgis_layer.install_dialog as install_dialog
+    import mc_uncertainty_plugin.gui.install_dialog as install_dialog
 
     opened: list[Any] = []
     monkeypatch.setattr(install_dialog, "show_install_dialog", lambda parent=None: opened.append(parent))
@@ -251,7 +251,7 @@ def test_a_task_without_torch_offers_the_installer(
 ) -> None:
     from test_qgis_task import TaskWatch
 
-    from mc_uncertainty_plugin.qgis_layer.task import TaskRequest, output_paths
+    from mc_uncertainty_plugin.gui.task import TaskRequest, output_paths
 
     monkeypatch.setattr(python_env, "ensure_torch", lambda plugin_dir=None: False)
     bar = qgis_iface.messageBar()

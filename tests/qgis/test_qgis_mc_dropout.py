@@ -17,7 +17,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 
-from mc_uncertainty_plugin.qgis_layer.styling import style_uncertainty_layer
+from mc_uncertainty_plugin.map_layers.styling import style_uncertainty_layer
 
 WIDTH, HEIGHT, EPSG = 100, 80, 32633
 GEOTRANSFORM = (500000.0, 10.0, 0.0, 4600000.0, 0.0, -10.0)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from qgis.core import QgsProcessingException, QgsSettings
 
-from mc_uncertainty_plugin.qgis_layer.core_runner import ALLOWED_TARGETS_KEY
+from mc_uncertainty_plugin.bridge import ALLOWED_TARGETS_KEY
 
 TORCHVISION_MODEL = """model:
   _target_: torchvision.ops.misc.Conv2dNormActivation

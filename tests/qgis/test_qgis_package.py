@@ -57,7 +57,7 @@ def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: 
     assert archive_license(plugin_zip) == (REPO_ROOT / "LICENSE").read_bytes()
     assert b"GNU GENERAL PUBLIC LICENSE" in archive_license(plugin_zip)[:200] and b"Version 2" in archive_license(plugin_zip)[:200]
     for expected in ("__init__.py", "plugin.py", "python_env.py", "installer.py", "icon.svg", "metadata.txt", "LICENSE",
-                     "core/__init__.py", "core/inference/engine.py", "qgis_layer/provider.py", "qgis_layer/task.py",
+                     "core/__init__.py", "core/inference/engine.py", "processing_provider/provider.py", "gui/task.py",
                      "styles/uncertainty_viridis.qml", "styles/sample_classes.qml"):
         assert f"mc_uncertainty_plugin/{expected}" in names, expected
     for name in names:

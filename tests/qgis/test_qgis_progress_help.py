@@ -10,7 +10,7 @@ import pytest
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from mc_uncertainty_plugin import python_env
-from mc_uncertainty_plugin.qgis_layer.progress import EtaLog, StagedFeedback, format_seconds
+from mc_uncertainty_plugin.progress import EtaLog, StagedFeedback, format_seconds
 
 
 class FakeClock:

@@ -21,7 +21,7 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 
-from mc_uncertainty_plugin.qgis_layer.styling import (
+from mc_uncertainty_plugin.map_layers.styling import (
     DEFAULT_CLASS_COLORS,
     default_class_color,
     read_class_legend,

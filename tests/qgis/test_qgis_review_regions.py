@@ -29,7 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 
 from mc_uncertainty_plugin.core.review.regions import ReviewConfig, find_review_regions
-from mc_uncertainty_plugin.qgis_layer.review_layer_style import style_review_layer
+from mc_uncertainty_plugin.map_layers.review_style import style_review_layer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")

@@ -114,7 +114,7 @@ def test_the_task_reuses_what_processing_loaded(
 ) -> None:
     from test_qgis_task import start
 
-    from mc_uncertainty_plugin.qgis_layer.task import McUncertaintyTask, TaskRequest, output_paths
+    from mc_uncertainty_plugin.gui.task import McUncertaintyTask, TaskRequest, output_paths
 
     run(raster_path, (torchscript_model, None), tmp_path, "processing")
     classes, uncertainty = output_paths(str(tmp_path), "scene", "mc_dropout")

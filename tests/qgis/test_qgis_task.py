@@ -21,8 +21,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QEventLoop, QTimer
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
-from mc_uncertainty_plugin.qgis_layer.task import McUncertaintyTask, TaskRequest, output_paths
-from mc_uncertainty_plugin.qgis_layer.task_dialog import TaskDialog
+from mc_uncertainty_plugin.gui.task import McUncertaintyTask, TaskRequest, output_paths
+from mc_uncertainty_plugin.gui.task_dialog import TaskDialog
 
 TILES = {"model_input_shape": "64", "step_shape": "32"}
 
@@ -190,7 +190,7 @@ def test_dialog_says_when_results_would_be_deleted_on_exit(
     says it is deleted when QGIS closes; another folder takes the warning away."""
     from qgis.core import QgsProcessingUtils
 
-    import mc_uncertainty_plugin.qgis_layer.task as task_module
+    import mc_uncertainty_plugin.gui.task as task_module
 
     monkeypatch.setattr(task_module.os, "access", lambda path, mode: False)
     dialog = TaskDialog(QgsRasterLayer(raster_path, "scene"), clean_project)

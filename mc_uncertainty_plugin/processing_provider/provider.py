@@ -7,7 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .evaluate_algorithm import EvaluateAlgorithm
 from .mc_dropout_algorithm import McDropoutAlgorithm
-from .provider_icon import ICON_PATH, plugin_icon
+from ..icons import ICON_PATH, plugin_icon
 from .review_regions_algorithm import ReviewRegionsAlgorithm
 from .tta_algorithm import TtaAlgorithm
 

@@ -26,8 +26,9 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProperty,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QVariant
+from qgis.PyQt.QtCore import QVariant
 
+from ..i18n import tr
 from .run_guards import processing_error, raw_number
 
 __all__ = [
@@ -124,11 +125,6 @@ def tta_help(with_n_samples: bool) -> str:
 
 MODEL_FILE_FILTER = "Model config or TorchScript (*.yaml *.yml *.pt *.torchscript *.jit);;All files (*.*)"
 CHECKPOINT_FILE_FILTER = "Checkpoint (*.pth *.pt *.ckpt *.safetensors);;All files (*.*)"
-
-
-def tr(text: str) -> str:
-    """Translate ``text`` in the plugin's context."""
-    return QCoreApplication.translate("McUncertainty", text)
 
 
 def with_help(parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> QgsProcessingParameterDefinition:

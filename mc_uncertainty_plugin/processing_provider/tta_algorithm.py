@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .result_layers import TTA
+from ..map_layers.result_layers import TTA
 from .segmentation_algorithm import SegmentationAlgorithm
 
 __all__ = ["TtaAlgorithm"]

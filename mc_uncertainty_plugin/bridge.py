@@ -26,11 +26,12 @@ from qgis.core import (
     QgsSettings,
 )
 
-from .. import python_env
-from .parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues, tr
+from . import python_env
+from .i18n import tr
+from .processing_provider.parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues
 from .progress import EtaLog, StagedFeedback, StageTimer, format_seconds
-from .result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, RunDetails, result_names
-from .run_guards import cancel_on_interrupt, processing_error
+from .map_layers.result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, RunDetails, result_names
+from .processing_provider.run_guards import cancel_on_interrupt, processing_error
 
 __all__ = [
     "ALLOWED_TARGETS_KEY",
@@ -97,7 +98,7 @@ def require_dependencies(model_path: str) -> None:
 
 def _loading_options() -> tuple[str, ...]:
     """What else changes how a config loads: the trusted ``_target_`` prefixes (setting and environment)."""
-    from ..core.models.loading import ALLOWED_TARGETS_ENV
+    from .core.models.loading import ALLOWED_TARGETS_ENV
 
     return allowed_target_prefixes() + (f"env:{os.environ.get(ALLOWED_TARGETS_ENV, '')}",)
 
@@ -124,8 +125,8 @@ def session_model(
     if problem:
         timer.end()
         raise MissingDependencies(problem)
-    from ..core.models.cache import SESSION_MODELS, model_key
-    from ..core.models.loading import load_model  # imports torch (found above)
+    from .core.models.cache import SESSION_MODELS, model_key
+    from .core.models.loading import load_model  # imports torch (found above)
 
     prefixes = allowed_target_prefixes()
 
@@ -155,7 +156,7 @@ def session_model(
 
 def build_processor(processor_name: str, model: Any, kwargs: dict[str, Any], warn: Callable[[str], None]) -> Any:
     """``mc_uncertainty_plugin.core.<processor_name>(model, **kwargs)``; its ``UserWarning`` s go to ``warn``."""
-    from .. import core
+    from . import core
 
     processor_class: Callable[..., Any] = getattr(core, processor_name)
     with warnings.catch_warnings(record=True) as caught:
@@ -193,7 +194,7 @@ def run_processor(
     Raises:
         QgsProcessingException: torch is missing, a parameter is bad, the run failed or was cancelled.
     """
-    from ..core.errors import McUncertaintyError
+    from .core.errors import McUncertaintyError
 
     stages = StagedFeedback(feedback, _STAGES)
     timer = StageTimer(stages.feedback.setProgressText, feedback.pushInfo)

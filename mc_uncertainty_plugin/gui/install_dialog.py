@@ -32,7 +32,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import installer, python_env
-from .parameters import tr
+from ..i18n import tr
 
 __all__ = ["InstallRunner", "InstallDialog", "show_install_dialog", "offer_install"]
 

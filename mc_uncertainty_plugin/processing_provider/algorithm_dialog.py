@@ -17,7 +17,8 @@ from qgis.gui import QgsProcessingLayerOutputDestinationWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QLineEdit, QWidget
 
-from .parameters import OUTPUT, OUTPUT_UNCERTAINTY, tr
+from ..i18n import tr
+from .parameters import OUTPUT, OUTPUT_UNCERTAINTY
 
 __all__ = ["SegmentationDialog", "default_uncertainty_text", "explain_default_uncertainty"]
 

@@ -24,9 +24,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .parameters import tr, with_help
-from .provider_icon import plugin_icon
-from .review_layer_style import ReviewLayerPostProcessor
+from ..i18n import tr
+from .parameters import with_help
+from ..icons import ICON_PATH, plugin_icon
+from ..map_layers.review_style import ReviewLayerPostProcessor
 
 __all__ = ["ReviewRegionsAlgorithm"]
 
@@ -81,6 +82,9 @@ class ReviewRegionsAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return plugin_icon()
+
+    def svgIconPath(self) -> str:  # noqa: N802
+        return ICON_PATH
 
     def createInstance(self) -> ReviewRegionsAlgorithm:  # noqa: N802
         return type(self)()

@@ -12,10 +12,11 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QWidget
 
 from .. import python_env
-from .core_runner import run_processor
-from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values, tr
-from .provider_icon import ICON_PATH, plugin_icon
-from .result_layers import Method
+from ..bridge import run_processor
+from ..i18n import tr
+from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values
+from ..icons import ICON_PATH, plugin_icon
+from ..map_layers.result_layers import Method
 
 __all__ = ["SegmentationAlgorithm", "offer_install_on_main_thread"]
 
@@ -32,7 +33,7 @@ def offer_install_on_main_thread(message: str) -> bool:
     app = QCoreApplication.instance()
     if iface is None or app is None or QThread.currentThread() != app.thread():
         return False
-    from .install_dialog import offer_install
+    from ..gui.install_dialog import offer_install
 
     offer_install(iface.messageBar(), message)
     return True

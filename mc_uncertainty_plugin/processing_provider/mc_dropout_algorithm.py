@@ -7,7 +7,7 @@ from typing import Any
 from qgis.core import QgsProcessingContext
 
 from .parameters import N_SAMPLES, given
-from .result_layers import MC_DROPOUT
+from ..map_layers.result_layers import MC_DROPOUT
 from .run_guards import raw_number
 from .segmentation_algorithm import SegmentationAlgorithm
 

@@ -24,8 +24,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .parameters import compose_help, tr, with_help
-from .provider_icon import ICON_PATH, plugin_icon
+from ..i18n import tr
+from .parameters import compose_help, with_help
+from ..icons import ICON_PATH, plugin_icon
 from .run_guards import cancel_on_interrupt, processing_error
 
 __all__ = ["EvaluateAlgorithm"]

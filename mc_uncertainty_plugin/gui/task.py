@@ -24,10 +24,10 @@ from typing import Any
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
 
 from ..core.errors import InferenceCancelled, McUncertaintyError, ParameterError  # no torch import
-from .core_runner import MissingDependencies, build_processor, session_model
-from .parameters import tr
-from .progress import EtaLog, StageTimer, format_seconds
-from .result_layers import MC_DROPOUT, TTA, add_result_layers
+from ..bridge import MissingDependencies, build_processor, session_model
+from ..i18n import tr
+from ..progress import EtaLog, StageTimer, format_seconds
+from ..map_layers.result_layers import MC_DROPOUT, TTA, add_result_layers
 
 __all__ = ["LOG_TAG", "BANDS_HINT", "TaskRequest", "McUncertaintyTask", "output_paths", "default_output_folder",
            "is_temporary_folder"]

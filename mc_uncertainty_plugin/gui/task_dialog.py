@@ -26,8 +26,9 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .parameters import CHECKPOINT_FILE_FILTER, MODEL_FILE_FILTER, UNCERTAINTY_MODES, tr
-from .result_layers import MC_DROPOUT, TTA
+from ..i18n import tr
+from ..processing_provider.parameters import CHECKPOINT_FILE_FILTER, MODEL_FILE_FILTER, UNCERTAINTY_MODES
+from ..map_layers.result_layers import MC_DROPOUT, TTA
 from .task import TaskRequest, default_output_folder, is_temporary_folder, output_paths
 
 __all__ = ["TaskDialog", "parse_bands"]

@@ -8,7 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 
 __all__ = ["ICON_PATH", "plugin_icon"]
 
-ICON_PATH = str(Path(__file__).resolve().parent.parent / "icon.svg")
+ICON_PATH = str(Path(__file__).resolve().parent / "icon.svg")
 
 
 def plugin_icon() -> QIcon:
