@@ -6,7 +6,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal python3-yaml pytho
 export QT_QPA_PLATFORM ?= offscreen
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: setup system-deps install demo test test-core test-qgis bench package clean
+.PHONY: setup system-deps install demo test test-core test-qgis lint bench package clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -15,9 +15,9 @@ system-deps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES) ; }
 	@mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $@
 
 install: setup
@@ -28,6 +28,12 @@ demo: install
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# ruff (lint rules and formatting of the whole repository) and mypy (types of the pure core)
+lint: setup
+	$(VENV)/bin/ruff check mc_uncertainty_plugin tests resources
+	$(VENV)/bin/ruff format --check mc_uncertainty_plugin tests resources
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) resources/tools/bench.py

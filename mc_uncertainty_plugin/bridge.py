@@ -28,10 +28,18 @@ from qgis.core import (
 
 from . import python_env
 from .i18n import tr
+from .map_layers.result_layers import (
+    CLASSES,
+    UNCERTAINTY,
+    Method,
+    ResultGroup,
+    ResultLayerPostProcessor,
+    RunDetails,
+    result_names,
+)
 from .processing_provider.parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues
-from .progress import EtaLog, StagedFeedback, StageTimer, format_seconds
-from .map_layers.result_layers import CLASSES, UNCERTAINTY, Method, ResultGroup, ResultLayerPostProcessor, RunDetails, result_names
 from .processing_provider.run_guards import cancel_on_interrupt, processing_error
+from .progress import EtaLog, StagedFeedback, StageTimer, format_seconds
 
 __all__ = [
     "ALLOWED_TARGETS_KEY",
@@ -131,8 +139,12 @@ def session_model(
     prefixes = allowed_target_prefixes()
 
     def load() -> Any:
-        return load_model(model_path, checkpoint=checkpoint_path, allowed_prefixes=prefixes,
-                          stage=lambda name: timer.begin(tr(_LOAD_STAGES.get(name, name))))
+        return load_model(
+            model_path,
+            checkpoint=checkpoint_path,
+            allowed_prefixes=prefixes,
+            stage=lambda name: timer.begin(tr(_LOAD_STAGES.get(name, name))),
+        )
 
     key = model_key(model_path, checkpoint_path, device, _loading_options())
     try:
@@ -140,13 +152,19 @@ def session_model(
             timer.end()
             name = os.path.basename(model_path)
             if lease.reused:
-                log(tr("Model reused from this session (loaded {} ago, files unchanged): {}; nothing to load.")
-                    .format(format_seconds(lease.age_s), name))
+                log(
+                    tr("Model reused from this session (loaded {} ago, files unchanged): {}; nothing to load.").format(
+                        format_seconds(lease.age_s), name
+                    )
+                )
             elif lease.cached:
                 log(tr("Model loaded: {}; kept for the next runs of this session.").format(name))
             else:
-                log(tr("Model loaded: {} (a copy of its own: the session's copy is in use by another run).")
-                    .format(name))
+                log(
+                    tr("Model loaded: {} (a copy of its own: the session's copy is in use by another run).").format(
+                        name
+                    )
+                )
             for note in lease.value.notes:
                 log(f"Model: {note}.")
             yield lease.value
@@ -201,10 +219,12 @@ def run_processor(
     started = time.monotonic()
     stages.start(0)
     try:
-        with session_model(values.model_path, values.checkpoint_path, values.processor_kwargs.get("device"),
-                           timer, feedback.pushInfo) as model:
-            processor = build_processor(processor_name, model, {**values.processor_kwargs, **processor_kwargs},
-                                        feedback.pushWarning)
+        with session_model(
+            values.model_path, values.checkpoint_path, values.processor_kwargs.get("device"), timer, feedback.pushInfo
+        ) as model:
+            processor = build_processor(
+                processor_name, model, {**values.processor_kwargs, **processor_kwargs}, feedback.pushWarning
+            )
             loaded = time.monotonic()
             stages.start(1)
             with cancel_on_interrupt(feedback):
@@ -246,10 +266,16 @@ def _arrange_result_layers(
 ) -> None:
     """When the class raster is loaded on completion (Toolbox, batch, runAndLoadResults): load a default-path
     uncertainty raster with it, and give both outputs a post-processor that styles, names and groups them."""
-    names = result_names(values.input_name, method, RunDetails.from_outputs(segmentation_path, uncertainty_path, stretch))
+    names = result_names(
+        values.input_name, method, RunDetails.from_outputs(segmentation_path, uncertainty_path, stretch)
+    )
     group = ResultGroup.new(names.group)
-    if (uncertainty_path and values.uncertainty_path is None and context.willLoadLayerOnCompletion(segmentation_path)
-            and not context.willLoadLayerOnCompletion(uncertainty_path)):
+    if (
+        uncertainty_path
+        and values.uncertainty_path is None
+        and context.willLoadLayerOnCompletion(segmentation_path)
+        and not context.willLoadLayerOnCompletion(uncertainty_path)
+    ):
         project = context.layerToLoadOnCompletionDetails(segmentation_path).project or context.project()
         details = QgsProcessingContext.LayerDetails(
             tr("Uncertainty raster"), project, OUTPUT_UNCERTAINTY, QgsProcessingUtils.LayerHint.Raster

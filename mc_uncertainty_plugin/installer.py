@@ -79,8 +79,13 @@ class Step:
 def _same_version(python: str, version: tuple[int, int]) -> bool:
     """Whether ``python`` runs and reports ``major.minor`` = ``version``."""
     try:
-        done = subprocess.run([python, "-c", "import sys; print('{}.{}'.format(*sys.version_info[:2]))"],
-                              capture_output=True, text=True, timeout=20, env=_clean_environment())
+        done = subprocess.run(
+            [python, "-c", "import sys; print('{}.{}'.format(*sys.version_info[:2]))"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=_clean_environment(),
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0 and done.stdout.strip() == "{}.{}".format(*version)
@@ -138,8 +143,9 @@ def nvidia_driver_version(proc_file: str = "/proc/driver/nvidia/version") -> str
     if smi is None:
         return None
     try:
-        done = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10)
+        done = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     first = done.stdout.strip().splitlines()[0].strip() if done.returncode == 0 and done.stdout.strip() else ""
@@ -259,8 +265,17 @@ class InstallPlan:
         return []  # CUDA on Linux (PyPI's build), macOS, or pip's own configuration
 
     def pip_command(self) -> tuple[str, ...]:
-        argv = [self.env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                "--progress-bar", "off", *self.index_options()]
+        argv = [
+            self.env_python,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            *self.index_options(),
+        ]
         if self.proxy:
             argv += ["--proxy", self.proxy]
         if self.constraints:
@@ -268,10 +283,12 @@ class InstallPlan:
         return tuple(argv + list(self.packages))
 
     def check_command(self) -> tuple[str, ...]:
-        script = ("import importlib, sys\n"
-                  "for name in sys.argv[1:]:\n"
-                  "    module = importlib.import_module(name)\n"
-                  "    print(name, getattr(module, '__version__', ''), 'OK', flush=True)\n")
+        script = (
+            "import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    module = importlib.import_module(name)\n"
+            "    print(name, getattr(module, '__version__', ''), 'OK', flush=True)\n"
+        )
         return (self.env_python, "-c", script, *self.check_modules)
 
     def steps(self) -> list[Step]:

@@ -10,8 +10,8 @@ from qgis.core import Qgis, QgsApplication, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QAction, QDialog
 
 from .i18n import tr
-from .processing_provider.provider import McUncertaintyProvider
 from .icons import plugin_icon
+from .processing_provider.provider import McUncertaintyProvider
 
 __all__ = ["McUncertaintyPlugin"]
 
@@ -46,15 +46,23 @@ class McUncertaintyPlugin:
             return
         self.action = QAction(plugin_icon(), tr("MC uncertainty on the active layer…"), self.iface.mainWindow())
         self.action.setObjectName("mcUncertaintyOnActiveLayer")
-        self.action.setToolTip(tr("Segment the active raster layer with a model and map its uncertainty "
-                                  "(MC Dropout or TTA), in the background"))
+        self.action.setToolTip(
+            tr(
+                "Segment the active raster layer with a model and map its uncertainty "
+                "(MC Dropout or TTA), in the background"
+            )
+        )
         self.action.triggered.connect(self.run_on_active_layer)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addToolBarIcon(self.action)
         self.install_action = QAction(plugin_icon(), tr("Install PyTorch…"), self.iface.mainWindow())
         self.install_action.setObjectName("mcUncertaintyInstallPyTorch")
-        self.install_action.setToolTip(tr("Install PyTorch and segmentation-models-pytorch for MC Uncertainty, "
-                                          "into a Python environment of its own in the QGIS profile"))
+        self.install_action.setToolTip(
+            tr(
+                "Install PyTorch and segmentation-models-pytorch for MC Uncertainty, "
+                "into a Python environment of its own in the QGIS profile"
+            )
+        )
         self.install_action.triggered.connect(self.show_installer)
         self.iface.addPluginToMenu(MENU, self.install_action)
 

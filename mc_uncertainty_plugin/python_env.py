@@ -175,8 +175,14 @@ def guard_against_llvm_clash(maps_path: str = "/proc/self/maps") -> bool:
         return False
     if "triton" in sys.modules or not _llvm_loaded(maps_path):
         return False
-    sys.meta_path.insert(0, _ModuleBlocker(("triton",), "kept out by MC Uncertainty: its LLVM clashes with the one "
-                                                       f"already loaded; {ALLOW_TRITON_ENV_VAR}=1 allows it"))
+    sys.meta_path.insert(
+        0,
+        _ModuleBlocker(
+            ("triton",),
+            "kept out by MC Uncertainty: its LLVM clashes with the one "
+            f"already loaded; {ALLOW_TRITON_ENV_VAR}=1 allows it",
+        ),
+    )
     return True
 
 
@@ -295,7 +301,8 @@ def missing_modules_message(modules: list[str], plugin_dir: Path | None = None) 
     environments = configured_environments(plugin_dir)
     where = (
         f"into the environment that provides torch ({environments[0][1]!r}, from {environments[0][0]})"
-        if environments else f"into QGIS's Python {version}"
+        if environments
+        else f"into QGIS's Python {version}"
     )
     return (
         f"MC Uncertainty: this model config needs {', '.join(modules)}, which QGIS's Python {version} cannot "

@@ -5,8 +5,9 @@ Field names follow the Python API of PRODUCT.md; error messages name the Process
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ParameterError
 
@@ -143,7 +144,9 @@ class InferenceConfig:
         set_ = object.__setattr__
         set_(self, "n_samples", _integer(self.n_samples, "N_SAMPLES", 1))
         set_(self, "tta_mode", _choice(str(self.tta_mode).lower(), TTA_MODES, "TTA_MODE"))
-        set_(self, "uncertainty_mode", _choice(str(self.uncertainty_mode).lower(), UNCERTAINTY_MODES, "UNCERTAINTY_MODE"))
+        set_(
+            self, "uncertainty_mode", _choice(str(self.uncertainty_mode).lower(), UNCERTAINTY_MODES, "UNCERTAINTY_MODE")
+        )
         set_(self, "tile_weight", _choice(str(self.tile_weight).lower(), TILE_WEIGHTS, "TILE_WEIGHT"))
         set_(self, "device", _choice(str(self.device).lower(), DEVICES, "DEVICE"))
         set_(self, "memory_format", _choice(str(self.memory_format).lower(), MEMORY_FORMATS, "memory_format"))
@@ -153,20 +156,24 @@ class InferenceConfig:
         if num_classes is not None:
             num_classes = _integer(num_classes, "NUM_CLASSES", 0) or None
             if num_classes is not None and num_classes > 255:
-                raise ParameterError("NUM_CLASSES", self.num_classes, "be <= 255 (the class raster is uint8, 255 = nodata)")
+                raise ParameterError(
+                    "NUM_CLASSES", self.num_classes, "be <= 255 (the class raster is uint8, 255 = nodata)"
+                )
         set_(self, "num_classes", num_classes)
         tile = parse_shape(self.model_input_shape, "MODEL_INPUT_SHAPE")
         step = parse_shape(self.step_shape, "STEP_SHAPE")
         if step[0] > tile[0] or step[1] > tile[1]:
             raise ParameterError(
-                "STEP_SHAPE", f"{step[0]},{step[1]}", f"be at most MODEL_INPUT_SHAPE ({tile[0]},{tile[1]}) in each dimension"
+                "STEP_SHAPE",
+                f"{step[0]},{step[1]}",
+                f"be at most MODEL_INPUT_SHAPE ({tile[0]},{tile[1]}) in each dimension",
             )
         set_(self, "model_input_shape", tile)
         set_(self, "step_shape", step)
         set_(self, "seed", _integer(self.seed, "SEED", 0, SEED_MAX))
         set_(self, "batch_size", _integer(self.batch_size, "BATCH_SIZE", 0))
         if self.bands is not None:
-            bands = tuple(self.bands)
+            bands: tuple[int, ...] | None = tuple(self.bands)
             if not bands:
                 bands = None
             else:

@@ -201,11 +201,13 @@ class InstallDialog(QDialog):
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
-        intro = QLabel(tr(
-            "MC Uncertainty runs PyTorch models. This installs {} with pip into a Python environment of its own "
-            "in your QGIS profile (QGIS's own Python packages stay as they are). It downloads several hundred MB "
-            "and works without restarting QGIS."
-        ).format(", ".join(self.packages)))
+        intro = QLabel(
+            tr(
+                "MC Uncertainty runs PyTorch models. This installs {} with pip into a Python environment of its own "
+                "in your QGIS profile (QGIS's own Python packages stay as they are). It downloads several hundred MB "
+                "and works without restarting QGIS."
+            ).format(", ".join(self.packages))
+        )
         intro.setWordWrap(True)
         layout.addWidget(intro)
         form = QFormLayout()
@@ -220,8 +222,12 @@ class InstallDialog(QDialog):
         self.wheel_folder = QgsFileWidget()
         self.wheel_folder.setStorageMode(QgsFileWidget.GetDirectory)
         self.wheel_folder.setFilePath(installer.wheel_folder_setting())
-        self.wheel_folder.setToolTip(tr("Offline or behind a firewall: a folder of .whl files (made elsewhere with "
-                                        "pip download); pip then installs from it only (--no-index)."))
+        self.wheel_folder.setToolTip(
+            tr(
+                "Offline or behind a firewall: a folder of .whl files (made elsewhere with "
+                "pip download); pip then installs from it only (--no-index)."
+            )
+        )
         form.addRow(tr("Wheel folder (offline, optional)"), self.wheel_folder)
         self.command = QLineEdit()
         self.command.setReadOnly(True)
@@ -250,9 +256,13 @@ class InstallDialog(QDialog):
         """The installation the dialog describes now."""
         folder = self.wheel_folder.filePath().strip()
         return installer.InstallPlan(
-            python=self.python or "", environment=self.environment, packages=self.packages,
-            check_modules=self.check_modules, variant=self.variant.currentData(),
-            wheel_folder=folder or None, proxy=installer.qgis_proxy(),
+            python=self.python or "",
+            environment=self.environment,
+            packages=self.packages,
+            check_modules=self.check_modules,
+            variant=self.variant.currentData(),
+            wheel_folder=folder or None,
+            proxy=installer.qgis_proxy(),
         )
 
     def _running(self) -> bool:
@@ -262,8 +272,9 @@ class InstallDialog(QDialog):
         folder = self.wheel_folder.filePath().strip()
         self.variant.setEnabled(not folder and not self._running())
         self.command.setText(self.plan().describe())
-        self.install_button.setEnabled(bool(self.python) and not self._running()
-                                       and (not folder or os.path.isdir(folder)))
+        self.install_button.setEnabled(
+            bool(self.python) and not self._running() and (not folder or os.path.isdir(folder))
+        )
         self.close_button.setText(tr("Cancel") if self._running() else tr("Close"))
 
     def start(self) -> None:

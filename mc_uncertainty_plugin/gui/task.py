@@ -23,19 +23,31 @@ from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
 
-from ..core.errors import InferenceCancelled, McUncertaintyError, ParameterError  # no torch import
 from ..bridge import MissingDependencies, build_processor, session_model
+from ..core.errors import InferenceCancelled, McUncertaintyError, ParameterError  # no torch import
 from ..i18n import tr
-from ..progress import EtaLog, StageTimer, format_seconds
 from ..map_layers.result_layers import MC_DROPOUT, TTA, add_result_layers
+from ..progress import EtaLog, StageTimer, format_seconds
 
-__all__ = ["LOG_TAG", "BANDS_HINT", "TaskRequest", "McUncertaintyTask", "output_paths", "default_output_folder",
-           "is_temporary_folder"]
+__all__ = [
+    "LOG_TAG",
+    "BANDS_HINT",
+    "TaskRequest",
+    "McUncertaintyTask",
+    "output_paths",
+    "default_output_folder",
+    "is_temporary_folder",
+]
 
 LOG_TAG = "MC Uncertainty"  # the Log Messages panel tab
-_PROCESSORS = {MC_DROPOUT.key: ("MCDropoutInferenceProcessor", MC_DROPOUT), TTA.key: ("MultiClassInferenceProcessor", TTA)}
-BANDS_HINT = ('Choose them in the dialog\'s "Input bands" field, in model order (e.g. 1,1,1 feeds a 1-band layer to '
-              "a 3-band model).")
+_PROCESSORS = {
+    MC_DROPOUT.key: ("MCDropoutInferenceProcessor", MC_DROPOUT),
+    TTA.key: ("MultiClassInferenceProcessor", TTA),
+}
+BANDS_HINT = (
+    'Choose them in the dialog\'s "Input bands" field, in model order (e.g. 1,1,1 feeds a 1-band layer to '
+    "a 3-band model)."
+)
 
 
 @dataclass(frozen=True)
@@ -146,8 +158,9 @@ class McUncertaintyTask(QgsTask):
         processor_name, _method = _PROCESSORS[request.method]
         options = dict(request.options)
         try:
-            with session_model(request.model_path, request.checkpoint_path, options.get("device"), timer,
-                               self._log) as model:
+            with session_model(
+                request.model_path, request.checkpoint_path, options.get("device"), timer, self._log
+            ) as model:
                 processor = build_processor(processor_name, model, options, self._warn)
                 if self.isCanceled():
                     return False
@@ -178,8 +191,12 @@ class McUncertaintyTask(QgsTask):
         if result and self.paths:
             try:
                 self.layers = add_result_layers(
-                    self.project, self.paths["segmentation"], self.paths.get("uncertainty"),
-                    self.request.input_name, method, self.request.stretch,
+                    self.project,
+                    self.paths["segmentation"],
+                    self.paths.get("uncertainty"),
+                    self.request.input_name,
+                    method,
+                    self.request.stretch,
                 )
             except ValueError as error:
                 self.error = str(error)

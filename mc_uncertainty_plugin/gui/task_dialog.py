@@ -27,8 +27,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..i18n import tr
-from ..processing_provider.parameters import CHECKPOINT_FILE_FILTER, MODEL_FILE_FILTER, UNCERTAINTY_MODES
 from ..map_layers.result_layers import MC_DROPOUT, TTA
+from ..processing_provider.parameters import CHECKPOINT_FILE_FILTER, MODEL_FILE_FILTER, UNCERTAINTY_MODES
 from .task import TaskRequest, default_output_folder, is_temporary_folder, output_paths
 
 __all__ = ["TaskDialog", "parse_bands"]
@@ -93,20 +93,32 @@ class TaskDialog(QDialog):
         self.bands = QLineEdit()
         count = layer.bandCount()
         self.bands.setPlaceholderText(tr("empty: the first bands the model takes (the layer has {})").format(count))
-        self.bands.setToolTip(tr("The layer's bands fed to the model, in model order, e.g. 3,2,1; a band may be "
-                                 "repeated (1,1,1 feeds a 1-band layer to a 3-band model)."))
+        self.bands.setToolTip(
+            tr(
+                "The layer's bands fed to the model, in model order, e.g. 3,2,1; a band may be "
+                "repeated (1,1,1 feeds a 1-band layer to a 3-band model)."
+            )
+        )
         form.addRow(tr("Input bands"), self.bands)
 
         self.stretch = QCheckBox(tr("Stretch the uncertainty colours to the data (2–98 %)"))
-        self.stretch.setToolTip(tr("Off: colours from 0 to the measure's maximum (ln C), comparable between maps. "
-                                   "On: over the data's 2–98 % range, for maps whose values all sit near 0 (TTA)."))
+        self.stretch.setToolTip(
+            tr(
+                "Off: colours from 0 to the measure's maximum (ln C), comparable between maps. "
+                "On: over the data's 2–98 % range, for maps whose values all sit near 0 (TTA)."
+            )
+        )
         form.addRow("", self.stretch)
 
         self.folder = QgsFileWidget()
         self.folder.setStorageMode(QgsFileWidget.GetDirectory)
         self.folder.setFilePath(default_output_folder(self.project, layer.source()))
-        self.folder.setToolTip(tr("Where the two GeoTIFFs are written: the saved project's folder, else the "
-                                  "input's folder, else QGIS's temporary folder."))
+        self.folder.setToolTip(
+            tr(
+                "Where the two GeoTIFFs are written: the saved project's folder, else the "
+                "input's folder, else QGIS's temporary folder."
+            )
+        )
         form.addRow(tr("Output folder"), self.folder)
         self.folder_note = QLabel("")
         self.folder_note.setWordWrap(True)
@@ -133,8 +145,14 @@ class TaskDialog(QDialog):
         self.n_samples.setEnabled(self.method.currentData() == MC_DROPOUT.key)
         folder = self.folder.filePath()
         temporary = bool(folder) and is_temporary_folder(folder)
-        self.folder_note.setText(tr("This is QGIS's temporary folder: it is deleted when QGIS closes. Choose "
-                                    "another folder to keep the results.") if temporary else "")
+        self.folder_note.setText(
+            tr(
+                "This is QGIS's temporary folder: it is deleted when QGIS closes. Choose "
+                "another folder to keep the results."
+            )
+            if temporary
+            else ""
+        )
         self.folder_note.setVisible(temporary)
         try:
             self._bands()

@@ -67,10 +67,18 @@ RUN_PROPERTY = "mc_uncertainty/run"  # custom property of a result group: the ru
 BASE_NAME_PROPERTY = "mc_uncertainty/base_name"  # the group's name without its run number
 NUMBER_PROPERTY = "mc_uncertainty/number"  # the run number (1 = the first run of that name)
 STRETCH_NOTE = "colours stretched 2–98 %"
-_MODE_LABELS = {"entropy": "entropy", "mutual_information": "mutual information",
-                "expected_entropy": "expected entropy", "variation_ratio": "variation ratio"}
-_MODE_SHORT = {"entropy": "entropy", "mutual_information": "MI", "expected_entropy": "expected entropy",
-               "variation_ratio": "variation ratio"}
+_MODE_LABELS = {
+    "entropy": "entropy",
+    "mutual_information": "mutual information",
+    "expected_entropy": "expected entropy",
+    "variation_ratio": "variation ratio",
+}
+_MODE_SHORT = {
+    "entropy": "entropy",
+    "mutual_information": "MI",
+    "expected_entropy": "expected entropy",
+    "variation_ratio": "variation ratio",
+}
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,9 @@ class RunDetails:
             n_samples: int | None = int(metadata["MC_N_SAMPLES"])
         except (KeyError, ValueError):
             n_samples = None
-        return cls(metadata.get("MC_UNCERTAINTY_MODE") or None, n_samples, metadata.get("MC_TTA_MODE") or None,
-                   stretched)
+        return cls(
+            metadata.get("MC_UNCERTAINTY_MODE") or None, n_samples, metadata.get("MC_TTA_MODE") or None, stretched
+        )
 
     def sampling(self, method: Method) -> str:
         """``"T = 10"``, ``"T = 10 × flip"`` (MC dropout), ``"d4"`` (TTA); "" when unknown."""
@@ -176,7 +185,9 @@ def result_names(input_name: str, method: Method, details: RunDetails | str | No
     sampling = details.sampling(method)
     uncertainty = f"{input_name} — {method.short} uncertainty" + _parenthesis(label, sampling)
     if details.stretched:
-        uncertainty = uncertainty[:-1] + f"; {STRETCH_NOTE})" if uncertainty.endswith(")") else f"{uncertainty} ({STRETCH_NOTE})"
+        uncertainty = (
+            uncertainty[:-1] + f"; {STRETCH_NOTE})" if uncertainty.endswith(")") else f"{uncertainty} ({STRETCH_NOTE})"
+        )
     return ResultNames(
         f"{input_name} — {method.title}" + _parenthesis(sampling, _MODE_SHORT.get(mode, label)),
         f"{input_name} — {method.short} classes" + _parenthesis(sampling),
@@ -207,7 +218,9 @@ def _result_groups(group: QgsLayerTreeGroup) -> list[QgsLayerTreeGroup]:
     return found
 
 
-def _new_result_group(root: QgsLayerTreeGroup, parent: QgsLayerTreeGroup, index: int, group: ResultGroup) -> QgsLayerTreeGroup:
+def _new_result_group(
+    root: QgsLayerTreeGroup, parent: QgsLayerTreeGroup, index: int, group: ResultGroup
+) -> QgsLayerTreeGroup:
     """Insert the run's group into ``parent`` at ``index``, numbered after the project's groups of that name."""
     number = 1 + sum(1 for g in _result_groups(root) if g.customProperty(BASE_NAME_PROPERTY) == group.name)
     target = parent.insertGroup(index, numbered(group.name, number))
@@ -334,8 +347,15 @@ class ResultLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
         self.stretch = stretch
 
     @classmethod
-    def attach(cls, context: QgsProcessingContext, layer_id: str, role: str, name: str, group: ResultGroup,
-               stretch: bool = False) -> bool:
+    def attach(
+        cls,
+        context: QgsProcessingContext,
+        layer_id: str,
+        role: str,
+        name: str,
+        group: ResultGroup,
+        stretch: bool = False,
+    ) -> bool:
         """Attach a post-processor to output ``layer_id`` if it will be loaded on completion; True when attached."""
         if not context.willLoadLayerOnCompletion(layer_id):
             return False
@@ -344,7 +364,9 @@ class ResultLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
         return True
 
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> None:  # noqa: N802
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:  # noqa: N802
         """Style ``layer``, give it its name and move it into the run's group."""
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             return

@@ -52,9 +52,15 @@ def _rank_ranges(last_rank: int) -> list[tuple[int, int]]:
 
 def _outline(color: QColor) -> QgsFillSymbol:
     """A fill symbol without fill: a dark halo, then the coloured outline on top."""
+
     def layer(stroke: str, width: float) -> dict[str, str]:
-        return {"style": "no", "outline_style": "solid", "outline_color": stroke, "outline_width": str(width),
-                "outline_width_unit": "MM"}
+        return {
+            "style": "no",
+            "outline_style": "solid",
+            "outline_color": stroke,
+            "outline_width": str(width),
+            "outline_width_unit": "MM",
+        }
 
     symbol = QgsFillSymbol.createSimple(layer("#000000", HALO_WIDTH_MM))
     symbol.appendSymbolLayer(QgsFillSymbol.createSimple(layer(color.name(), OUTLINE_WIDTH_MM)).takeSymbolLayer(0))
@@ -128,8 +134,12 @@ class ReviewLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
         return True
 
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> None:
+    def postProcessLayer(
+        self,
+        layer: QgsMapLayer,
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> None:
         if isinstance(layer, QgsVectorLayer) and layer.isValid():
             style_review_layer(layer)
             layer.setName(self.name)

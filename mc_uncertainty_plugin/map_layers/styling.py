@@ -47,10 +47,31 @@ __all__ = [
 ]
 
 CLASS_NODATA = 255  # the core's class nodata value
-_VIRIDIS_STOPS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725")
+_VIRIDIS_STOPS = (
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+)
 # Colour-blind-friendly qualitative palette (matplotlib's tab10) for models whose config gives no class_colors.
-DEFAULT_CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                        "#bcbd22", "#17becf")
+DEFAULT_CLASS_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _MAXIMUM_KEY = "MC_UNCERTAINTY_MAX"  # written by the core: ln C (1 - 1/C for variation_ratio)
 _CLASS_COUNT_KEY = "MC_NUM_CLASSES"
 _MODE_KEY = "MC_UNCERTAINTY_MODE"

@@ -70,8 +70,12 @@ def explain_default_uncertainty(panel: Any, suffix: str) -> QLineEdit | None:
     widget.destinationChanged.connect(update)
     if output is not None:
         output.destinationChanged.connect(update)
-    line.setToolTip(tr("Empty: written beside the class raster and loaded with it. To write no uncertainty "
-                       "raster, uncheck \"Write the uncertainty raster\"."))
+    line.setToolTip(
+        tr(
+            "Empty: written beside the class raster and loaded with it. To write no uncertainty "
+            'raster, uncheck "Write the uncertainty raster".'
+        )
+    )
     update()
     return line
 
@@ -79,7 +83,9 @@ def explain_default_uncertainty(panel: Any, suffix: str) -> QLineEdit | None:
 class SegmentationDialog(AlgorithmDialog):
     """QGIS's algorithm dialog with the uncertainty output explained (see the module docstring)."""
 
-    def __init__(self, algorithm: QgsProcessingAlgorithm, uncertainty_suffix: str, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, algorithm: QgsProcessingAlgorithm, uncertainty_suffix: str, parent: QWidget | None = None
+    ) -> None:
         self.uncertainty_suffix = uncertainty_suffix
         super().__init__(algorithm, False, parent)
 

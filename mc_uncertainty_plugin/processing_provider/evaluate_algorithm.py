@@ -25,8 +25,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..i18n import tr
-from .parameters import compose_help, with_help
 from ..icons import ICON_PATH, plugin_icon
+from .parameters import compose_help, with_help
 from .run_guards import cancel_on_interrupt, processing_error
 
 __all__ = ["EvaluateAlgorithm"]
@@ -43,32 +43,34 @@ OUTPUT_JSON = "OUTPUT_JSON"
 NUMBERS = ("ACCURACY", "MEAN_IOU", "ECE", "AUROC", "AUPR", "AURC", "AUSE")
 
 # One paragraph per line: the Toolbox shows each line as a paragraph, qgis_process help prints it as is.
-_HELP = "\n".join((
-    "Tells whether an uncertainty map can be trusted before you act on it: compares a class raster and its "
-    "uncertainty raster (e.g. the outputs of MC Dropout or TTA segmentation) with reference labels, and writes an "
-    "HTML report with plots, a PNG summary figure and a JSON file of all numbers and curves.",
-    "Pixels count where the class (255 = nodata), the uncertainty (its nodata, NaN) and the reference (its "
-    "nodata, 255) are all valid. A reference on another grid is resampled (nearest neighbour) onto the class "
-    "raster's grid, with a warning. Every pixel counts; rasters are read by blocks, so memory stays small.",
-    "• Accuracy: share of correct pixels. IoU per class: TP / (TP + FP + FN); mean IoU averages the classes.",
-    "• ECE (needs the \"Confidence raster\" max p̄, e.g. the confidence raster of the segmentation): expected "
-    "calibration error "
-    "over 15 confidence bins, Σ (n_b/N)|accuracy_b − confidence_b|; 0 = calibrated. The reliability diagram "
-    "shows accuracy against confidence per bin.",
-    "• AUROC: probability that a wrong pixel is more uncertain than a correct one (0.5 = useless, 1 = perfect). "
-    "AUPR: average precision of flagging the most uncertain pixels as errors (a random score gets the error rate).",
-    "• Risk–coverage and AURC: keep the most certain share of pixels (coverage), measure their error rate "
-    "(risk); AURC is the mean risk over all coverages, lower is better. Sparsification and AUSE: remove the most "
-    "uncertain pixels first and compare with an oracle that removes the errors first; AUSE is the area between "
-    "the two curves (0 = as good as the oracle).",
-    "• PAvPU (Mukhoti & Gal 2018): in square patches (\"PAvPU patch size\"), accurate = accuracy ≥ 0.5, "
-    "certain = mean uncertainty below a threshold; p(accurate | certain), p(uncertain | inaccurate) and "
-    "PAvPU = (n_ac + n_iu) / all patches are plotted against the threshold.",
-    "• Histograms of the uncertainty of correct and of wrong pixels: the less they overlap, the better.",
-    "Uncertainties are binned on 2048 fine bins; values in one bin count as ties (the report states the bin "
-    "width). Results: the three files and the numbers accuracy, mean IoU, ECE (empty without a confidence "
-    "raster), AUROC, AUPR, AURC and AUSE.",
-))
+_HELP = "\n".join(
+    (
+        "Tells whether an uncertainty map can be trusted before you act on it: compares a class raster and its "
+        "uncertainty raster (e.g. the outputs of MC Dropout or TTA segmentation) with reference labels, and writes an "
+        "HTML report with plots, a PNG summary figure and a JSON file of all numbers and curves.",
+        "Pixels count where the class (255 = nodata), the uncertainty (its nodata, NaN) and the reference (its "
+        "nodata, 255) are all valid. A reference on another grid is resampled (nearest neighbour) onto the class "
+        "raster's grid, with a warning. Every pixel counts; rasters are read by blocks, so memory stays small.",
+        "• Accuracy: share of correct pixels. IoU per class: TP / (TP + FP + FN); mean IoU averages the classes.",
+        '• ECE (needs the "Confidence raster" max p̄, e.g. the confidence raster of the segmentation): expected '
+        "calibration error "
+        "over 15 confidence bins, Σ (n_b/N)|accuracy_b − confidence_b|; 0 = calibrated. The reliability diagram "
+        "shows accuracy against confidence per bin.",
+        "• AUROC: probability that a wrong pixel is more uncertain than a correct one (0.5 = useless, 1 = perfect). "
+        "AUPR: average precision of flagging the most uncertain pixels as errors (a random score gets the error rate).",
+        "• Risk–coverage and AURC: keep the most certain share of pixels (coverage), measure their error rate "
+        "(risk); AURC is the mean risk over all coverages, lower is better. Sparsification and AUSE: remove the most "
+        "uncertain pixels first and compare with an oracle that removes the errors first; AUSE is the area between "
+        "the two curves (0 = as good as the oracle).",
+        '• PAvPU (Mukhoti & Gal 2018): in square patches ("PAvPU patch size"), accurate = accuracy ≥ 0.5, '
+        "certain = mean uncertainty below a threshold; p(accurate | certain), p(uncertain | inaccurate) and "
+        "PAvPU = (n_ac + n_iu) / all patches are plotted against the threshold.",
+        "• Histograms of the uncertainty of correct and of wrong pixels: the less they overlap, the better.",
+        "Uncertainties are binned on 2048 fine bins; values in one bin count as ties (the report states the bin "
+        "width). Results: the three files and the numbers accuracy, mean IoU, ECE (empty without a confidence "
+        "raster), AUROC, AUPR, AURC and AUSE.",
+    )
+)
 _COMMAND_LINE = (
     "Command line: qgis_process run mc_uncertainty:evaluate -- CLASSES=classes.tif "
     "UNCERTAINTY=classes_mc_uncertainty.tif REFERENCE=labels.tif OUTPUT_HTML=report.html OUTPUT_PNG=report.png "
@@ -89,8 +91,21 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         return tr("Can the uncertainty be trusted? Accuracy, IoU, calibration, error detection and PAvPU, with plots.")
 
     def tags(self) -> list[str]:
-        return [tr(t) for t in ("uncertainty", "evaluation", "calibration", "ece", "auroc", "aurc", "pavpu",
-                                "accuracy", "iou", "reliability")]
+        return [
+            tr(t)
+            for t in (
+                "uncertainty",
+                "evaluation",
+                "calibration",
+                "ece",
+                "auroc",
+                "aurc",
+                "pavpu",
+                "accuracy",
+                "iou",
+                "reliability",
+            )
+        ]
 
     def shortHelpString(self) -> str:  # noqa: N802
         return compose_help(self, _HELP, _COMMAND_LINE)
@@ -107,68 +122,104 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         add = self.addParameter
-        add(with_help(
-            QgsProcessingParameterRasterLayer(CLASSES, tr("Class raster")),
-            "Predicted class index per pixel (uint8, 255 = nodata), e.g. the class raster of MC Dropout "
-            "segmentation. "
-            "Its grid is the grid of the evaluation.",
-        ))
-        add(with_help(
-            QgsProcessingParameterRasterLayer(UNCERTAINTY, tr("Uncertainty raster")),
-            "Per-pixel uncertainty on the grid of the class raster, higher = less sure (entropy, mutual "
-            "information ...), e.g. the uncertainty raster of the segmentation. Its nodata and NaN pixels are "
-            "left out.",
-        ))
-        add(with_help(
-            QgsProcessingParameterRasterLayer(CONFIDENCE, tr("Confidence raster (max p̄, for calibration)"),
-                                              optional=True),
-            "Optional: the confidence max_c p̄_c in [0, 1] on the grid of the class raster (the confidence "
-            "raster of the segmentation). Gives the ECE and the reliability diagram; without it they are left "
-            "out.",
-        ))
-        add(with_help(
-            QgsProcessingParameterRasterLayer(REFERENCE, tr("Reference labels")),
-            "True class index per pixel (same class numbering as the class raster; nodata and 255 = no label). "
-            "On another grid it is resampled by nearest neighbour onto the class raster's grid (a warning says "
-            "so); without georeferencing it must have the class raster's size.",
-        ))
-        add(with_help(
-            QgsProcessingParameterString(CLASS_NAMES, tr("Class names (comma-separated)"), optional=True),
-            "Names of classes 0, 1, 2 ... for the tables, e.g. \"background,building,road\". Empty: the class "
-            "raster's category names (written from the model config's class_names), else \"class i\".",
-        ))
-        add(with_help(
-            QgsProcessingParameterNumber(PAVPU_PATCH_SIZE, tr("PAvPU patch size (pixels)"),
-                                         type=QgsProcessingParameterNumber.Integer, defaultValue=4, minValue=1),
-            "Side of the square, non-overlapping patches of the PAvPU metrics (Mukhoti & Gal use 4 x 4). A patch "
-            "is accurate when at least half its pixels are right, certain when its mean uncertainty is below the "
-            "threshold.",
-        ))
-        add(with_help(
-            QgsProcessingParameterFileDestination(OUTPUT_HTML, tr("HTML report"), tr("HTML files (*.html)")),
-            "Self-contained HTML report: tables of every number, how to read each metric, and the plots "
-            "embedded as images.",
-        ))
-        add(with_help(
-            QgsProcessingParameterFileDestination(OUTPUT_PNG, tr("Summary figure (PNG)"), tr("PNG files (*.png)")),
-            "2 x 3 panels: reliability diagram, risk–coverage, sparsification vs oracle, ROC, PAvPU vs threshold, "
-            "uncertainty histograms of correct and wrong pixels.",
-        ))
-        add(with_help(
-            QgsProcessingParameterFileDestination(OUTPUT_JSON, tr("Numbers and curves (JSON)"),
-                                                  tr("JSON files (*.json)")),
-            "All numbers and curves as JSON, for scripts and comparisons between runs.",
-        ))
-        for key, description in zip(NUMBERS, ("Accuracy", "Mean IoU", "Expected calibration error",
-                                              "AUROC of error detection", "AUPR of error detection",
-                                              "Area under the risk–coverage curve", "Area under the sparsification error")):
+        add(
+            with_help(
+                QgsProcessingParameterRasterLayer(CLASSES, tr("Class raster")),
+                "Predicted class index per pixel (uint8, 255 = nodata), e.g. the class raster of MC Dropout "
+                "segmentation. "
+                "Its grid is the grid of the evaluation.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterRasterLayer(UNCERTAINTY, tr("Uncertainty raster")),
+                "Per-pixel uncertainty on the grid of the class raster, higher = less sure (entropy, mutual "
+                "information ...), e.g. the uncertainty raster of the segmentation. Its nodata and NaN pixels are "
+                "left out.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterRasterLayer(
+                    CONFIDENCE, tr("Confidence raster (max p̄, for calibration)"), optional=True
+                ),
+                "Optional: the confidence max_c p̄_c in [0, 1] on the grid of the class raster (the confidence "
+                "raster of the segmentation). Gives the ECE and the reliability diagram; without it they are left "
+                "out.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterRasterLayer(REFERENCE, tr("Reference labels")),
+                "True class index per pixel (same class numbering as the class raster; nodata and 255 = no label). "
+                "On another grid it is resampled by nearest neighbour onto the class raster's grid (a warning says "
+                "so); without georeferencing it must have the class raster's size.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterString(CLASS_NAMES, tr("Class names (comma-separated)"), optional=True),
+                'Names of classes 0, 1, 2 ... for the tables, e.g. "background,building,road". Empty: the class '
+                "raster's category names (written from the model config's class_names), else \"class i\".",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterNumber(
+                    PAVPU_PATCH_SIZE,
+                    tr("PAvPU patch size (pixels)"),
+                    type=QgsProcessingParameterNumber.Integer,
+                    defaultValue=4,
+                    minValue=1,
+                ),
+                "Side of the square, non-overlapping patches of the PAvPU metrics (Mukhoti & Gal use 4 x 4). A patch "
+                "is accurate when at least half its pixels are right, certain when its mean uncertainty is below the "
+                "threshold.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterFileDestination(OUTPUT_HTML, tr("HTML report"), tr("HTML files (*.html)")),
+                "Self-contained HTML report: tables of every number, how to read each metric, and the plots "
+                "embedded as images.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterFileDestination(OUTPUT_PNG, tr("Summary figure (PNG)"), tr("PNG files (*.png)")),
+                "2 x 3 panels: reliability diagram, risk–coverage, sparsification vs oracle, ROC, PAvPU vs threshold, "
+                "uncertainty histograms of correct and wrong pixels.",
+            )
+        )
+        add(
+            with_help(
+                QgsProcessingParameterFileDestination(
+                    OUTPUT_JSON, tr("Numbers and curves (JSON)"), tr("JSON files (*.json)")
+                ),
+                "All numbers and curves as JSON, for scripts and comparisons between runs.",
+            )
+        )
+        for key, description in zip(
+            NUMBERS,
+            (
+                "Accuracy",
+                "Mean IoU",
+                "Expected calibration error",
+                "AUROC of error detection",
+                "AUPR of error detection",
+                "Area under the risk–coverage curve",
+                "Area under the sparsification error",
+            ),
+        ):
             self.addOutput(QgsProcessingOutputNumber(key, tr(description)))
 
     def _raster_path(self, parameters: dict[str, Any], key: str, context: QgsProcessingContext) -> str | None:
         layer = self.parameterAsRasterLayer(parameters, key, context)
         if layer is None:
-            if parameters.get(key) in (None, "") and self.parameterDefinition(key).flags() & \
-                    QgsProcessingParameterDefinition.FlagOptional:
+            if (
+                parameters.get(key) in (None, "")
+                and self.parameterDefinition(key).flags() & QgsProcessingParameterDefinition.FlagOptional
+            ):
                 return None
             raise processing_error(self.invalidRasterError(parameters, key))
         return layer.source()
@@ -195,19 +246,35 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 with cancel_on_interrupt(feedback):
-                    result, written = evaluate_to_files(config, html_path, png_path, json_path,
-                                                        progress=feedback.setProgress,
-                                                        is_cancelled=feedback.isCanceled)
+                    result, written = evaluate_to_files(
+                        config,
+                        html_path,
+                        png_path,
+                        json_path,
+                        progress=feedback.setProgress,
+                        is_cancelled=feedback.isCanceled,
+                    )
         except McUncertaintyError as error:
             raise processing_error(str(error)) from None
         for warning in caught:
             if issubclass(warning.category, UserWarning):
                 feedback.pushWarning(str(warning.message))
-        numbers = {"ACCURACY": result.accuracy, "MEAN_IOU": result.mean_iou, "ECE": result.ece,
-                   "AUROC": result.auroc, "AUPR": result.aupr, "AURC": result.aurc, "AUSE": result.ause}
+        numbers = {
+            "ACCURACY": result.accuracy,
+            "MEAN_IOU": result.mean_iou,
+            "ECE": result.ece,
+            "AUROC": result.auroc,
+            "AUPR": result.aupr,
+            "AURC": result.aurc,
+            "AUSE": result.ause,
+        }
         feedback.pushInfo(f"{result.n_pixels:,} pixels evaluated, {result.n_errors:,} wrong.")
         feedback.pushInfo(", ".join(f"{k} {'—' if v is None else f'{v:.4f}'}" for k, v in numbers.items()))
         if result.calibration is None:
             feedback.pushInfo("No CONFIDENCE raster: calibration (ECE, reliability diagram) not computed.")
-        return {OUTPUT_HTML: written["html"], OUTPUT_PNG: written["png"], OUTPUT_JSON: written["json"],
-                **{k: (None if v is None or v != v else float(v)) for k, v in numbers.items()}}
+        return {
+            OUTPUT_HTML: written["html"],
+            OUTPUT_PNG: written["png"],
+            OUTPUT_JSON: written["json"],
+            **{k: (None if v is None or v != v else float(v)) for k, v in numbers.items()},
+        }

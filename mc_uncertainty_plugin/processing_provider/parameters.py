@@ -112,7 +112,8 @@ TTA_HELP = (  # the TTA algorithm's meaning: without transforms, one determinist
     + _TTA_TRANSFORMS
 )
 _MC_TTA_HELP = (
-    "none = no augmentation: the T dropout passes only (the default); " + _TTA_TRANSFORMS
+    "none = no augmentation: the T dropout passes only (the default); "
+    + _TTA_TRANSFORMS
     + " Combined with MC dropout: T x K samples, each transform with its own dropout masks."
 )
 
@@ -127,7 +128,9 @@ MODEL_FILE_FILTER = "Model config or TorchScript (*.yaml *.yml *.pt *.torchscrip
 CHECKPOINT_FILE_FILTER = "Checkpoint (*.pth *.pt *.ckpt *.safetensors);;All files (*.*)"
 
 
-def with_help(parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False) -> QgsProcessingParameterDefinition:
+def with_help(
+    parameter: QgsProcessingParameterDefinition, help_text: str, advanced: bool = False
+) -> QgsProcessingParameterDefinition:
     parameter.setHelp(tr(help_text))
     if advanced:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -198,10 +201,14 @@ def read_enum(
     index = _as_index(text)
     if index is not None and 0 <= index < len(options):
         return options[index]
-    raise processing_error(tr("{} must be one of {} (or 0..{}), got {!r}.").format(key, ", ".join(options), len(options) - 1, text))
+    raise processing_error(
+        tr("{} must be one of {} (or 0..{}), got {!r}.").format(key, ", ".join(options), len(options) - 1, text)
+    )
 
 
-def read_bands(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext) -> list[int]:
+def read_bands(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
+) -> list[int]:
     """BANDS as a list of band numbers: a list, ``"3,2,1"`` or ``"3;2;1"`` (QGIS itself reads ``;`` only, and
     reads a word as band 0).
 
@@ -211,16 +218,16 @@ def read_bands(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], co
     raw = parameters.get(BANDS)
     if raw is None or isinstance(raw, (str, list, tuple)) and not raw:
         return []
-    items = raw.replace(";", ",").split(",") if isinstance(raw, str) else raw if isinstance(raw, (list, tuple)) else None
+    items = (
+        raw.replace(";", ",").split(",") if isinstance(raw, str) else raw if isinstance(raw, (list, tuple)) else None
+    )
     if items is None:  # an expression or a model input: QGIS evaluates it
         return algorithm.parameterAsInts(parameters, BANDS, context)
     bands = []
     for item in items:
         text = str(item).strip()
         if not text.isdigit():
-            raise processing_error(
-                tr("BANDS must list band numbers (e.g. 3,2,1), got {!r}.").format(raw)
-            )
+            raise processing_error(tr("BANDS must list band numbers (e.g. 3,2,1), got {!r}.").format(raw))
         bands.append(int(text))
     return bands
 
@@ -241,134 +248,212 @@ def add_common_parameters(
         uncertainty_suffix: file-name suffix of the default uncertainty raster, e.g. ``_mc_uncertainty``.
     """
     add = algorithm.addParameter
-    add(with_help(
-        QgsProcessingParameterRasterLayer(INPUT, tr("Input raster")),
-        "Any GDAL-readable raster (GeoTIFF, VRT, ...). Its pixel values are normalised as the model config says "
-        "(default: ImageNet mean/std on 0..255 data).",
-    ))
-    add(with_help(
-        QgsProcessingParameterFile(MODEL, tr("Model (config YAML or TorchScript)"),
-                                   behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILE_FILTER),
-        "A model config YAML in pytorch_segmentation_models_trainer style (model: _target_: "
-        "segmentation_models_pytorch.FPN, in_channels, classes, decoder_dropout ...) or a TorchScript file "
-        "(.pt/.torchscript/.jit). Nothing is downloaded: weights come from the checkpoint.",
-    ))
-    add(with_help(
-        QgsProcessingParameterFile(CHECKPOINT, tr("Checkpoint (weights for a YAML model)"),
-                                   behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILE_FILTER,
-                                   optional=True),
-        "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file, read "
-        "without running code from it. Overrides checkpoint_path of the config; leave empty when the config "
-        "names its weights, and for TorchScript models (their weights are inside).",
-    ))
-    add(with_help(
-        QgsProcessingParameterBand(BANDS, tr("Input bands (in model order)"), parentLayerParameterName=INPUT,
-                                   optional=True, allowMultiple=True),
-        "The bands of the input raster fed to the model, in the model's channel order (e.g. 3, 2, 1 for a "
-        "model trained on BGR; a band may be repeated to feed a 1-band raster to a 3-band model). Empty: the "
-        "first in_channels bands.",
-    ))
-    add(with_help(
-        QgsProcessingParameterNumber(NUM_CLASSES, tr("Number of classes (0 = from the model)"),
-                                     type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=255),
-        "Expected number of classes C, as a check: 0 takes the model's output channels; a value different from "
-        "the model's is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
-    ))
-    add(with_help(
-        QgsProcessingParameterString(MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"),
-        'Size of the tiles the model sees, "H,W" (e.g. "512,512") or one integer for square tiles.',
-    ))
-    add(with_help(
-        QgsProcessingParameterString(STEP_SHAPE, tr("Tile stride (H,W or one integer)"), defaultValue="256,256"),
-        'Distance between tile origins, "H,W" or one integer; at most the tile size. Smaller strides overlap more '
-        "tiles (smoother, slower).",
-    ))
-    add(with_help(
-        _enum(TILE_WEIGHT, "Tile weighting", TILE_WEIGHTS, "gaussian"),
-        "How overlapping tiles are blended: gaussian (default, σ = tile/8), pyramid or mean. "
-        f"{_choices_help(TILE_WEIGHTS)}.",
-        advanced=True,
-    ))
-    add(with_help(
-        _enum(UNCERTAINTY_MODE, "Uncertainty measure", UNCERTAINTY_MODES, "entropy"),
-        "entropy: predictive entropy of the mean prediction (total uncertainty). mutual_information: BALD, "
-        "the disagreement between the samples (epistemic only). expected_entropy: the mean entropy of the "
-        "samples (aleatoric only; entropy = mutual_information + expected_entropy). These three lie in [0, ln C]. "
-        "variation_ratio: 1 − the share of samples voting for the most voted class, in [0, 1 − 1/C]. "
-        f"{_choices_help(UNCERTAINTY_MODES)}.",
-    ))
-    add(with_help(
-        QgsProcessingParameterBoolean(EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True),
-        "Unchecked: only the class raster is written, by the faster mean-prediction path; the \"Uncertainty "
-        "raster\" output is then ignored.",
-    ))
+    add(
+        with_help(
+            QgsProcessingParameterRasterLayer(INPUT, tr("Input raster")),
+            "Any GDAL-readable raster (GeoTIFF, VRT, ...). Its pixel values are normalised as the model config says "
+            "(default: ImageNet mean/std on 0..255 data).",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterFile(
+                MODEL,
+                tr("Model (config YAML or TorchScript)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=MODEL_FILE_FILTER,
+            ),
+            "A model config YAML in pytorch_segmentation_models_trainer style (model: _target_: "
+            "segmentation_models_pytorch.FPN, in_channels, classes, decoder_dropout ...) or a TorchScript file "
+            "(.pt/.torchscript/.jit). Nothing is downloaded: weights come from the checkpoint.",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterFile(
+                CHECKPOINT,
+                tr("Checkpoint (weights for a YAML model)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=CHECKPOINT_FILE_FILTER,
+                optional=True,
+            ),
+            "Weights of a YAML model: a plain state_dict (.pth/.pt), a Lightning .ckpt or a .safetensors file, read "
+            "without running code from it. Overrides checkpoint_path of the config; leave empty when the config "
+            "names its weights, and for TorchScript models (their weights are inside).",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterBand(
+                BANDS,
+                tr("Input bands (in model order)"),
+                parentLayerParameterName=INPUT,
+                optional=True,
+                allowMultiple=True,
+            ),
+            "The bands of the input raster fed to the model, in the model's channel order (e.g. 3, 2, 1 for a "
+            "model trained on BGR; a band may be repeated to feed a 1-band raster to a 3-band model). Empty: the "
+            "first in_channels bands.",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterNumber(
+                NUM_CLASSES,
+                tr("Number of classes (0 = from the model)"),
+                type=QgsProcessingParameterNumber.Integer,
+                defaultValue=0,
+                minValue=0,
+                maxValue=255,
+            ),
+            "Expected number of classes C, as a check: 0 takes the model's output channels; a value different from "
+            "the model's is an error. The uncertainty lies in [0, ln C] (variation_ratio: [0, 1 − 1/C]).",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterString(
+                MODEL_INPUT_SHAPE, tr("Tile size (H,W or one integer)"), defaultValue="512,512"
+            ),
+            'Size of the tiles the model sees, "H,W" (e.g. "512,512") or one integer for square tiles.',
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterString(STEP_SHAPE, tr("Tile stride (H,W or one integer)"), defaultValue="256,256"),
+            'Distance between tile origins, "H,W" or one integer; at most the tile size. Smaller strides overlap more '
+            "tiles (smoother, slower).",
+        )
+    )
+    add(
+        with_help(
+            _enum(TILE_WEIGHT, "Tile weighting", TILE_WEIGHTS, "gaussian"),
+            "How overlapping tiles are blended: gaussian (default, σ = tile/8), pyramid or mean. "
+            f"{_choices_help(TILE_WEIGHTS)}.",
+            advanced=True,
+        )
+    )
+    add(
+        with_help(
+            _enum(UNCERTAINTY_MODE, "Uncertainty measure", UNCERTAINTY_MODES, "entropy"),
+            "entropy: predictive entropy of the mean prediction (total uncertainty). mutual_information: BALD, "
+            "the disagreement between the samples (epistemic only). expected_entropy: the mean entropy of the "
+            "samples (aleatoric only; entropy = mutual_information + expected_entropy). These three lie in [0, ln C]. "
+            "variation_ratio: 1 − the share of samples voting for the most voted class, in [0, 1 − 1/C]. "
+            f"{_choices_help(UNCERTAINTY_MODES)}.",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterBoolean(
+                EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True
+            ),
+            'Unchecked: only the class raster is written, by the faster mean-prediction path; the "Uncertainty '
+            'raster" output is then ignored.',
+        )
+    )
     if with_n_samples:
-        add(with_help(
-            QgsProcessingParameterNumber(N_SAMPLES, tr("Number of stochastic passes (T)"),
-                                         type=QgsProcessingParameterNumber.Integer, defaultValue=10, minValue=1),
-            "T forward passes with dropout kept active; time grows linearly with T (the part of the network "
-            "before the first dropout runs once). 10 suits most uses, 30 gives a finer uncertainty estimate.",
-        ))
-    add(with_help(
-        _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
-        tta_help(with_n_samples) + f" {_choices_help(TTA_MODES)}.",
-    ))
-    add(with_help(
-        QgsProcessingParameterNumber(SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer,
-                                     defaultValue=0, minValue=0),
-        "The dropout masks are drawn from this seed (and the window, the pass and the layer): the same seed and "
-        "the same inputs give identical outputs; another seed gives another sample of the same uncertainty. No "
-        "effect without dropout (TTA alone). Any integer in 0 .. 2^64 − 1 (the dialog's box stops at 2^31 − 1; "
-        "qgis_process and scripts take the full range).",
-        advanced=True,
-    ))
-    add(with_help(
-        QgsProcessingParameterNumber(BATCH_SIZE, tr("Batch size (0 = automatic)"),
-                                     type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
-        "Tiles per forward pass. 0 chooses from the available memory (on a GPU, from its free memory). Changes "
-        "speed and memory use; the dropout masks do not depend on it and the outputs are equal up to float32 "
-        "rounding.",
-        advanced=True,
-    ))
-    add(with_help(
-        _enum(DEVICE, "Device", DEVICES, "auto"),
-        "auto (CUDA when available, else CPU), cpu or cuda. The device used is reported in the log. "
-        f"{_choices_help(DEVICES)}.",
-        advanced=True,
-    ))
-    add(with_help(
-        QgsProcessingParameterBoolean(STRETCH_UNCERTAINTY, tr("Stretch the uncertainty colours to the data (2–98 %)"),
-                                      defaultValue=False, optional=True),
-        "How the loaded uncertainty layer is coloured. Unchecked (default): from 0 to the measure's maximum "
-        "(ln C), the same scale on every map, so maps can be compared. Checked: over the data's 2–98 % range, "
-        "for maps whose values all sit near 0 (typical of TTA); the layer's name then says \"colours stretched "
-        "2–98 %\" and its legend gives the range. Only the display changes, not the file.",
-        advanced=True,
-    ))
-    add(with_help(
-        QgsProcessingParameterRasterDestination(OUTPUT, tr("Class raster")),
-        "GeoTIFF, 1 band, uint8 class index, on the grid and CRS of the input; 255 = nodata.",
-    ))
-    add(with_help(
-        QgsProcessingParameterRasterDestination(
-            OUTPUT_UNCERTAINTY,
-            tr(f"Uncertainty raster (empty: X{uncertainty_suffix}.tif beside the class raster X.tif)"),
-            optional=True,
-            createByDefault=False,
-        ),
-        "GeoTIFF, 1 band, float32 in [0, ln C] (variation_ratio: [0, 1 − 1/C]) on the grid of the input. Left "
-        f"empty, it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded with it; to "
-        "write no uncertainty raster, uncheck \"Write the uncertainty raster\".",
-    ))
-    add(with_help(
-        QgsProcessingParameterRasterDestination(
-            OUTPUT_CONFIDENCE, tr("Confidence raster (max class probability, optional)"), optional=True,
-            createByDefault=False,
-        ),
-        "GeoTIFF, 1 band, float32: max over classes of the mean probability p̄, in [1/C, 1], on the grid of "
-        "the input. Written only when given; \"Evaluate uncertainty\" uses it for calibration (ECE, "
-        "reliability diagram).",
-    ))
+        add(
+            with_help(
+                QgsProcessingParameterNumber(
+                    N_SAMPLES,
+                    tr("Number of stochastic passes (T)"),
+                    type=QgsProcessingParameterNumber.Integer,
+                    defaultValue=10,
+                    minValue=1,
+                ),
+                "T forward passes with dropout kept active; time grows linearly with T (the part of the network "
+                "before the first dropout runs once). 10 suits most uses, 30 gives a finer uncertainty estimate.",
+            )
+        )
+    add(
+        with_help(
+            _enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
+            tta_help(with_n_samples) + f" {_choices_help(TTA_MODES)}.",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterNumber(
+                SEED, tr("Random seed"), type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
+            ),
+            "The dropout masks are drawn from this seed (and the window, the pass and the layer): the same seed and "
+            "the same inputs give identical outputs; another seed gives another sample of the same uncertainty. No "
+            "effect without dropout (TTA alone). Any integer in 0 .. 2^64 − 1 (the dialog's box stops at 2^31 − 1; "
+            "qgis_process and scripts take the full range).",
+            advanced=True,
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterNumber(
+                BATCH_SIZE,
+                tr("Batch size (0 = automatic)"),
+                type=QgsProcessingParameterNumber.Integer,
+                defaultValue=0,
+                minValue=0,
+            ),
+            "Tiles per forward pass. 0 chooses from the available memory (on a GPU, from its free memory). Changes "
+            "speed and memory use; the dropout masks do not depend on it and the outputs are equal up to float32 "
+            "rounding.",
+            advanced=True,
+        )
+    )
+    add(
+        with_help(
+            _enum(DEVICE, "Device", DEVICES, "auto"),
+            "auto (CUDA when available, else CPU), cpu or cuda. The device used is reported in the log. "
+            f"{_choices_help(DEVICES)}.",
+            advanced=True,
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterBoolean(
+                STRETCH_UNCERTAINTY,
+                tr("Stretch the uncertainty colours to the data (2–98 %)"),
+                defaultValue=False,
+                optional=True,
+            ),
+            "How the loaded uncertainty layer is coloured. Unchecked (default): from 0 to the measure's maximum "
+            "(ln C), the same scale on every map, so maps can be compared. Checked: over the data's 2–98 % range, "
+            "for maps whose values all sit near 0 (typical of TTA); the layer's name then says \"colours stretched "
+            '2–98 %" and its legend gives the range. Only the display changes, not the file.',
+            advanced=True,
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterRasterDestination(OUTPUT, tr("Class raster")),
+            "GeoTIFF, 1 band, uint8 class index, on the grid and CRS of the input; 255 = nodata.",
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterRasterDestination(
+                OUTPUT_UNCERTAINTY,
+                tr(f"Uncertainty raster (empty: X{uncertainty_suffix}.tif beside the class raster X.tif)"),
+                optional=True,
+                createByDefault=False,
+            ),
+            "GeoTIFF, 1 band, float32 in [0, ln C] (variation_ratio: [0, 1 − 1/C]) on the grid of the input. Left "
+            f"empty, it is written beside the class raster X.tif as X{uncertainty_suffix}.tif and loaded with it; to "
+            'write no uncertainty raster, uncheck "Write the uncertainty raster".',
+        )
+    )
+    add(
+        with_help(
+            QgsProcessingParameterRasterDestination(
+                OUTPUT_CONFIDENCE,
+                tr("Confidence raster (max class probability, optional)"),
+                optional=True,
+                createByDefault=False,
+            ),
+            "GeoTIFF, 1 band, float32: max over classes of the mean probability p̄, in [1/C, 1], on the grid of "
+            'the input. Written only when given; "Evaluate uncertainty" uses it for calibration (ECE, '
+            "reliability diagram).",
+        )
+    )
 
 
 def parameters_help(algorithm: QgsProcessingAlgorithm) -> str:
@@ -449,11 +534,15 @@ def read_common_values(
         raise processing_error(algorithm.invalidRasterError(parameters, INPUT))
     if layer.providerType() != "gdal":
         raise processing_error(
-            tr("INPUT must be a GDAL raster (a file), got a '{}' layer: {!r}.").format(layer.providerType(), layer.source())
+            tr("INPUT must be a GDAL raster (a file), got a '{}' layer: {!r}.").format(
+                layer.providerType(), layer.source()
+            )
         )
     model_path = algorithm.parameterAsFile(parameters, MODEL, context)
     if not model_path:
-        raise processing_error(tr("MODEL must be a model config YAML or a TorchScript file, got {!r}.").format(model_path))
+        raise processing_error(
+            tr("MODEL must be a model config YAML or a TorchScript file, got {!r}.").format(model_path)
+        )
     checkpoint_path = algorithm.parameterAsFile(parameters, CHECKPOINT, context) or None
     bands = read_bands(algorithm, parameters, context)
     export_uncertainty = algorithm.parameterAsBoolean(parameters, EXPORT_UNCERTAINTY_MAP, context)
@@ -480,9 +569,17 @@ def read_common_values(
     }
     # Left out (qgis_process, processing.run): the model config's inference_processor section decides, then
     # the built-in default. The Toolbox dialog always passes every value.
-    config_keys = {UNCERTAINTY_MODE: "uncertainty_mode", NUM_CLASSES: "num_classes", MODEL_INPUT_SHAPE: "model_input_shape",
-                   STEP_SHAPE: "step_shape", TILE_WEIGHT: "tile_weight", TTA_MODE: "tta_mode", SEED: "seed",
-                   BATCH_SIZE: "batch_size", DEVICE: "device"}
+    config_keys = {
+        UNCERTAINTY_MODE: "uncertainty_mode",
+        NUM_CLASSES: "num_classes",
+        MODEL_INPUT_SHAPE: "model_input_shape",
+        STEP_SHAPE: "step_shape",
+        TILE_WEIGHT: "tile_weight",
+        TTA_MODE: "tta_mode",
+        SEED: "seed",
+        BATCH_SIZE: "batch_size",
+        DEVICE: "device",
+    }
     for key, name in config_keys.items():
         if not given(parameters, key):
             processor_kwargs[name] = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..icons import ICON_PATH, plugin_icon
 from .evaluate_algorithm import EvaluateAlgorithm
 from .mc_dropout_algorithm import McDropoutAlgorithm
-from ..icons import ICON_PATH, plugin_icon
 from .review_regions_algorithm import ReviewRegionsAlgorithm
 from .tta_algorithm import TtaAlgorithm
 

@@ -14,9 +14,9 @@ from qgis.PyQt.QtWidgets import QWidget
 from .. import python_env
 from ..bridge import run_processor
 from ..i18n import tr
-from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values
 from ..icons import ICON_PATH, plugin_icon
 from ..map_layers.result_layers import Method
+from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values
 
 __all__ = ["SegmentationAlgorithm", "offer_install_on_main_thread"]
 
@@ -88,8 +88,12 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
         return SegmentationDialog(self.create(), self.UNCERTAINTY_SUFFIX, parent)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
-        add_common_parameters(self, with_n_samples=self.WITH_N_SAMPLES, tta_default=self.TTA_DEFAULT,
-                              uncertainty_suffix=self.UNCERTAINTY_SUFFIX)
+        add_common_parameters(
+            self,
+            with_n_samples=self.WITH_N_SAMPLES,
+            tta_default=self.TTA_DEFAULT,
+            uncertainty_suffix=self.UNCERTAINTY_SUFFIX,
+        )
 
     def extra_processor_kwargs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """Keyword arguments of this algorithm's processor beyond the common ones."""
@@ -111,5 +115,12 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
     ) -> dict[str, Any]:
         values = read_common_values(self, parameters, context)
         stretch = self.parameterAsBoolean(parameters, STRETCH_UNCERTAINTY, context)
-        return run_processor(self.PROCESSOR, self.extra_processor_kwargs(parameters, context), values, self.METHOD,
-                             context, feedback, stretch=stretch)
+        return run_processor(
+            self.PROCESSOR,
+            self.extra_processor_kwargs(parameters, context),
+            values,
+            self.METHOD,
+            context,
+            feedback,
+            stretch=stretch,
+        )

@@ -7,24 +7,26 @@ from .segmentation_algorithm import SegmentationAlgorithm
 
 __all__ = ["TtaAlgorithm"]
 
-_HELP = "\n".join((
-    "Semantic segmentation of a raster with a trained model, plus a per-pixel uncertainty map from test-time "
-    "augmentation (TTA): every tile is predicted once per geometric transform, each prediction is mapped back "
-    "exactly (inverse transform) and the K class probabilities are averaged. The mean p̄ gives the class raster "
-    "(argmax); the spread across transforms gives the uncertainty — high where the model's output changes when "
-    "the input is flipped or rotated (lack of geometric invariance).",
-    "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
-    "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share. "
-    "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically "
-    "(dropout off); for dropout sampling use MC Dropout segmentation, whose \"Test-time augmentation\" combines "
-    "both.",
-    "Outputs: the \"Class raster\", uint8 (255 = nodata), and the \"Uncertainty raster\", float32, which, left "
-    "empty, is written beside the class raster with _uncertainty added to its name (classes.tif: "
-    "classes_uncertainty.tif). Both are loaded in one group named after the input, the transforms and the measure: "
-    "the uncertainty in viridis from 0 to ln C (TTA maps are often dark on that scale: \"Stretch the uncertainty "
-    "colours to the data\" spreads them over their 2–98 % range), the classes with the config's class names and "
-    "colours.",
-))
+_HELP = "\n".join(
+    (
+        "Semantic segmentation of a raster with a trained model, plus a per-pixel uncertainty map from test-time "
+        "augmentation (TTA): every tile is predicted once per geometric transform, each prediction is mapped back "
+        "exactly (inverse transform) and the K class probabilities are averaged. The mean p̄ gives the class raster "
+        "(argmax); the spread across transforms gives the uncertainty — high where the model's output changes when "
+        "the input is flipped or rotated (lack of geometric invariance).",
+        "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
+        "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share. "
+        "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically "
+        '(dropout off); for dropout sampling use MC Dropout segmentation, whose "Test-time augmentation" combines '
+        "both.",
+        'Outputs: the "Class raster", uint8 (255 = nodata), and the "Uncertainty raster", float32, which, left '
+        "empty, is written beside the class raster with _uncertainty added to its name (classes.tif: "
+        "classes_uncertainty.tif). Both are loaded in one group named after the input, the transforms and the measure: "
+        'the uncertainty in viridis from 0 to ln C (TTA maps are often dark on that scale: "Stretch the uncertainty '
+        "colours to the data\" spreads them over their 2–98 % range), the classes with the config's class names and "
+        "colours.",
+    )
+)
 _COMMAND_LINE = (
     "Command line: qgis_process run mc_uncertainty:tta -- INPUT=image.tif MODEL=model.yaml TTA_MODE=d4 "
     "OUTPUT=classes.tif (parameter keys: qgis_process help mc_uncertainty:tta)"

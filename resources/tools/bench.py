@@ -90,24 +90,38 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
     """Naive vs ours per architecture and T; the ideal speed-up uses pass times measured inside the runs."""
     image = write_raster(work / "speed.tif", args.size)
     tile = args.tile
-    rows = ["| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute "
-            "| ours / in-memory inference | naive / its model compute |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| model | T | naive s | ours s | speed-up | ideal T·F/(F_det+T·F_stoch) | % of ideal | ours / model compute "
+        "| ours / in-memory inference | naive / its model compute |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     stage_t = 10 if 10 in args.samples else max(args.samples)  # the stage table's T
-    stages = [f"| model (T = {stage_t}, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
-              "finish | setup (no probe) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    stages = [
+        f"| model (T = {stage_t}, ours) | model passes | softmax + sums | read wait | merge | write + overviews | "
+        "finish | setup (no probe) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, net in architectures(args.models).items():
         net.eval()
         model = LoadedModel(net, in_channels=3)
         MCDropoutInferenceProcessor(model, n_samples=2, model_input_shape=tile, step_shape=tile).process(
-            image, output_path=str(work / "warm_up.tif"))  # first-call costs (allocations, kernels) not timed
+            image, output_path=str(work / "warm_up.tif")
+        )  # first-call costs (allocations, kernels) not timed
         for t in args.samples:
             seconds = {"naive": float("inf"), "ours": float("inf")}
             runs = {}
             # alternate the two methods, keep the best of each; T = 1 is cheap and the same work for both: 3 rounds
             for _ in range(args.repeat if t > 1 else max(args.repeat, 3)):
                 for label, cache in (("naive", False), ("ours", True)):
-                    proc = MCDropoutInferenceProcessor(model, n_samples=t, model_input_shape=tile, step_shape=tile,
-                                                       batch_size=1, seed=0, cache_prefix=cache)
+                    proc = MCDropoutInferenceProcessor(
+                        model,
+                        n_samples=t,
+                        model_input_shape=tile,
+                        step_shape=tile,
+                        batch_size=1,
+                        seed=0,
+                        cache_prefix=cache,
+                    )
                     start = time.perf_counter()
                     proc.process(image, output_path=str(work / f"out_{label}.tif"))
                     elapsed = time.perf_counter() - start
@@ -123,9 +137,11 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
             naive_compute = sum(total for _, total in runs["naive"].pass_seconds.values())
             inference = runs["ours"].stage_seconds["sampler"] + runs["ours"].pass_seconds["probe"][1]
             speedup = seconds["naive"] / seconds["ours"]
-            rows.append(f"| {name} | {t} | {seconds['naive']:.1f} | {seconds['ours']:.1f} | {speedup:.2f}x | "
-                        f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} | "
-                        f"{seconds['ours'] / inference:.2f} | {seconds['naive'] / naive_compute:.2f} |")
+            rows.append(
+                f"| {name} | {t} | {seconds['naive']:.1f} | {seconds['ours']:.1f} | {speedup:.2f}x | "
+                f"{ideal:.2f}x | {100 * speedup / ideal:.0f} % | {seconds['ours'] / compute:.2f} | "
+                f"{seconds['ours'] / inference:.2f} | {seconds['naive'] / naive_compute:.2f} |"
+            )
             print(rows[-1], flush=True)
             if t == stage_t:
                 stage = runs["ours"].stage_seconds
@@ -134,7 +150,8 @@ def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:
                 stages.append(
                     f"| {name} | {compute:.2f} s | {stage['sampler'] - in_sampler:.2f} s | {stage['read']:.2f} s | "
                     f"{stage['merge']:.2f} s | {stage['write']:.2f} s | {stage['finish']:.2f} s | "
-                    f"{stage['setup'] - probe:.2f} s |")
+                    f"{stage['setup'] - probe:.2f} s |"
+                )
     return rows, stages
 
 
@@ -152,9 +169,11 @@ def _best_ms(run, repeat: int = 5) -> float:
 def choices(args: argparse.Namespace) -> list[str]:
     """Full pass per layout / precision, and the suffix looped vs stacked, per architecture (one tile)."""
     tile, t = args.tile, 10
-    rows = ["| model | full pass contiguous | channels_last | channels_last + bfloat16 (opt-in) | "
-            f"suffix looped {t}x (batch 1) | suffix stacked (batch {t}) | + repeating the cached prefix outputs {t}x |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| model | full pass contiguous | channels_last | channels_last + bfloat16 (opt-in) | "
+        f"suffix looped {t}x (batch 1) | suffix stacked (batch {t}) | + repeating the cached prefix outputs {t}x |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, net in architectures(args.models).items():
         net.eval()
         x = torch.randn(1, 3, tile, tile)
@@ -178,14 +197,17 @@ def choices(args: argparse.Namespace) -> list[str]:
                 def replay() -> None:
                     with cache.pass_(xb, recording=False):
                         net(xb)
+
                 recorded = [tensor for _, output, _ in cache._cache.values() for tensor in _tensors(output)]
                 return _best_ms(replay), _best_ms(lambda: [torch.cat([r] * t) for r in recorded])
 
         looped, copies = suffix(1)
         stacked, _ = suffix(t)  # a lower bound: the recorded batch is already T copies
         net.to(memory_format=torch.contiguous_format)
-        rows.append(f"| {name} | {contiguous:.0f} ms | {last:.0f} ms | {bf16:.0f} ms | {t * looped:.1f} ms | "
-                    f"{stacked:.1f} ms | {stacked + copies:.1f} ms |")
+        rows.append(
+            f"| {name} | {contiguous:.0f} ms | {last:.0f} ms | {bf16:.0f} ms | {t * looped:.1f} ms | "
+            f"{stacked:.1f} ms | {stacked + copies:.1f} ms |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -205,8 +227,12 @@ def peak_rss_of(command: list[str], env: dict[str, str], work: Path) -> tuple[fl
     """Peak resident memory (GiB) and seconds of one child process."""
     report = work / "peak_rss.txt"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _RSS_HELPER, str(report), *command], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_HELPER, str(report), *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout.decode(errors='replace')[-3000:]}")
@@ -214,17 +240,27 @@ def peak_rss_of(command: list[str], env: dict[str, str], work: Path) -> tuple[fl
 
 
 def memory(args: argparse.Namespace, work: Path) -> list[str]:
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.2),
-                              torch.nn.Conv2d(16, 5, 1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.2), torch.nn.Conv2d(16, 5, 1)
+    ).eval()
     model_path = work / "tiny.pt"
     torch.jit.save(torch.jit.script(net), str(model_path))
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     rows = ["| raster | pixels | peak RSS of qgis_process | time |", "|---|---:|---:|---:|"]
     for size in args.memory_sizes:
         image = write_raster(work / f"mem_{size}.tif", size)
-        command = ["qgis_process.bin", "run", "mc_uncertainty:mc_dropout", "--",
-                   f"INPUT={image}", f"MODEL={model_path}", "N_SAMPLES=2", "MODEL_INPUT_SHAPE=512",
-                   "STEP_SHAPE=512", f"OUTPUT={work / f'mem_{size}_classes.tif'}"]
+        command = [
+            "qgis_process.bin",
+            "run",
+            "mc_uncertainty:mc_dropout",
+            "--",
+            f"INPUT={image}",
+            f"MODEL={model_path}",
+            "N_SAMPLES=2",
+            "MODEL_INPUT_SHAPE=512",
+            "STEP_SHAPE=512",
+            f"OUTPUT={work / f'mem_{size}_classes.tif'}",
+        ]
         rss, seconds = peak_rss_of(command, env, work)
         rows.append(f"| {size} x {size} | {size * size / 1e6:.0f} MP | {rss:.2f} GiB | {seconds:.0f} s |")
         print(rows[-1], flush=True)
@@ -283,12 +319,15 @@ def _first_window_process(work: Path) -> dict:
     """One new process: its cold run and three warm runs."""
     image, model = ROOT / "resources" / "sample" / "sample.tif", ROOT / "resources" / "sample" / "model.yaml"
     launched = time.time()
-    done = subprocess.run([sys.executable, "-c", _FIRST_WINDOW, str(launched), str(ROOT), str(image), str(model),
-                           str(work)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_WINDOW, str(launched), str(ROOT), str(image), str(model), str(work)],
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"time to first window failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    report = json.loads(lines[-1][len("REPORT"):])
+    report = json.loads(lines[-1][len("REPORT") :])
     if report["cold"]["reused"] or not all(run["reused"] for run in report["warm"]):
         raise RuntimeError(f"the warm runs did not reuse the cold run's model: {report}")
     return report
@@ -300,12 +339,19 @@ def first_window(work: Path, processes: int = 2) -> list[str]:
     reports = [_first_window_process(work) for _ in range(processes)]
     cold = min((report["cold"] for report in reports), key=lambda run: run["total"])
     warm = min((run for report in reports for run in report["warm"]), key=lambda run: run["total"])
-    rows = ["| time to first window (sample, T = 10, 256 px tiles, CPU) | total | interpreter start | import torch "
-            "| building the model | reading weights | set-up + first batch of passes |", "|---|---:|---:|---:|---:|---:|---:|"]
-    rows.append(f"| cold (new process) | {cold['total']:.1f} s | {cold['interpreter']:.1f} s | {cold['torch']:.1f} s | "
-                f"{cold.get('build', 0.0):.1f} s | {cold.get('weights', 0.0):.1f} s | {cold['to_first_pass']:.1f} s |")
-    rows.append(f"| warm (model reused) | {warm['total']:.2f} s | — | — | 0 (reused) | 0 (reused) | "
-                f"{warm['to_first_pass']:.2f} s |")
+    rows = [
+        "| time to first window (sample, T = 10, 256 px tiles, CPU) | total | interpreter start | import torch "
+        "| building the model | reading weights | set-up + first batch of passes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows.append(
+        f"| cold (new process) | {cold['total']:.1f} s | {cold['interpreter']:.1f} s | {cold['torch']:.1f} s | "
+        f"{cold.get('build', 0.0):.1f} s | {cold.get('weights', 0.0):.1f} s | {cold['to_first_pass']:.1f} s |"
+    )
+    rows.append(
+        f"| warm (model reused) | {warm['total']:.2f} s | — | — | 0 (reused) | 0 (reused) | "
+        f"{warm['to_first_pass']:.2f} s |"
+    )
     for row in rows[2:]:
         print(row, flush=True)
     return rows
@@ -320,14 +366,19 @@ def main() -> None:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
     parser.add_argument("--models", nargs="*", help="only these models (name prefixes: FPN, Unet, DeepLabV3+)")
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--first-window-only", action="store_true",
-                        help="only the time to first window on the sample, cold and warm (seconds)")
+    parser.add_argument(
+        "--first-window-only",
+        action="store_true",
+        help="only the time to first window on the sample, cold and warm (seconds)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="mc_bench_") as folder:
         work = Path(folder)
-        print(f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"CPU only\n")
+        print(
+            f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"CPU only\n"
+        )
         print("## Time to first window\n")
         rows = first_window(work)
         print("\n" + "\n".join(rows) + "\n")

@@ -100,16 +100,18 @@ def parse_json_answer(stdout: str) -> dict:
         return json.JSONDecoder().raw_decode(stdout[start:])[0]
 
 
-def run_algorithm(executable: str, algorithm: str = ALGORITHM, parameters: dict[str, str] | None = None
-                  ) -> tuple[dict, float]:
+def run_algorithm(
+    executable: str, algorithm: str = ALGORITHM, parameters: dict[str, str] | None = None
+) -> tuple[dict, float]:
     """Run the algorithm; return (JSON "results", seconds). Exits with status 1 on failure."""
     parameters = PARAMETERS if parameters is None else parameters
     command = [executable, "run", algorithm, "--json", "--"] + [f"{k}={v}" for k, v in parameters.items()]
     print("running:", " ".join(command), flush=True)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(command, cwd=REPO_ROOT, env=qgis_environment(), capture_output=True, text=True,
-                              timeout=TIMEOUT_S)
+        proc = subprocess.run(
+            command, cwd=REPO_ROOT, env=qgis_environment(), capture_output=True, text=True, timeout=TIMEOUT_S
+        )
     except subprocess.TimeoutExpired as exc:
         _fail(f"qgis_process did not finish within {TIMEOUT_S} s", exc.stdout, exc.stderr)
     except OSError as exc:
@@ -165,8 +167,10 @@ def summarise(classes: Path, uncertainty: Path, labels: Path, num_classes: int) 
     print(f"uncertainty scale: 0 .. ln {num_classes} = {math.log(num_classes):.3f}")
     for name, mask in (("outside the OOD patch", valid & ~ood), ("inside the OOD patch ", valid & ood)):
         if mask.any():
-            print(f"{name}: pixel accuracy vs {labels.name} {np.mean(cls[mask] == ref[mask]):6.1%}, "
-                  f"mean uncertainty {unc[mask].mean():.3f}")
+            print(
+                f"{name}: pixel accuracy vs {labels.name} {np.mean(cls[mask] == ref[mask]):6.1%}, "
+                f"mean uncertainty {unc[mask].mean():.3f}"
+            )
 
 
 def _ood_window(labels: Path) -> tuple[int, int, int, int] | None:
@@ -179,8 +183,11 @@ def _ood_window(labels: Path) -> tuple[int, int, int, int] | None:
 
 def review(executable: str, classes: Path, uncertainty: Path, names: list[str] | None) -> int:
     """Run review_regions on the demo's uncertainty, print the ranked patches, draw their preview."""
-    parameters = {"UNCERTAINTY": os.path.relpath(uncertainty, REPO_ROOT), "CLASSES": os.path.relpath(classes, REPO_ROOT),
-                  **REVIEW_PARAMETERS}
+    parameters = {
+        "UNCERTAINTY": os.path.relpath(uncertainty, REPO_ROOT),
+        "CLASSES": os.path.relpath(classes, REPO_ROOT),
+        **REVIEW_PARAMETERS,
+    }
     results, seconds = run_algorithm(executable, REVIEW_ALGORITHM, parameters)
     layer = _resolve(results.get("OUTPUT") or REVIEW_PARAMETERS["OUTPUT"])
     if not layer.is_file():
@@ -197,15 +204,22 @@ def review(executable: str, classes: Path, uncertainty: Path, names: list[str] |
         if ood is not None:
             dx = max(0, min(col + size, ood[0] + ood[2]) - max(col, ood[0]))
             dy = max(0, min(row + size, ood[1] + ood[3]) - max(row, ood[1]))
-            share = f"{dx * dy / size ** 2:.0%}"
+            share = f"{dx * dy / size**2:.0%}"
         dominant = fields.get("dominant_class")
         label = names[dominant] if names and dominant is not None and dominant < len(names) else str(dominant)
-        print(f"{rank:>4}  {col:>5}, {row:<5}         {fields['mean_uncertainty']:.3f}  "
-              f"{fields['max_uncertainty']:.3f}  {label:<14}  {share}")
-    png = write_review_preview(REPO_ROOT / PARAMETERS["INPUT"], uncertainty, layer, REPO_ROOT / REVIEW_PREVIEW,
-                               num_classes=len(names) if names else None,
-                               title=f"Regions to review: {REVIEW_PARAMETERS['COUNT']} patches of "
-                                     f"{REVIEW_PARAMETERS['PATCH_SIZE']} px, ranked by mean uncertainty")
+        print(
+            f"{rank:>4}  {col:>5}, {row:<5}         {fields['mean_uncertainty']:.3f}  "
+            f"{fields['max_uncertainty']:.3f}  {label:<14}  {share}"
+        )
+    png = write_review_preview(
+        REPO_ROOT / PARAMETERS["INPUT"],
+        uncertainty,
+        layer,
+        REPO_ROOT / REVIEW_PREVIEW,
+        num_classes=len(names) if names else None,
+        title=f"Regions to review: {REVIEW_PARAMETERS['COUNT']} patches of "
+        f"{REVIEW_PARAMETERS['PATCH_SIZE']} px, ranked by mean uncertainty",
+    )
     print(f"review preview:     {png}")
     return 0
 
@@ -217,8 +231,13 @@ def main() -> int:
         print("demo: qgis_process.bin not found (install QGIS: `make setup`, or set QGIS_PROCESS).", file=sys.stderr)
         return 2
     (REPO_ROOT / OUTPUT_DIR).mkdir(exist_ok=True)
-    for stale in (PARAMETERS["OUTPUT"], DEFAULT_UNCERTAINTY, PREVIEW, REVIEW_PARAMETERS["OUTPUT"],
-                  REVIEW_PREVIEW):  # and GDAL side-cars of earlier runs
+    for stale in (
+        PARAMETERS["OUTPUT"],
+        DEFAULT_UNCERTAINTY,
+        PREVIEW,
+        REVIEW_PARAMETERS["OUTPUT"],
+        REVIEW_PREVIEW,
+    ):  # and GDAL side-cars of earlier runs
         for path in (_resolve(stale), _resolve(f"{stale}.aux.xml")):
             path.unlink(missing_ok=True)
 
@@ -227,8 +246,9 @@ def main() -> int:
     uncertainty = _resolve(results.get("OUTPUT_UNCERTAINTY") or DEFAULT_UNCERTAINTY)
     missing = [str(p) for p in (classes, uncertainty) if not p.is_file()]
     if missing:
-        print(f"demo: qgis_process reported success but these outputs are missing: {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"demo: qgis_process reported success but these outputs are missing: {', '.join(missing)}", file=sys.stderr
+        )
         return 1
     print(f"qgis_process finished in {seconds:.1f} s")
     print(f"class raster:       {classes}")
@@ -239,9 +259,16 @@ def main() -> int:
     labels = REPO_ROOT / SAMPLE_DIR / "labels.tif"
     if labels.is_file():
         summarise(classes, uncertainty, labels, num_classes)
-    png = write_preview(REPO_ROOT / PARAMETERS["INPUT"], classes, uncertainty, REPO_ROOT / PREVIEW,
-                        class_names=names, class_colors=colors, num_classes=num_classes,
-                        title=f"MC dropout, T = {PARAMETERS['N_SAMPLES']} (resources/sample)")
+    png = write_preview(
+        REPO_ROOT / PARAMETERS["INPUT"],
+        classes,
+        uncertainty,
+        REPO_ROOT / PREVIEW,
+        class_names=names,
+        class_colors=colors,
+        num_classes=num_classes,
+        title=f"MC dropout, T = {PARAMETERS['N_SAMPLES']} (resources/sample)",
+    )
     print(f"preview:            {png}")
     return review(executable, classes, uncertainty, names)
 

@@ -130,7 +130,10 @@ def enable_plugin(profile_dir: Path) -> None:
         )
         if result.returncode != 0 and "already enabled" not in result.stdout + result.stderr:
             sys.stderr.write(result.stdout + result.stderr)
-            print(f"deploy: '{executable} plugins enable {PLUGIN_NAME}' failed (exit {result.returncode})", file=sys.stderr)
+            print(
+                f"deploy: '{executable} plugins enable {PLUGIN_NAME}' failed (exit {result.returncode})",
+                file=sys.stderr,
+            )
     if not _enabled_in_ini(profile_dir):
         _write_enabled_ini(profile_dir)
     if not _enabled_in_ini(profile_dir):
@@ -139,10 +142,18 @@ def enable_plugin(profile_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile-dir", type=Path, default=None,
-                        help=f"QGIS user profile folder (default: {default_profile_dir()})".replace("%", "%%"))
-    parser.add_argument("--python-env", type=Path, default=None,
-                        help="virtual environment with torch, written to python_env.txt (default: the repo's .venv)")
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help=f"QGIS user profile folder (default: {default_profile_dir()})".replace("%", "%%"),
+    )
+    parser.add_argument(
+        "--python-env",
+        type=Path,
+        default=None,
+        help="virtual environment with torch, written to python_env.txt (default: the repo's .venv)",
+    )
     parser.add_argument("--enable", action="store_true", help="enable the plugin (qgis_process plugins enable)")
     args = parser.parse_args(argv)
 
@@ -158,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         enable_plugin(profile_dir)
         print(f"deploy: enabled {PLUGIN_NAME} in {profile_dir}")
         root = config_root(profile_dir)
-        if root is not None and profile_dir != Path.home().joinpath(".local/share/QGIS/QGIS3/profiles/default").resolve():
+        if (
+            root is not None
+            and profile_dir != Path.home().joinpath(".local/share/QGIS/QGIS3/profiles/default").resolve()
+        ):
             print(f"deploy: for qgis_process in this profile: export QGIS_CUSTOM_CONFIG_PATH={root}")
     return 0
 

@@ -89,8 +89,11 @@ def _run_task(scene: object, settings: dict[str, str]) -> dict[str, object]:
 
     plugin = plugins["mc_uncertainty_plugin"]
     request = TaskRequest(
-        input_path=scene.source(), input_name=scene.name(), model_path=settings["model"],  # type: ignore[attr-defined]
-        output_path=settings["output"], uncertainty_path=settings["output"].replace(".tif", "_mc_uncertainty.tif"),
+        input_path=scene.source(),
+        input_name=scene.name(),
+        model_path=settings["model"],  # type: ignore[attr-defined]
+        output_path=settings["output"],
+        uncertainty_path=settings["output"].replace(".tif", "_mc_uncertainty.tif"),
         options={"n_samples": N_SAMPLES, "model_input_shape": "256", "step_shape": "128"},
     )
     task = plugin.start_task(request)
@@ -116,30 +119,39 @@ def _capture_steps(settings: dict[str, str], report: dict[str, object]) -> None:
     if "Browser" in docks:
         docks["Browser"].hide()  # the Layers panel gets the whole height
     if "Layers" in docks:
-        window.resizeDocks([docks["Layers"]], [480], Qt.Horizontal)  # room for "sample — MC uncertainty (entropy, T = 10)"
+        window.resizeDocks(
+            [docks["Layers"]], [480], Qt.Horizontal
+        )  # room for "sample — MC uncertainty (entropy, T = 10)"
     report["providers"] = [p.id() for p in QgsApplication.processingRegistry().providers()]
     from qgis.PyQt.QtWidgets import QAction
 
-    report["actions"] = [a.text() for a in window.findChildren(QAction)
-                         if a.objectName() in ("mcUncertaintyOnActiveLayer", "mcUncertaintyInstallPyTorch")]
+    report["actions"] = [
+        a.text()
+        for a in window.findChildren(QAction)
+        if a.objectName() in ("mcUncertaintyOnActiveLayer", "mcUncertaintyInstallPyTorch")
+    ]
     project = QgsProject.instance()
     scene = QgsRasterLayer(settings["input"], "sample")
     project.addMapLayer(scene)
     if settings.get("via") == "task":
         report["results"] = _run_task(scene, settings)
     else:
-        report["results"] = processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-            "INPUT": scene,
-            "MODEL": settings["model"],
-            "N_SAMPLES": N_SAMPLES,
-            "MODEL_INPUT_SHAPE": "256",
-            "STEP_SHAPE": "128",
-            "OUTPUT": settings["output"],
-        })
+        report["results"] = processing.runAndLoadResults(
+            "mc_uncertainty:mc_dropout",
+            {
+                "INPUT": scene,
+                "MODEL": settings["model"],
+                "N_SAMPLES": N_SAMPLES,
+                "MODEL_INPUT_SHAPE": "256",
+                "STEP_SHAPE": "128",
+                "OUTPUT": settings["output"],
+            },
+        )
     root = project.layerTreeRoot()
     report["tree"] = [
         {"group": node.name(), "layers": [child.name() for child in node.children()]}
-        if isinstance(node, QgsLayerTreeGroup) else {"layer": node.name()}
+        if isinstance(node, QgsLayerTreeGroup)
+        else {"layer": node.name()}
         for node in root.children()
     ]
     report["renderers"] = {layer.name(): type(layer.renderer()).__name__ for layer in project.mapLayers().values()}
@@ -175,8 +187,12 @@ def _launch(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=repo / "resources" / "docs" / "qgis_desktop.png")
     parser.add_argument("--keep", action="store_true", help="keep the temporary profile and outputs")
     parser.add_argument("--timeout", type=int, default=600)
-    parser.add_argument("--via", choices=("processing", "task"), default="processing",
-                        help="run through processing.runAndLoadResults (default) or the plugin's QgsTask")
+    parser.add_argument(
+        "--via",
+        choices=("processing", "task"),
+        default="processing",
+        help="run through processing.runAndLoadResults (default) or the plugin's QgsTask",
+    )
     args = parser.parse_args(argv)
 
     qgis = shutil.which("qgis")
@@ -192,8 +208,13 @@ def _launch(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mc_desktop_"))
     profiles = work / "profiles_root"
-    deploy = [sys.executable, str(repo / "resources" / "tools" / "deploy.py"), "--enable",
-              "--profile-dir", str(profiles / "profiles" / "default")]
+    deploy = [
+        sys.executable,
+        str(repo / "resources" / "tools" / "deploy.py"),
+        "--enable",
+        "--profile-dir",
+        str(profiles / "profiles" / "default"),
+    ]
     subprocess.run(deploy, check=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     args.output.parent.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir()
@@ -206,27 +227,44 @@ def _launch(argv: list[str] | None = None) -> int:
         "via": args.via,
     }
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH")}
-    env.update({REPORT_ENV: str(work / "report.json"), SETTINGS_ENV: json.dumps(settings),
-                "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", str(work / "runtime"))})
+    env.update(
+        {
+            REPORT_ENV: str(work / "report.json"),
+            SETTINGS_ENV: json.dumps(settings),
+            "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", str(work / "runtime")),
+        }
+    )
     Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
-    command = [qgis, "--nologo", "--noversioncheck", "--profiles-path", str(profiles), "--code", str(Path(__file__).resolve())]
+    command = [
+        qgis,
+        "--nologo",
+        "--noversioncheck",
+        "--profiles-path",
+        str(profiles),
+        "--code",
+        str(Path(__file__).resolve()),
+    ]
     if not display:
         command = [xvfb_run, "-a", "-s", "-screen 0 1600x1000x24"] + command
     with open(work / "qgis.log", "w", encoding="utf-8") as qgis_log:
         done = subprocess.run(command, env=env, timeout=args.timeout, stdout=qgis_log, stderr=subprocess.STDOUT)
     report_path = work / "report.json"
     if not report_path.is_file():
-        raise SystemExit(f"desktop_screenshot: QGIS wrote no report (exit {done.returncode}); its output is in "
-                         f"{work / 'qgis.log'}")
+        raise SystemExit(
+            f"desktop_screenshot: QGIS wrote no report (exit {done.returncode}); its output is in {work / 'qgis.log'}"
+        )
     report = json.loads(report_path.read_text(encoding="utf-8"))
     print(json.dumps(report, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    expected_group = {"group": f"sample — MC Dropout (T = {N_SAMPLES}, entropy)",
-                      "layers": [f"sample — MC uncertainty (entropy, T = {N_SAMPLES})", f"sample — MC classes (T = {N_SAMPLES})"]}
+    expected_group = {
+        "group": f"sample — MC Dropout (T = {N_SAMPLES}, entropy)",
+        "layers": [f"sample — MC uncertainty (entropy, T = {N_SAMPLES})", f"sample — MC classes (T = {N_SAMPLES})"],
+    }
     if len(report.get("actions", [])) != 2:
-        raise SystemExit("desktop_screenshot: the plugin's actions (active layer, Install PyTorch…) are not in the "
-                         "main window")
+        raise SystemExit(
+            "desktop_screenshot: the plugin's actions (active layer, Install PyTorch…) are not in the main window"
+        )
     if not report.get("ok") or expected_group not in report.get("tree", []):
         raise SystemExit("desktop_screenshot: the styled result group is missing (see the report above)")
     print(f"desktop_screenshot: wrote {args.output} ({args.output.stat().st_size / 1024:.0f} KiB)")

@@ -401,21 +401,21 @@ def model_yaml_text(norm: dict) -> str:
 # Demo model for the MC Uncertainty QGIS plugin. Written by resources/tools/make_sample.py: a small FPN trained
 # for a few minutes on CPU on synthetic scenes (same generator as sample.tif, other seeds, no OOD texture).
 model:
-  _target_: {kw['_target_']}
-  encoder_name: {kw['encoder_name']}
-  encoder_weights: {kw['encoder_weights']}   # ignored at inference: weights come from the checkpoint
-  in_channels: {kw['in_channels']}
-  classes: {kw['classes']}
-  decoder_pyramid_channels: {kw['decoder_pyramid_channels']}
-  decoder_segmentation_channels: {kw['decoder_segmentation_channels']}
-  decoder_dropout: {kw['decoder_dropout']}       # Dropout2d before the segmentation head: what MC dropout samples
+  _target_: {kw["_target_"]}
+  encoder_name: {kw["encoder_name"]}
+  encoder_weights: {kw["encoder_weights"]}   # ignored at inference: weights come from the checkpoint
+  in_channels: {kw["in_channels"]}
+  classes: {kw["classes"]}
+  decoder_pyramid_channels: {kw["decoder_pyramid_channels"]}
+  decoder_segmentation_channels: {kw["decoder_segmentation_channels"]}
+  decoder_dropout: {kw["decoder_dropout"]}       # Dropout2d before the segmentation head: what MC dropout samples
 checkpoint_path: model.pth    # plain float32 state_dict, relative to this file
 normalization:                # used in training: (x / max_pixel_value - mean) / std, per band
-  mean: {norm['mean']}
-  std: {norm['std']}
-  max_pixel_value: {norm['max_pixel_value']}
-class_names: [{', '.join(CLASS_NAMES)}]
-class_colors: [{', '.join(f'"{c}"' for c in CLASS_COLORS)}]
+  mean: {norm["mean"]}
+  std: {norm["std"]}
+  max_pixel_value: {norm["max_pixel_value"]}
+class_names: [{", ".join(CLASS_NAMES)}]
+class_colors: [{", ".join(f'"{c}"' for c in CLASS_COLORS)}]
 """
 
 
@@ -453,10 +453,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model = build_model()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: FPN / {MODEL_KWARGS['encoder_name']}, {n_params:,} parameters; training {args.steps} steps "
-          f"of {args.batch} x {args.crop}^2 crops")
-    train_s = train(model, list(train_scenes), list(train_labels), norm, steps=args.steps, batch=args.batch,
-                    crop=args.crop, seed=1)
+    print(
+        f"model: FPN / {MODEL_KWARGS['encoder_name']}, {n_params:,} parameters; training {args.steps} steps "
+        f"of {args.batch} x {args.crop}^2 crops"
+    )
+    train_s = train(
+        model, list(train_scenes), list(train_labels), norm, steps=args.steps, batch=args.batch, crop=args.crop, seed=1
+    )
     print(f"training took {train_s:.1f} s")
 
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -476,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(reloaded, rgb, labels, config["normalization"])
     for region in ("outside_ood", "inside_ood"):
         m = metrics[region]
-        print(f"sample.tif {region:11s}: pixel accuracy {m['acc']:.2%} (eval mode), {m['acc_mc']:.2%} "
-              f"(MC mean of 10); mean entropy {m['entropy']:.3f}, mean MI {m['mi']:.4f} (ln 5 = {math.log(5):.3f})")
+        print(
+            f"sample.tif {region:11s}: pixel accuracy {m['acc']:.2%} (eval mode), {m['acc_mc']:.2%} "
+            f"(MC mean of 10); mean entropy {m['entropy']:.3f}, mean MI {m['mi']:.4f} (ln 5 = {math.log(5):.3f})"
+        )
     print("per-class accuracy outside OOD: " + ", ".join(f"{k} {v:.1%}" for k, v in metrics["per_class_acc"].items()))
     print(f"total {time.time() - t_start:.1f} s")
     return 0

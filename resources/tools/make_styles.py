@@ -69,16 +69,24 @@ def write_styles(output_dir: Path, num_classes: int | None = None, config_path: 
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         maximum = math.log(count)
-        unc_path = _tiny_raster(Path(tmp) / "u.tif", gdal.GDT_Float32, [[0.0, maximum / 2, maximum]],
-                                {"MC_UNCERTAINTY_MAX": f"{maximum:.6f}", "MC_NUM_CLASSES": str(count)})
+        unc_path = _tiny_raster(
+            Path(tmp) / "u.tif",
+            gdal.GDT_Float32,
+            [[0.0, maximum / 2, maximum]],
+            {"MC_UNCERTAINTY_MAX": f"{maximum:.6f}", "MC_NUM_CLASSES": str(count)},
+        )
         layer = QgsRasterLayer(unc_path, "uncertainty")
         style_uncertainty_layer(layer, maximum)
         target = output_dir / (UNCERTAINTY_STYLE if num_classes is None else f"uncertainty_viridis_{count}.qml")
         _save(layer, target, categories)
         written.append(target)
         if num_classes is None:
-            cls_path = _tiny_raster(Path(tmp) / "c.tif", gdal.GDT_Byte, [list(range(len(names))) + [255]],
-                                    {"MC_NUM_CLASSES": str(len(names))})
+            cls_path = _tiny_raster(
+                Path(tmp) / "c.tif",
+                gdal.GDT_Byte,
+                [list(range(len(names))) + [255]],
+                {"MC_NUM_CLASSES": str(len(names))},
+            )
             layer = QgsRasterLayer(cls_path, "classes")
             style_class_layer(layer, ClassLegend(tuple(names), tuple(colors), True))
             target = output_dir / CLASSES_STYLE

@@ -33,11 +33,25 @@ PACKAGE_DIR = REPO_ROOT / PLUGIN_NAME
 METADATA = REPO_ROOT / "metadata.txt"
 STYLES_DIR = REPO_ROOT / "resources" / "styles"
 LICENSE_NAMES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "COPYING")
-EXCLUDED = ("__pycache__", "*.pyc", "*.pyo", "tests", "test", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-            ".hypothesis", ".venv", "venv", "python_env.txt", ".DS_Store", "*.swp", "*~")
+EXCLUDED = (
+    "__pycache__",
+    "*.pyc",
+    "*.pyo",
+    "tests",
+    "test",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".venv",
+    "venv",
+    "python_env.txt",
+    ".DS_Store",
+    "*.swp",
+    "*~",
+)
 # QGIS's plugin repository refuses a plugin without these.
-REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-                     "repository")
+REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository")
 RECOMMENDED_METADATA = ("tracker", "homepage", "tags", "icon", "category", "hasProcessingProvider")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -53,8 +67,11 @@ def read_metadata(path: Path = METADATA) -> dict[str, str]:
 
 def check_metadata(metadata: dict[str, str], package_dir: Path = PACKAGE_DIR) -> list[str]:
     """Problems of ``metadata`` (an empty list when it is complete)."""
-    problems = [f"metadata.txt: {key} is missing or empty" for key in REQUIRED_METADATA + RECOMMENDED_METADATA
-                if not metadata.get(key, "").strip()]
+    problems = [
+        f"metadata.txt: {key} is missing or empty"
+        for key in REQUIRED_METADATA + RECOMMENDED_METADATA
+        if not metadata.get(key, "").strip()
+    ]
     if metadata.get("hasProcessingProvider", "").strip().lower() != "yes":
         problems.append("metadata.txt: hasProcessingProvider must be yes (the plugin is a Processing provider)")
     icon = metadata.get("icon", "").strip()

@@ -23,8 +23,18 @@ __all__ = ["write_preview", "read_class_style", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 1024  # longest side of a panel in pixels; larger rasters are read decimated
 CLASS_NODATA = 255
-_FALLBACK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                    "#bcbd22", "#17becf"]
+_FALLBACK_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def read_class_style(model_yaml: str | Path) -> tuple[list[str] | None, list[str] | None]:
@@ -78,7 +88,7 @@ def _read_rgb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     else:
         for c in range(3):
             v = rgb[..., c][valid]
-            lo, hi = (np.percentile(v, [2, 98]) if v.size else (0.0, 1.0))
+            lo, hi = np.percentile(v, [2, 98]) if v.size else (0.0, 1.0)
             rgb[..., c] = (rgb[..., c] - lo) / (hi - lo if hi > lo else 1.0)
     rgb = np.clip(rgb, 0.0, 1.0)
     rgb[~valid] = 1.0
@@ -151,8 +161,10 @@ def write_preview(
     from matplotlib.patches import Patch
 
     ds_in, ds_cls, ds_unc = (_open(p) for p in (input_path, classes_path, uncertainty_path))
-    shapes = {str(p): (d.RasterXSize, d.RasterYSize) for p, d in
-              ((input_path, ds_in), (classes_path, ds_cls), (uncertainty_path, ds_unc))}
+    shapes = {
+        str(p): (d.RasterXSize, d.RasterYSize)
+        for p, d in ((input_path, ds_in), (classes_path, ds_cls), (uncertainty_path, ds_unc))
+    }
     if len(set(shapes.values())) != 1:
         raise ValueError(f"the rasters must have the same width and height, got {shapes}.")
     size = _read_size(ds_in, max_size)
@@ -192,20 +204,33 @@ def write_preview(
 
     cmap_cls = ListedColormap(colors)
     cmap_cls.set_bad("#dddddd")
-    axes[1].imshow(np.ma.masked_array(classes, cls_invalid), cmap=cmap_cls,
-                   norm=BoundaryNorm(np.arange(-0.5, n + 0.5), n), interpolation="nearest")
+    axes[1].imshow(
+        np.ma.masked_array(classes, cls_invalid),
+        cmap=cmap_cls,
+        norm=BoundaryNorm(np.arange(-0.5, n + 0.5), n),
+        interpolation="nearest",
+    )
     axes[1].set_title(f"Classes\n{Path(classes_path).name}", fontsize=10)
-    handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.5, label=f"{i} {name}")
-               for i, (name, c) in enumerate(zip(names, colors))]
+    handles = [
+        Patch(facecolor=c, edgecolor="black", linewidth=0.5, label=f"{i} {name}")
+        for i, (name, c) in enumerate(zip(names, colors))
+    ]
     if cls_invalid.any():
         handles.append(Patch(facecolor="#dddddd", edgecolor="black", linewidth=0.5, label="nodata"))
-    axes[1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(3, len(handles)),
-                   fontsize=8, frameon=False)
+    axes[1].legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=min(3, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
 
     cmap_unc = colormaps["viridis"].copy()
     cmap_unc.set_bad("#dddddd")
-    im = axes[2].imshow(np.ma.masked_array(unc, unc_invalid), cmap=cmap_unc, vmin=0.0, vmax=vmax,
-                        interpolation="nearest")
+    im = axes[2].imshow(
+        np.ma.masked_array(unc, unc_invalid), cmap=cmap_unc, vmin=0.0, vmax=vmax, interpolation="nearest"
+    )
     axes[2].set_title(f"Uncertainty: {unc_label}\n{Path(uncertainty_path).name}", fontsize=10)
     cbar = fig.colorbar(im, cax=axes[2].inset_axes([1.03, 0.0, 0.045, 1.0]))  # keeps the 3 panels equal
     cbar.set_ticks([0.0, vmax / 2, vmax])
@@ -233,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     names, colors = read_class_style(args.model) if args.model else (None, None)
-    out = write_preview(args.input, args.classes, args.uncertainty, args.png, class_names=names,
-                        class_colors=colors, num_classes=args.num_classes, max_size=args.max_size, title=args.title)
+    out = write_preview(
+        args.input,
+        args.classes,
+        args.uncertainty,
+        args.png,
+        class_names=names,
+        class_colors=colors,
+        num_classes=args.num_classes,
+        max_size=args.max_size,
+        title=args.title,
+    )
     print(out)
     return 0
 

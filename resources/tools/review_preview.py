@@ -128,12 +128,28 @@ def write_review_preview(
         ax.set_yticks([])
         for (rank, pixels, _attributes), color in zip(patches, colors):
             corners = pixels * scale - 0.5  # pixel edges, in imshow's pixel-centre coordinates
-            ax.add_patch(Polygon(corners, closed=True, fill=False, edgecolor=color, linewidth=1.8,
-                                 path_effects=[patheffects.withStroke(linewidth=3.4, foreground="black")]))
+            ax.add_patch(
+                Polygon(
+                    corners,
+                    closed=True,
+                    fill=False,
+                    edgecolor=color,
+                    linewidth=1.8,
+                    path_effects=[patheffects.withStroke(linewidth=3.4, foreground="black")],
+                )
+            )
             centre = corners[:4].mean(axis=0)
-            ax.text(centre[0], centre[1], str(rank), color="white", fontsize=9, fontweight="bold", ha="center",
-                    va="center", bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.55,
-                                       "edgecolor": "none"})
+            ax.text(
+                centre[0],
+                centre[1],
+                str(rank),
+                color="white",
+                fontsize=9,
+                fontweight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.55, "edgecolor": "none"},
+            )
     if title:
         fig.suptitle(title, fontsize=11)
     fig.subplots_adjust(left=0.01, right=0.93, top=0.84 if title else 0.89, bottom=0.02, wspace=0.06)
@@ -144,8 +160,9 @@ def write_review_preview(
         from PIL import Image
 
         with Image.open(png_path) as image:
-            indexed = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                                    dither=Image.Dither.NONE)
+            indexed = image.convert("RGB").quantize(
+                colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+            )
         indexed.save(png_path, optimize=True)
     return png_path
 
@@ -161,8 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=None)
     parser.add_argument("--palette", action="store_true", help="256-colour PNG (smaller, for the README)")
     args = parser.parse_args(argv)
-    print(write_review_preview(args.input, args.uncertainty, args.review, args.png, num_classes=args.num_classes,
-                               max_size=args.max_size, title=args.title, palette=args.palette))
+    print(
+        write_review_preview(
+            args.input,
+            args.uncertainty,
+            args.review,
+            args.png,
+            num_classes=args.num_classes,
+            max_size=args.max_size,
+            title=args.title,
+            palette=args.palette,
+        )
+    )
     return 0
 
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from core_fixtures import random_image, write_geotiff
 
 

@@ -5,8 +5,8 @@ Nothing in tests/core imports qgis; these tests run with plain pytest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,8 +28,11 @@ def write_geotiff(
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[None]
-    gdal_type = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.uint16): gdal.GDT_UInt16,
-                 np.dtype(np.float32): gdal.GDT_Float32}[array.dtype]
+    gdal_type = {
+        np.dtype(np.uint8): gdal.GDT_Byte,
+        np.dtype(np.uint16): gdal.GDT_UInt16,
+        np.dtype(np.float32): gdal.GDT_Float32,
+    }[array.dtype]
     ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], gdal_type)
     if geotransform is not None:
         ds.SetGeoTransform(list(geotransform))
@@ -94,8 +97,11 @@ class SmallConvNet(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Dropout2d(p), nn.Conv2d(8, classes, 3, padding=1),
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Dropout2d(p),
+            nn.Conv2d(8, classes, 3, padding=1),
         )
         with torch.no_grad():
             self.body[1].running_mean.uniform_(-0.2, 0.2)

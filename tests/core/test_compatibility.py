@@ -9,14 +9,19 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from core_fixtures import random_image, read_raster, write_geotiff
 from torch import nn
 
-from core_fixtures import random_image, read_raster, write_geotiff
-from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, ModelLoadError, MultiClassInferenceProcessor, load_model
+from mc_uncertainty_plugin.core import (
+    MCDropoutInferenceProcessor,
+    ModelLoadError,
+    MultiClassInferenceProcessor,
+    load_model,
+)
+from mc_uncertainty_plugin.core.inference.processors import MCCompatibilityWarning, NoActiveDropoutWarning
 from mc_uncertainty_plugin.core.models.compatibility import check_mc_compatibility
 from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers
 from mc_uncertainty_plugin.core.models.loading import resolve_interpolations
-from mc_uncertainty_plugin.core.inference.processors import MCCompatibilityWarning, NoActiveDropoutWarning
 
 # (architecture, extra kwargs, input size, native decoder_dropout?, built-in dropout layers without decoder_dropout)
 ARCHITECTURES = [
@@ -44,7 +49,8 @@ def test_decoder_dropout_works_for_every_smp_architecture(tmp_path, arch, extra,
     lines = "\n".join(f"  {k}: {v}" for k, v in kwargs.items())
     (tmp_path / "m.yaml").write_text(
         f"model:\n  _target_: segmentation_models_pytorch.{arch}\n  encoder_weights: imagenet\n{lines}\n"
-        "  decoder_dropout: 0.25\ncheckpoint_path: w.pth\n")
+        "  decoder_dropout: 0.25\ncheckpoint_path: w.pth\n"
+    )
     model = load_model(str(tmp_path / "m.yaml"))
     assert set(model.module.state_dict()) == set(plain.state_dict())  # keys unchanged, strict load passed
     layers = find_dropout_layers(model.module)
@@ -84,8 +90,9 @@ def test_custom_unet_with_dropout2d_works_without_warnings(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((32, 32)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        proc = MCDropoutInferenceProcessor(CustomUNet(), n_samples=4, model_input_shape=32, step_shape=32,
-                                           uncertainty_mode="mutual_information")
+        proc = MCDropoutInferenceProcessor(
+            CustomUNet(), n_samples=4, model_input_shape=32, step_shape=32, uncertainty_mode="mutual_information"
+        )
     assert read_raster(proc.process(image, output_path=str(tmp_path / "o.tif"))["uncertainty"]).max() > 0
 
 
@@ -122,12 +129,15 @@ class FunctionalDropoutNet(nn.Module):
         return self.drop(F.dropout(self.conv(x), 0.2, self.training))
 
 
-@pytest.mark.parametrize("model,kind,words", [
-    (EvidentialHead(), "evidential", "EDL"),
-    (nn.Sequential(CustomUNet(), MoERouter()), "mixture_of_experts", "router noise"),
-    (nn.Sequential(CustomUNet(), DropPath()), "drop_path", "DropPath"),
-    (FunctionalDropoutNet(), "functional_dropout", "F.dropout"),
-])
+@pytest.mark.parametrize(
+    "model,kind,words",
+    [
+        (EvidentialHead(), "evidential", "EDL"),
+        (nn.Sequential(CustomUNet(), MoERouter()), "mixture_of_experts", "router noise"),
+        (nn.Sequential(CustomUNet(), DropPath()), "drop_path", "DropPath"),
+        (FunctionalDropoutNet(), "functional_dropout", "F.dropout"),
+    ],
+)
 def test_risky_models_warn_naming_the_risk(model, kind, words):
     assert [n.kind for n in check_mc_compatibility(model)] == [kind]
     with pytest.warns(MCCompatibilityWarning, match=words):
@@ -155,7 +165,8 @@ def test_multi_head_outputs_are_a_clear_error(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((32, 32)))
     with pytest.raises(ModelLoadError, match="aggregation undefined"):
         MultiClassInferenceProcessor(Heads("two_maps"), model_input_shape=32, step_shape=32).process(
-            image, output_path=str(tmp_path / "o.tif"))
+            image, output_path=str(tmp_path / "o.tif")
+        )
     assert not (tmp_path / "o.tif").exists()
 
 
@@ -165,13 +176,18 @@ def test_aux_and_torchvision_outputs_use_the_mask(tmp_path, output):
     plain = Heads("plain")
     other = Heads(output)
     other.load_state_dict(plain.state_dict())
-    a = MultiClassInferenceProcessor(plain, tta_mode="none", model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "a.tif"))
-    b = MultiClassInferenceProcessor(other, tta_mode="none", model_input_shape=32, step_shape=32).process(image, output_path=str(tmp_path / "b.tif"))
+    a = MultiClassInferenceProcessor(plain, tta_mode="none", model_input_shape=32, step_shape=32).process(
+        image, output_path=str(tmp_path / "a.tif")
+    )
+    b = MultiClassInferenceProcessor(other, tta_mode="none", model_input_shape=32, step_shape=32).process(
+        image, output_path=str(tmp_path / "b.tif")
+    )
     np.testing.assert_array_equal(read_raster(a["uncertainty"]), read_raster(b["uncertainty"]))
 
 
 def test_trainer_config_with_interpolations_and_inference_defaults(tmp_path):
-    (tmp_path / "trainer.yaml").write_text(textwrap.dedent("""
+    (tmp_path / "trainer.yaml").write_text(
+        textwrap.dedent("""
         hyperparameters:
           classes: 4
           batch_size: 16
@@ -192,11 +208,16 @@ def test_trainer_config_with_interpolations_and_inference_defaults(tmp_path):
           model_input_shape: [64, 64]
           step_shape: [32, 32]
           name: run-${hyperparameters.batch_size}
-    """))
+    """)
+    )
     model = load_model(str(tmp_path / "trainer.yaml"))
     assert model.num_classes == 4 and model.inference_defaults["name"] == "run-16"
     proc = MCDropoutInferenceProcessor(model)
-    assert (proc.config.n_samples, proc.config.uncertainty_mode, proc.config.num_classes) == (3, "mutual_information", 4)
+    assert (proc.config.n_samples, proc.config.uncertainty_mode, proc.config.num_classes) == (
+        3,
+        "mutual_information",
+        4,
+    )
     assert proc.config.model_input_shape == (64, 64) and proc.config.step_shape == (32, 32)
     assert MCDropoutInferenceProcessor(model, n_samples=5).config.n_samples == 5  # explicit arguments win
 
@@ -214,14 +235,18 @@ def test_allowlist_can_be_extended_by_the_user(tmp_path, monkeypatch):
     monkeypatch.setenv("MC_UNCERTAINTY_ALLOWED_TARGETS", "collections.")
     with pytest.raises(ModelLoadError, match="not a torch.nn.Module"):  # allowed now, but still must be a Module
         load_model(str(tmp_path / "m.yaml"))
-    (tmp_path / "t.yaml").write_text("model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n")
+    (tmp_path / "t.yaml").write_text(
+        "model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n"
+    )
     assert isinstance(load_model(str(tmp_path / "t.yaml")).module, nn.Conv2d)
 
 
 def test_checkpoint_under_model_key(tmp_path):
     net = nn.Conv2d(3, 2, 1)
     torch.save({"model": net.state_dict(), "optimizer": {"lr": 0.1}}, tmp_path / "c.pth")
-    (tmp_path / "t.yaml").write_text("model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n")
+    (tmp_path / "t.yaml").write_text(
+        "model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n"
+    )
     loaded = load_model(str(tmp_path / "t.yaml"), checkpoint=str(tmp_path / "c.pth"))
     torch.testing.assert_close(loaded.module.weight, net.weight)
 
@@ -230,5 +255,6 @@ def test_log_names_the_device_and_threads(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((32, 32)))
     lines = []
     MultiClassInferenceProcessor(nn.Conv2d(3, 2, 1), model_input_shape=32, step_shape=32, device="cpu").process(
-        image, output_path=str(tmp_path / "o.tif"), log=lines.append)
+        image, output_path=str(tmp_path / "o.tif"), log=lines.append
+    )
     assert f"Device: cpu, {torch.get_num_threads()} threads" in lines[0]

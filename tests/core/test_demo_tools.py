@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from core_fixtures import random_image, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +43,24 @@ def test_bench_runs_and_prints_its_tables():
     """`make bench` in miniature: one model, a 256 px raster, T = 2 (the real run takes half an hour)."""
     script = Path(__file__).resolve().parents[2] / "resources" / "tools" / "bench.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--models", "FPN", "--size", "256", "--tile", "128", "--samples", "2",
-         "--repeat", "1", "--memory-sizes"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(script),
+            "--models",
+            "FPN",
+            "--size",
+            "256",
+            "--tile",
+            "128",
+            "--samples",
+            "2",
+            "--repeat",
+            "1",
+            "--memory-sizes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()

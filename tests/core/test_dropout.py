@@ -7,13 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from core_fixtures import PerPixelDropoutNet, read_raster, write_geotiff
 from torch import nn
 
-from core_fixtures import PerPixelDropoutNet, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, Normalization
-from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers, seeded_dropout
 from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
 from mc_uncertainty_plugin.core.inference.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import MCDropoutHooks, find_dropout_layers, seeded_dropout
 
 IDENTITY = Normalization(mean=(0.0,), std=(1.0,), max_pixel_value=1.0)
 PIXELS = np.array([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5], [-2.0, 1.5]], dtype=np.float32)  # 4 pixels x 2 bands
@@ -53,8 +53,16 @@ def test_every_sample_is_one_enumerated_mask_and_masks_occur_with_their_probabil
     net = PerPixelDropoutNet().eval()
     outcomes = enumerate_masks(net, PIXELS)
     layers = find_dropout_layers(net)
-    sampler = EnsembleSampler(net, torch.device("cpu"), n_samples=1, mc_dropout=True, transforms=transforms_for("none"),
-                              dropout_layers=layers, seed=7, need_expected_entropy=False)
+    sampler = EnsembleSampler(
+        net,
+        torch.device("cpu"),
+        n_samples=1,
+        mc_dropout=True,
+        transforms=transforms_for("none"),
+        dropout_layers=layers,
+        seed=7,
+        need_expected_entropy=False,
+    )
     counts = np.zeros(len(outcomes))
     draws = 1500
     for key in range(draws):
@@ -81,8 +89,9 @@ def test_mc_estimate_converges_to_the_exact_expectation(tmp_path):
     n = 1000
     results = {}
     for mode in ("entropy", "mutual_information"):
-        proc = MCDropoutInferenceProcessor(model, n_samples=n, uncertainty_mode=mode, model_input_shape=(1, 4),
-                                           step_shape=(1, 4), seed=3, batch_size=1)
+        proc = MCDropoutInferenceProcessor(
+            model, n_samples=n, uncertainty_mode=mode, model_input_shape=(1, 4), step_shape=(1, 4), seed=3, batch_size=1
+        )
         paths = proc.process(image, tmp_path, output_path=str(tmp_path / f"classes_{mode}.tif"))
         results[mode] = read_raster(paths["uncertainty"])[0]
         classes = read_raster(paths["segmentation"])[0]
@@ -93,7 +102,10 @@ def test_mc_estimate_converges_to_the_exact_expectation(tmp_path):
     exact_entropy = entropy_np(exact_mean)
     slack = 5 * (exact_sd * (np.abs(np.log(exact_mean)) + 1)).sum(axis=1) / math.sqrt(n)
     assert np.all(np.abs(results["entropy"] - exact_entropy) < slack)
-    assert np.all(np.abs(results["mutual_information"] - (exact_entropy - exact_expected_entropy)) < slack + 5 * 0.6 / math.sqrt(n))
+    assert np.all(
+        np.abs(results["mutual_information"] - (exact_entropy - exact_expected_entropy))
+        < slack + 5 * 0.6 / math.sqrt(n)
+    )
     assert np.all(results["mutual_information"] > 0)
 
 
@@ -107,7 +119,9 @@ def test_masks_depend_on_seed_tile_and_sample_not_on_batch():
     assert set(kept.unique().tolist()) <= {0.0, 2.0}
 
 
-@pytest.mark.parametrize("module,kind", [(nn.AlphaDropout(0.3), "alpha"), (nn.FeatureAlphaDropout(0.3), "feature_alpha")])
+@pytest.mark.parametrize(
+    "module,kind", [(nn.AlphaDropout(0.3), "alpha"), (nn.FeatureAlphaDropout(0.3), "feature_alpha")]
+)
 def test_alpha_dropout_keeps_selu_statistics_like_pytorch(module, kind):
     x = torch.randn(4, 64, 32, 32)
     ours = seeded_dropout(x, kind, 0.3, [1, 2, 3, 4])
@@ -158,9 +172,16 @@ def test_torchscript_dropout_is_found_and_sampled(tmp_path):
     layers = find_dropout_layers(scripted)
     assert [(layer.kind, layer.p, layer.scripted) for layer in layers] == [("channel", 0.3, True)]
     outcomes = enumerate_masks(net, PIXELS)
-    sampler = EnsembleSampler(scripted, torch.device("cpu"), n_samples=1, mc_dropout=True,
-                              transforms=transforms_for("none"), dropout_layers=layers, seed=1,
-                              need_expected_entropy=False)
+    sampler = EnsembleSampler(
+        scripted,
+        torch.device("cpu"),
+        n_samples=1,
+        mc_dropout=True,
+        transforms=transforms_for("none"),
+        dropout_layers=layers,
+        seed=1,
+        need_expected_entropy=False,
+    )
     seen = set()
     for key in range(40):
         probs = sampler(as_tile(PIXELS), [(key, 0)]).mean_probs
@@ -188,9 +209,9 @@ def test_variation_ratio_expected_entropy_and_confidence_against_the_enumeration
     n = 1000
     got = {}
     for mode in ("variation_ratio", "expected_entropy"):
-        paths = MCDropoutInferenceProcessor(model, n_samples=n, uncertainty_mode=mode, model_input_shape=(1, 4),
-                                            step_shape=(1, 4), seed=11).process(
-            image, output_path=str(tmp_path / f"{mode}.tif"), confidence_path=str(tmp_path / f"{mode}_conf.tif"))
+        paths = MCDropoutInferenceProcessor(
+            model, n_samples=n, uncertainty_mode=mode, model_input_shape=(1, 4), step_shape=(1, 4), seed=11
+        ).process(image, output_path=str(tmp_path / f"{mode}.tif"), confidence_path=str(tmp_path / f"{mode}_conf.tif"))
         got[mode] = read_raster(paths["uncertainty"])[0]
         confidence = read_raster(paths["confidence"])[0]
     # binomial / bounded-variable standard errors, 5 sigma

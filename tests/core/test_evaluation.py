@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from core_fixtures import GEOTRANSFORM, write_geotiff
-from mc_uncertainty_plugin.core.evaluation import metrics
+
 from mc_uncertainty_plugin.core.errors import ParameterError
+from mc_uncertainty_plugin.core.evaluation import metrics
 from mc_uncertainty_plugin.core.evaluation.evaluation import (
     EvaluationConfig,
     ReferenceResampledWarning,
@@ -30,11 +30,17 @@ from mc_uncertainty_plugin.core.evaluation.evaluation import (
 )
 from mc_uncertainty_plugin.core.evaluation.report import write_evaluation_outputs
 
-
 # -- helpers ---------------------------------------------------------------------------------------------------
 
-def write_inputs(folder: Path, classes: np.ndarray, uncertainty: np.ndarray, reference: np.ndarray,
-                 confidence: np.ndarray | None = None, **kwargs: Any) -> dict[str, Any]:
+
+def write_inputs(
+    folder: Path,
+    classes: np.ndarray,
+    uncertainty: np.ndarray,
+    reference: np.ndarray,
+    confidence: np.ndarray | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Write the rasters (classes nodata 255, float32 uncertainty) and return EvaluationConfig kwargs."""
     paths = {
         "classes_path": write_geotiff(folder / "classes.tif", classes.astype(np.uint8), nodata=255),
@@ -46,10 +52,17 @@ def write_inputs(folder: Path, classes: np.ndarray, uncertainty: np.ndarray, ref
     return {**paths, **kwargs}
 
 
-def evaluate(folder: Path, classes: np.ndarray, uncertainty: np.ndarray, reference: np.ndarray,
-             confidence: np.ndarray | None = None, **kwargs: Any):
-    return evaluate_uncertainty(EvaluationConfig(**write_inputs(folder, classes, uncertainty, reference, confidence,
-                                                                **kwargs)))
+def evaluate(
+    folder: Path,
+    classes: np.ndarray,
+    uncertainty: np.ndarray,
+    reference: np.ndarray,
+    confidence: np.ndarray | None = None,
+    **kwargs: Any,
+):
+    return evaluate_uncertainty(
+        EvaluationConfig(**write_inputs(folder, classes, uncertainty, reference, confidence, **kwargs))
+    )
 
 
 def scene(shape: tuple[int, int], seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,6 +120,7 @@ def assert_json_close(a: Any, b: Any, path: str = "") -> None:
 
 # -- accuracy, IoU ---------------------------------------------------------------------------------------------
 
+
 def test_accuracy_and_iou_from_a_hand_counted_confusion_matrix(tmp_path: Path) -> None:
     reference = np.array([[0, 0, 1, 1], [2, 2, 0, 1]])
     classes = np.array([[0, 1, 1, 1], [2, 0, 0, 2]])
@@ -139,6 +153,7 @@ def test_class_names_default_to_the_class_rasters_categories(tmp_path: Path) -> 
 
 # -- calibration -----------------------------------------------------------------------------------------------
 
+
 def test_ece_and_reliability_by_hand(tmp_path: Path) -> None:
     confidence = np.array([[0.95, 0.90, 0.62, 0.65, 0.30, 0.97]])
     correct = np.array([[1, 0, 1, 1, 0, 1]], dtype=bool)
@@ -170,6 +185,7 @@ def test_confidence_outside_0_1_is_refused(tmp_path: Path) -> None:
 
 
 # -- error detection -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("ties", [True, False])
 def test_auroc_and_aupr_equal_brute_force(tmp_path: Path, ties: bool) -> None:
@@ -211,8 +227,10 @@ def test_aurc_with_ties_is_the_mean_over_orders_of_tied_pixels(tmp_path: Path) -
     # every order of the pixels consistent with the uncertainty: 3! x 2! orders of the tied groups
     u, e = uncertainty.ravel(), wrong.ravel()
     groups = [np.flatnonzero(u == value) for value in np.unique(u)]
-    all_risks = [brute_risks(e[np.concatenate(perm)]) for perm in
-                 itertools.product(*[list(itertools.permutations(g)) for g in groups])]
+    all_risks = [
+        brute_risks(e[np.concatenate(perm)])
+        for perm in itertools.product(*[list(itertools.permutations(g)) for g in groups])
+    ]
     assert len(all_risks) == 12
     mean_risks = np.mean(all_risks, axis=0)
     assert result.aurc == pytest.approx(mean_risks.mean(), abs=1e-12)
@@ -232,11 +250,13 @@ def test_perfect_and_reversed_uncertainty(tmp_path: Path) -> None:
 
 def test_harmonic_difference_matches_exact_sums() -> None:
     for a, b in [(0, 0), (0, 5), (3, 40), (10, 10_000), (1000, 1070), (12_345, 98_765)]:
-        assert metrics.harmonic_difference(a, b) == pytest.approx(math.fsum(1 / i for i in range(a + 1, b + 1)),
-                                                                  rel=1e-13, abs=1e-15)
+        assert metrics.harmonic_difference(a, b) == pytest.approx(
+            math.fsum(1 / i for i in range(a + 1, b + 1)), rel=1e-13, abs=1e-15
+        )
 
 
 # -- PAvPU -----------------------------------------------------------------------------------------------------
+
 
 def test_pavpu_counts_four_hand_built_patches(tmp_path: Path) -> None:
     """8x8 raster, 4x4 patches: A all right (u 0.1); B 6 of 16 wrong (u 0.5); C 12 wrong (u 0.8); D 8 wrong,
@@ -279,9 +299,9 @@ def brute_patches(valid: np.ndarray, correct: np.ndarray, u: np.ndarray, p: int)
     patches = []
     for r in range(0, valid.shape[0], p):
         for c in range(0, valid.shape[1], p):
-            v = valid[r:r + p, c:c + p]
+            v = valid[r : r + p, c : c + p]
             if v.any():
-                patches.append((correct[r:r + p, c:c + p][v].mean() >= 0.5, u[r:r + p, c:c + p][v].mean()))
+                patches.append((correct[r : r + p, c : c + p][v].mean() >= 0.5, u[r : r + p, c : c + p][v].mean()))
     return patches
 
 
@@ -305,6 +325,7 @@ def test_pavpu_equals_patch_loop_with_nodata_and_cut_patches(tmp_path: Path) -> 
 
 # -- streaming, validity, grids ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("patch, block_rows", [(4, 4), (3, 7), (1, 1)])
 def test_block_wise_equals_one_block(tmp_path: Path, patch: int, block_rows: int) -> None:
     reference, classes, uncertainty = scene((70, 23), seed=6, ties=False)
@@ -327,12 +348,12 @@ def test_nodata_pixels_are_excluded(tmp_path: Path) -> None:
     garbage[0, :] = garbage[5, 2:6] = garbage[:, 9] = garbage[11, 0] = True
     classes = np.where(garbage, (reference + 1) % 3, classes)
     uncertainty = np.where(garbage, 0.0, uncertainty).astype(np.float32)
-    classes[0, :] = 255                    # class nodata
-    uncertainty[5, 2:4] = -9999.0          # the uncertainty band's nodata
-    uncertainty[5, 4:6] = np.nan           # NaN
+    classes[0, :] = 255  # class nodata
+    uncertainty[5, 2:4] = -9999.0  # the uncertainty band's nodata
+    uncertainty[5, 4:6] = np.nan  # NaN
     reference = reference.copy()
-    reference[:, 9] = 7                    # the reference band's nodata
-    reference[11, 0] = 255                 # 255 = no label
+    reference[:, 9] = 7  # the reference band's nodata
+    reference[11, 0] = 255  # 255 = no label
     valid &= ~garbage
     config = write_inputs(tmp_path, classes, uncertainty, reference)
     for path, nodata in ((config["uncertainty_path"], -9999.0), (config["reference_path"], 7)):
@@ -344,7 +365,9 @@ def test_nodata_pixels_are_excluded(tmp_path: Path) -> None:
     assert result.n_pixels == valid.sum()
     assert result.accuracy == pytest.approx(1 - wrong[valid].mean())
     assert result.auroc == pytest.approx(brute_auroc(uncertainty[valid], wrong[valid]), abs=1e-12)
-    assert result.uncertainty_range[1] == pytest.approx(float(np.nanmax(np.where(uncertainty == -9999, 0, uncertainty))))
+    assert result.uncertainty_range[1] == pytest.approx(
+        float(np.nanmax(np.where(uncertainty == -9999, 0, uncertainty)))
+    )
 
 
 def test_reference_on_another_grid_is_resampled_with_a_warning(tmp_path: Path) -> None:
@@ -365,8 +388,9 @@ def test_reference_on_another_grid_is_resampled_with_a_warning(tmp_path: Path) -
 
     # a reference covering part of the raster, offset by 3 columns and 2 rows: the rest has no label
     part = reference[2:, 3:].astype(np.uint8)
-    part_path = write_geotiff(tmp_path / "part.tif", part, nodata=255,
-                              geotransform=(x0 + 3 * dx, dx, 0, y0 + 2 * dy, 0, dy))
+    part_path = write_geotiff(
+        tmp_path / "part.tif", part, nodata=255, geotransform=(x0 + 3 * dx, dx, 0, y0 + 2 * dy, 0, dy)
+    )
     config["reference_path"] = part_path
     with pytest.warns(ReferenceResampledWarning):
         partial = evaluate_uncertainty(EvaluationConfig(**config))
@@ -405,17 +429,19 @@ def test_bad_inputs_name_their_parameter(tmp_path: Path) -> None:
 
 # -- outputs -----------------------------------------------------------------------------------------------------
 
+
 def test_outputs_html_png_json(tmp_path: Path) -> None:
     reference, classes, uncertainty = scene((20, 16), seed=10, ties=True)
     result = evaluate(tmp_path, classes, uncertainty, reference, 1.0 - uncertainty / 2, class_names="x,y,z")
-    paths = write_evaluation_outputs(result, str(tmp_path / "r.html"), str(tmp_path / "r.png"),
-                                     str(tmp_path / "r.json"))
+    paths = write_evaluation_outputs(
+        result, str(tmp_path / "r.html"), str(tmp_path / "r.png"), str(tmp_path / "r.json")
+    )
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = Path(paths["html"]).read_text(encoding="utf-8")
     assert text.count("data:image/png;base64,") >= 6
     for number in (f"{result.accuracy:.3f}", f"{result.auroc:.3f}", f"{result.aurc:.4f}", f"{result.ece:.3f}"):
         assert number in text
-    assert "<td class=\"name\">y</td>" in text
+    assert '<td class="name">y</td>' in text
     data = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
     assert data == json.loads(json.dumps(result.to_json()))
     assert data["accuracy"] == result.accuracy and data["error_detection"]["auroc"] == result.auroc

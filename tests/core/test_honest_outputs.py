@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from core_fixtures import PerPixelDropoutNet, SmallConvNet, random_image, read_raster, write_geotiff
 from osgeo import gdal, osr
 from torch import nn
 
-from core_fixtures import PerPixelDropoutNet, SmallConvNet, random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import (
     InferenceError,
     LoadedModel,
@@ -15,11 +15,11 @@ from mc_uncertainty_plugin.core import (
     Normalization,
     ParameterError,
 )
-from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
 from mc_uncertainty_plugin.core.inference.merger import CLASS_NODATA, UNCERTAINTY_NODATA
 from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
 from mc_uncertainty_plugin.core.inference.tiling import TileGrid, tile_weight_map
 from mc_uncertainty_plugin.core.inference.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
 
 
 class NanWhereBright(nn.Module):
@@ -48,10 +48,11 @@ def test_pixels_with_non_finite_probabilities_are_nodata_in_every_output(tmp_pat
     bad = normalised[0] > 1.0
     assert 0 < bad.sum() < bad.size
     warnings_seen = []
-    paths = MCDropoutInferenceProcessor(NanWhereBright(poison), n_samples=2, uncertainty_mode="mutual_information",
-                                        model_input_shape=32, step_shape=16).process(
-        path, output_path=str(tmp_path / "c.tif"), confidence_path=str(tmp_path / "conf.tif"),
-        warn=warnings_seen.append)
+    paths = MCDropoutInferenceProcessor(
+        NanWhereBright(poison), n_samples=2, uncertainty_mode="mutual_information", model_input_shape=32, step_shape=16
+    ).process(
+        path, output_path=str(tmp_path / "c.tif"), confidence_path=str(tmp_path / "conf.tif"), warn=warnings_seen.append
+    )
     classes, uncertainty, confidence = _outputs(paths)
     # a pixel is broken when any window covering it saw a non-finite value: with 1x1 convolutions exactly the
     # bright pixels; 3x3 neighbourhoods do not matter here
@@ -81,8 +82,9 @@ def test_a_pixel_is_nodata_when_any_window_over_it_was_non_finite(tmp_path):
     image[:, :, :24] = 250  # bright left part: windows reaching into it are NaN
     image[:, :, 24:] = 20
     path = write_geotiff(tmp_path / "in.tif", image)
-    paths = MCDropoutInferenceProcessor(NanOnBrightTiles(), n_samples=2, model_input_shape=32, step_shape=16,
-                                        tile_weight="mean").process(path, output_path=str(tmp_path / "c.tif"))
+    paths = MCDropoutInferenceProcessor(
+        NanOnBrightTiles(), n_samples=2, model_input_shape=32, step_shape=16, tile_weight="mean"
+    ).process(path, output_path=str(tmp_path / "c.tif"))
     normalised = Normalization().apply(image.astype(np.float32))
     expected = np.zeros(image.shape[1:], bool)
     for window in TileGrid(image.shape[1:], (32, 32), (16, 16)):
@@ -96,11 +98,13 @@ def test_a_pixel_is_nodata_when_any_window_over_it_was_non_finite(tmp_path):
 
 def test_a_model_that_is_non_finite_everywhere_is_an_error_naming_model(tmp_path):
     path = write_geotiff(tmp_path / "in.tif", random_image((40, 40)))
-    broken = LoadedModel(SmallConvNet(p=0.2), normalization=Normalization((float("nan"),) * 3, (1.0,) * 3, 255.0),
-                         in_channels=3)
+    broken = LoadedModel(
+        SmallConvNet(p=0.2), normalization=Normalization((float("nan"),) * 3, (1.0,) * 3, 255.0), in_channels=3
+    )
     with pytest.raises(InferenceError, match=r"MODEL gave non-finite probabilities .* at every valid pixel"):
         MCDropoutInferenceProcessor(broken, n_samples=2, model_input_shape=32, step_shape=32).process(
-            path, output_path=str(tmp_path / "c.tif"))
+            path, output_path=str(tmp_path / "c.tif")
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
@@ -110,8 +114,9 @@ def test_seeds_use_the_full_64_bit_range(tmp_path, seed):
 
     def uncertainty(value):
         out = tmp_path / f"c_{value}.tif"
-        paths = MCDropoutInferenceProcessor(SmallConvNet(p=0.3), n_samples=3, seed=value, model_input_shape=32,
-                                            step_shape=32).process(path, output_path=str(out))
+        paths = MCDropoutInferenceProcessor(
+            SmallConvNet(p=0.3), n_samples=3, seed=value, model_input_shape=32, step_shape=32
+        ).process(path, output_path=str(out))
         dataset = gdal.Open(paths["uncertainty"])
         return dataset.GetMetadataItem("MC_SEED"), dataset.GetRasterBand(1).ReadAsArray()
 
@@ -132,14 +137,22 @@ def test_mutual_information_is_exactly_zero_without_active_dropout(tmp_path):
     """Overlapping windows see different context and disagree, but that is not model uncertainty."""
     path = write_geotiff(tmp_path / "in.tif", random_image((70, 90)))
     with pytest.warns(UserWarning, match="no active dropout"):
-        processor = MCDropoutInferenceProcessor(SmallConvNet(p=0.0), n_samples=5, uncertainty_mode="mutual_information",
-                                                model_input_shape=32, step_shape=12, tta_mode="none")
+        processor = MCDropoutInferenceProcessor(
+            SmallConvNet(p=0.0),
+            n_samples=5,
+            uncertainty_mode="mutual_information",
+            model_input_shape=32,
+            step_shape=12,
+            tta_mode="none",
+        )
     paths = processor.process(path, output_path=str(tmp_path / "c.tif"))
     information = read_raster(paths["uncertainty"])
     assert (information == 0.0).all()
-    entropy = read_raster(MultiClassInferenceProcessor(SmallConvNet(p=0.0), tta_mode="none", model_input_shape=32,
-                                                       step_shape=12).process(path, output_path=str(tmp_path / "e.tif"))
-                          ["uncertainty"])
+    entropy = read_raster(
+        MultiClassInferenceProcessor(SmallConvNet(p=0.0), tta_mode="none", model_input_shape=32, step_shape=12).process(
+            path, output_path=str(tmp_path / "e.tif")
+        )["uncertainty"]
+    )
     assert entropy.max() > 0.1  # the windows do disagree: the old blend turned that into MI > 0
 
 
@@ -151,20 +164,34 @@ def test_mutual_information_blends_each_windows_own_information(tmp_path):
     net = PerPixelDropoutNet().eval()
     tile, step = (16, 16), (4, 6)
     model = LoadedModel(net, normalization=Normalization((0.5, 0.5), (0.25, 0.25), 255.0), in_channels=2)
-    paths = MCDropoutInferenceProcessor(model, n_samples=4, uncertainty_mode="mutual_information",
-                                        model_input_shape=tile, step_shape=step, tile_weight="pyramid",
-                                        seed=11, batch_size=1).process(path, output_path=str(tmp_path / "c.tif"))
+    paths = MCDropoutInferenceProcessor(
+        model,
+        n_samples=4,
+        uncertainty_mode="mutual_information",
+        model_input_shape=tile,
+        step_shape=step,
+        tile_weight="pyramid",
+        seed=11,
+        batch_size=1,
+    ).process(path, output_path=str(tmp_path / "c.tif"))
     got = read_raster(paths["uncertainty"])
 
     normalised = model.normalization.apply(image.astype(np.float32))
-    sampler = EnsembleSampler(net, torch.device("cpu"), n_samples=4, mc_dropout=True,
-                              transforms=transforms_for("none"), dropout_layers=find_dropout_layers(net), seed=11,
-                              need_expected_entropy=True)
+    sampler = EnsembleSampler(
+        net,
+        torch.device("cpu"),
+        n_samples=4,
+        mc_dropout=True,
+        transforms=transforms_for("none"),
+        dropout_layers=find_dropout_layers(net),
+        seed=11,
+        need_expected_entropy=True,
+    )
     weights = tile_weight_map("pyramid", tile).astype(np.float64)
     total = np.zeros(image.shape[1:])
     blend = np.zeros(image.shape[1:])
     for window in TileGrid(image.shape[1:], tile, step):
-        x = normalised[None, :, window.row:window.row + tile[0], window.col:window.col + tile[1]]
+        x = normalised[None, :, window.row : window.row + tile[0], window.col : window.col + tile[1]]
         reduced = sampler(np.ascontiguousarray(x), [window.key])
         p = reduced.mean_probs[0].astype(np.float64)
         information = -(p * np.log(np.maximum(p, 1e-30))).sum(axis=0) - reduced.expected_entropy[0]
@@ -186,13 +213,15 @@ def test_inputs_georeferenced_by_gcps_keep_them(tmp_path):
     dataset = None
     warnings_seen = []
     paths = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        path, output_path=str(tmp_path / "c.tif"), warn=warnings_seen.append)
+        path, output_path=str(tmp_path / "c.tif"), warn=warnings_seen.append
+    )
     assert not [w for w in warnings_seen if "CRS" in w]
     for output in paths.values():
         written = gdal.Open(output)
         assert written.GetGCPCount() == len(gcps)
         assert [(g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY) for g in written.GetGCPs()] == [
-            (g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY) for g in gcps]
+            (g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY) for g in gcps
+        ]
         assert osr.SpatialReference(wkt=written.GetGCPProjection()).GetAuthorityCode(None) == "4326"
 
 
@@ -200,7 +229,8 @@ def test_an_input_with_no_valid_pixel_warns(tmp_path):
     path = write_geotiff(tmp_path / "nan.tif", np.full((3, 40, 40), np.nan, np.float32))
     warnings_seen = []
     paths = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        path, output_path=str(tmp_path / "c.tif"), warn=warnings_seen.append)
+        path, output_path=str(tmp_path / "c.tif"), warn=warnings_seen.append
+    )
     assert [w for w in warnings_seen if "No pixel of INPUT was valid" in w]
     assert (read_raster(paths["segmentation"]) == CLASS_NODATA).all()
 
@@ -211,12 +241,14 @@ def test_the_range_warning_ignores_infinite_values(tmp_path):
     data[0, 5, 5] = -np.inf
     seen = []
     MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        write_geotiff(tmp_path / "inf.tif", data), output_path=str(tmp_path / "c.tif"), warn=seen.append)
+        write_geotiff(tmp_path / "inf.tif", data), output_path=str(tmp_path / "c.tif"), warn=seen.append
+    )
     assert not [w for w in seen if "values span" in w]
     data *= 40  # 16-bit-like values with infinities: the warning gives the finite range
     seen.clear()
     MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        write_geotiff(tmp_path / "inf40.tif", data), output_path=str(tmp_path / "d.tif"), warn=seen.append)
+        write_geotiff(tmp_path / "inf40.tif", data), output_path=str(tmp_path / "d.tif"), warn=seen.append
+    )
     finite = data[np.isfinite(data)]
     assert [w for w in seen if f"values span about {finite.min():g}..{finite.max():g}" in w], seen
 
@@ -242,9 +274,14 @@ def test_an_alpha_band_is_the_mask_not_data(tmp_path):
     dataset.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
     dataset = None
     counter = ChannelCounter()
-    MultiClassInferenceProcessor(LoadedModel(counter, in_channels=None), tta_mode="none", model_input_shape=32,
-                                 step_shape=32).process(path, output_path=str(tmp_path / "c.tif"))
+    MultiClassInferenceProcessor(
+        LoadedModel(counter, in_channels=None), tta_mode="none", model_input_shape=32, step_shape=32
+    ).process(path, output_path=str(tmp_path / "c.tif"))
     assert counter.seen == {3}
     with pytest.raises(ParameterError, match=r"INPUT must have at least 4 data bands .*3 data band\(s\) and an alpha"):
-        MultiClassInferenceProcessor(LoadedModel(SmallConvNet(in_channels=4), in_channels=4), tta_mode="none",
-                                     model_input_shape=32, step_shape=32).process(path, output_path=str(tmp_path / "d.tif"))
+        MultiClassInferenceProcessor(
+            LoadedModel(SmallConvNet(in_channels=4), in_channels=4),
+            tta_mode="none",
+            model_input_shape=32,
+            step_shape=32,
+        ).process(path, output_path=str(tmp_path / "d.tif"))

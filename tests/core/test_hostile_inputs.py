@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from core_fixtures import SmallConvNet, random_image, write_geotiff
+
 from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, ModelLoadError, ParameterError, load_model
 from mc_uncertainty_plugin.core.models import yaml_config
 from mc_uncertainty_plugin.core.models.yaml_config import MAX_NODES, Interpolator, read_config
@@ -34,12 +34,14 @@ BILLION_LAUGHS = textwrap.dedent("""\
 
 def _in_a_child(code: str, memory_mib: int = 1500, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter limited to ``memory_mib`` of address space (a bomb fails there)."""
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mib * 2**20, memory_mib * 2**20))
 
     script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=limit)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, preexec_fn=limit
+    )
 
 
 def test_billion_laughs_is_refused_quickly_in_bounded_memory(tmp_path):
@@ -47,14 +49,17 @@ def test_billion_laughs_is_refused_quickly_in_bounded_memory(tmp_path):
     path.write_text(BILLION_LAUGHS)
     assert path.stat().st_size < 1000
     started = time.perf_counter()
-    child = _in_a_child(f"""
+    child = _in_a_child(
+        f"""
         from mc_uncertainty_plugin.core.models.yaml_config import read_config, Interpolator
         from mc_uncertainty_plugin.core.errors import ModelLoadError
         try:
             Interpolator(read_config({str(path)!r})).get("model")
         except ModelLoadError as error:
             print("REFUSED", error)
-    """, memory_mib=600)
+    """,
+        memory_mib=600,
+    )
     assert "REFUSED MODEL:" in child.stdout, child.stderr[-2000:]
     assert f"more than {MAX_NODES:,} values" in child.stdout
     assert time.perf_counter() - started < 30
@@ -116,8 +121,7 @@ def test_a_large_plain_config_is_read_with_the_c_loader(tmp_path):
 
 def test_a_tile_that_cannot_fit_in_memory_is_a_clear_error_naming_the_parameter(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((40, 40)))
-    processor = MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=100000,
-                                            step_shape=256)
+    processor = MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=100000, step_shape=256)
     with pytest.raises(ParameterError, match=r"MODEL_INPUT_SHAPE must be a tile whose forward pass fits in memory"):
         processor.process(image, output_path=str(tmp_path / "c.tif"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]

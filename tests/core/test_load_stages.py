@@ -19,8 +19,11 @@ def test_stages_of_a_config_and_of_torchscript(tmp_path: Path) -> None:
     net = torch.nn.Conv2d(3, 2, 1)
     torch.save(net.state_dict(), tmp_path / "w.pth")
     config = tmp_path / "m.yaml"
-    config.write_text("model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n"
-                      "checkpoint_path: w.pth\n", encoding="utf-8")
+    config.write_text(
+        "model:\n  _target_: torch.nn.Conv2d\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n"
+        "checkpoint_path: w.pth\n",
+        encoding="utf-8",
+    )
     stages: list[str] = []
     load_model(str(config), stage=stages.append)
     assert stages == [STAGE_BUILD, STAGE_WEIGHTS]
@@ -42,7 +45,8 @@ def test_architecture_modules_are_imported_only_to_build(tmp_path: Path) -> None
     (tmp_path / "lazy_arch_for_test.py").write_text("import torch\nNet = torch.nn.Conv2d\n", encoding="utf-8")
     (tmp_path / "lazy.yaml").write_text(
         "model:\n  _target_: lazy_arch_for_test.Net\n  in_channels: 3\n  out_channels: 2\n  kernel_size: 1\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     script = textwrap.dedent(f"""
         import json, os, sys
         sys.path[:0] = [{str(REPO_ROOT)!r}, {str(tmp_path)!r}]
@@ -60,6 +64,11 @@ def test_architecture_modules_are_imported_only_to_build(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     assert lines, done.stdout[-2000:] + done.stderr[-2000:]
-    report = json.loads(lines[-1][len("REPORT"):])
-    assert report == {"smp": False, "arch_before": False, "stages": [["build", False]], "arch_after": True,
-                      "smp_after": False}
+    report = json.loads(lines[-1][len("REPORT") :])
+    assert report == {
+        "smp": False,
+        "arch_before": False,
+        "stages": [["build", False]],
+        "arch_after": True,
+        "smp_after": False,
+    }

@@ -14,8 +14,15 @@ import torch
 from mc_uncertainty_plugin.core import LoadedModel, ModelLoadError, ParameterError, load_model
 from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
 
-FPN_KWARGS = dict(encoder_name="resnet18", encoder_depth=3, encoder_weights=None, in_channels=3, classes=4,
-                  decoder_dropout=0.2, upsampling=2)
+FPN_KWARGS = dict(
+    encoder_name="resnet18",
+    encoder_depth=3,
+    encoder_weights=None,
+    in_channels=3,
+    classes=4,
+    decoder_dropout=0.2,
+    upsampling=2,
+)
 
 
 def write_config(folder, body: str, name="model.yaml"):
@@ -88,7 +95,9 @@ def test_key_mismatch_names_missing_and_unexpected_keys(tmp_path, fpn):
     state["extra.weight"] = torch.zeros(1)
     del state["segmentation_head.0.bias"]
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ModelLoadError, match=r"missing keys: segmentation_head\.0\.bias.*unexpected keys: extra\.weight"):
+    with pytest.raises(
+        ModelLoadError, match=r"missing keys: segmentation_head\.0\.bias.*unexpected keys: extra\.weight"
+    ):
         load_model(write_config(tmp_path, FPN_YAML), checkpoint=str(tmp_path / "bad.pth"))
 
 
@@ -118,11 +127,14 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 
 def test_target_outside_the_allowlist_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    config = write_config(tmp_path, f"""
+    config = write_config(
+        tmp_path,
+        f"""
         model:
           _target_: os.system
           command: touch {marker}
-    """)
+    """,
+    )
     with pytest.raises(ModelLoadError, match="not allowed"):
         load_model(config)
     assert not marker.exists()
@@ -136,11 +148,14 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, fpn):
         load_model(write_config(tmp_path, FPN_YAML), checkpoint=str(tmp_path / "w.pth"))
 
 
-@pytest.mark.parametrize("body,message", [
-    ("model: [1, 2\n", "not valid YAML"),
-    ("inference_processor: {n_samples: 3}\n", "no 'model:' section"),
-    ("- a\n- b\n", "must hold a YAML mapping"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("model: [1, 2\n", "not valid YAML"),
+        ("inference_processor: {n_samples: 3}\n", "no 'model:' section"),
+        ("- a\n- b\n", "must hold a YAML mapping"),
+    ],
+)
 def test_malformed_configs(tmp_path, body, message):
     with pytest.raises(ModelLoadError, match=message):
         load_model(write_config(tmp_path, body))
@@ -152,10 +167,13 @@ def test_missing_model_file_names_the_parameter(tmp_path):
 
 
 def test_decoder_dropout_is_injected_into_unet_without_changing_keys(tmp_path):
-    plain = smp.Unet(encoder_name="resnet18", encoder_depth=3, encoder_weights=None, decoder_channels=(32, 16, 8),
-                     classes=3)
+    plain = smp.Unet(
+        encoder_name="resnet18", encoder_depth=3, encoder_weights=None, decoder_channels=(32, 16, 8), classes=3
+    )
     torch.save(plain.state_dict(), tmp_path / "unet.pth")
-    config = write_config(tmp_path, """
+    config = write_config(
+        tmp_path,
+        """
         model:
           _target_: segmentation_models_pytorch.Unet
           encoder_name: resnet18
@@ -164,7 +182,8 @@ def test_decoder_dropout_is_injected_into_unet_without_changing_keys(tmp_path):
           classes: 3
           decoder_dropout: 0.3
         checkpoint_path: unet.pth
-    """)
+    """,
+    )
     model = load_model(config)
     assert set(model.module.state_dict()) == set(plain.state_dict())
     layers = find_dropout_layers(model.module)
@@ -177,12 +196,18 @@ def test_decoder_dropout_is_injected_into_unet_without_changing_keys(tmp_path):
 
 
 def test_torchscript_model_with_sidecar_yaml(tmp_path):
-    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1), torch.nn.ReLU(), torch.nn.Dropout2d(0.25), torch.nn.Conv2d(8, 3, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 1), torch.nn.ReLU(), torch.nn.Dropout2d(0.25), torch.nn.Conv2d(8, 3, 1)
+    )
     torch.jit.save(torch.jit.script(net), str(tmp_path / "net.pt"))
-    write_config(tmp_path, """
+    write_config(
+        tmp_path,
+        """
         normalization: {mean: [0, 0, 0, 0], std: [1, 1, 1, 1], max_pixel_value: 10000}
         class_names: [x, y, z]
-    """, name="net.yaml")
+    """,
+        name="net.yaml",
+    )
     model = load_model(str(tmp_path / "net.pt"))
     assert model.is_scripted and model.in_channels == 4
     assert model.class_names == ("x", "y", "z")
@@ -200,18 +225,28 @@ def test_encoder_weights_imagenet_is_never_downloaded(tmp_path):
     # no checkpoint: random weights, and no network access attempted (HF/torch hub disabled in the child)
     config = write_config(tmp_path, FPN_YAML)
     code = f"from mc_uncertainty_plugin.core import load_model; m = load_model({config!r}); print(m.notes)"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "hub"), no_proxy="", https_proxy="http://0.0.0.0:9")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=120)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "hub"), no_proxy="", https_proxy="http://0.0.0.0:9"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "random weights" in out.stdout
     assert not (tmp_path / "hub").exists()
 
 
 def test_core_imports_no_qgis():
-    code = ("import sys, mc_uncertainty_plugin.core; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'PyQt6', 'sip')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, mc_uncertainty_plugin.core; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'PyQt6', 'sip')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -228,8 +263,10 @@ def test_core_imports_no_qgis():
 
 
 def test_evaluation_and_errors_import_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; "  # any 'import torch' now fails
-            "from mc_uncertainty_plugin.core import evaluate_to_files, ParameterError, entropy; print('ok')")
+    code = (
+        "import sys; sys.modules['torch'] = None; "  # any 'import torch' now fails
+        "from mc_uncertainty_plugin.core import evaluate_to_files, ParameterError, entropy; print('ok')"
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

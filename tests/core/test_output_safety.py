@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from osgeo import gdal
 
-from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import EvaluationConfig, MCDropoutInferenceProcessor, ParameterError, RasterIOError
+from mc_uncertainty_plugin.core.evaluation.report import evaluate_to_files
 from mc_uncertainty_plugin.core.io import output_files
 from mc_uncertainty_plugin.core.io.output_files import (
     STALE_AFTER_SECONDS,
@@ -22,7 +23,6 @@ from mc_uncertainty_plugin.core.io.output_files import (
     remove_stale_temporaries,
     temporary_path,
 )
-from mc_uncertainty_plugin.core.evaluation.report import evaluate_to_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,8 +113,9 @@ def test_a_failed_rename_restores_every_earlier_output(scene, tmp_path, monkeypa
         return real_replace(src, dst)
 
     monkeypatch.setattr(output_files.os, "replace", failing)
-    processor = MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
-                                            seed=99)
+    processor = MCDropoutInferenceProcessor(
+        SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32, seed=99
+    )
     with pytest.raises(RasterIOError, match="publishing the outputs failed"):
         processor.process(image, output_path=str(out / "c.tif"))
     assert failures and snapshot(out) == old  # the old pair, byte for byte; no temporary left
@@ -128,16 +129,18 @@ def test_publish_together_puts_new_files_in_place_and_drops_the_old_ones(tmp_pat
         Path(temporary).write_text(text)
     stale_sidecar = tmp_path / "a.tif.aux.xml"
     stale_sidecar.write_text("old sidecar")
-    publish_together([(temporaries[0], str(finals[0])), (temporaries[1], str(finals[1])),
-                      (None, str(stale_sidecar))])
+    publish_together([(temporaries[0], str(finals[0])), (temporaries[1], str(finals[1])), (None, str(stale_sidecar))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
     assert finals[0].read_text() == "new a" and finals[1].read_text() == "new b"
 
 
 def test_temporaries_have_a_fixed_short_name_so_long_output_names_work(scene, tmp_path):
     name = "c" * 236 + ".tif"  # 240 characters: legal on every common file system
-    paths = run(str(scene / "scene.tif"), output_path=str(tmp_path / name),
-                uncertainty_path=str(tmp_path / ("u" * 236 + ".tif")))
+    paths = run(
+        str(scene / "scene.tif"),
+        output_path=str(tmp_path / name),
+        uncertainty_path=str(tmp_path / ("u" * 236 + ".tif")),
+    )
     assert os.path.basename(paths["segmentation"]) == name
     assert len(os.path.basename(temporary_path(str(tmp_path / name)))) < 50
 
@@ -173,7 +176,8 @@ def test_a_run_cleans_the_folder_of_dead_runs_whatever_the_output_name(scene, tm
     leftover.write_bytes(b"x")
     lines = []
     MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32).process(
-        str(scene / "scene.tif"), output_path=str(out / "other.tif"), log=lines.append)
+        str(scene / "scene.tif"), output_path=str(out / "other.tif"), log=lines.append
+    )
     assert not leftover.exists()
     assert any(leftover.name in line and "did not finish" in line for line in lines)
 
@@ -218,8 +222,12 @@ def test_evaluate_refuses_two_outputs_that_are_one_file(evaluated, tmp_path):
 
 
 def test_evaluate_writes_its_three_files_together(evaluated, tmp_path):
-    _, written = evaluate_to_files(evaluated, html_path=str(tmp_path / "r.html"), png_path=str(tmp_path / "r.png"),
-                                   json_path=str(tmp_path / "r.json"))
+    _, written = evaluate_to_files(
+        evaluated,
+        html_path=str(tmp_path / "r.html"),
+        png_path=str(tmp_path / "r.png"),
+        json_path=str(tmp_path / "r.json"),
+    )
     assert sorted(written) == ["html", "json", "png"]
     assert all(Path(p).stat().st_size > 0 for p in written.values())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mcu-")]

@@ -22,8 +22,16 @@ def block_means(data: np.ndarray, factor: int, nodata: float) -> np.ndarray:
 
 def write(path, data, pieces, panels, dtype, nodata, resampling):
     """Write ``data`` through GeoTiffWriter in column panels and row pieces of the given heights."""
-    writer = GeoTiffWriter(str(path), width=data.shape[1], height=data.shape[0], dtype=dtype, nodata=nodata,
-                           geotransform=None, projection="", overview_resampling=resampling)
+    writer = GeoTiffWriter(
+        str(path),
+        width=data.shape[1],
+        height=data.shape[0],
+        dtype=dtype,
+        nodata=nodata,
+        geotransform=None,
+        projection="",
+        overview_resampling=resampling,
+    )
     for c0, c1 in panels:
         row = 0
         for height in pieces:
@@ -67,8 +75,11 @@ def test_streamed_average_equals_gdal_without_nodata(tmp_path):
     dataset = gdal.Open(str(tmp_path / "ours.tif"))  # kept: a band outlives no dataset
     ours = dataset.GetRasterBand(1)
     for level in range(3):
-        np.testing.assert_allclose(ours.GetOverview(level).ReadAsArray(),
-                                   gdal_copy.GetRasterBand(1).GetOverview(level).ReadAsArray(), rtol=1e-5)
+        np.testing.assert_allclose(
+            ours.GetOverview(level).ReadAsArray(),
+            gdal_copy.GetRasterBand(1).GetOverview(level).ReadAsArray(),
+            rtol=1e-5,
+        )
 
 
 def test_streamed_nearest_overviews_take_the_top_left_pixel(tmp_path):

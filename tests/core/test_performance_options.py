@@ -9,8 +9,8 @@ from osgeo import gdal
 from torch import nn
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
-from mc_uncertainty_plugin.core.inference.device import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.errors import ParameterError
+from mc_uncertainty_plugin.core.inference.device import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.inference.sampler import softmax_terms
 from mc_uncertainty_plugin.core.inference.uncertainty import argmax_and_max, entropy
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from core_fixtures import random_image, read_raster, write_geotiff
 from torch import nn
 
-from core_fixtures import random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor
-from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
-from mc_uncertainty_plugin.core.models.loading import _inject_decoder_dropout
 from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
 from mc_uncertainty_plugin.core.inference.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
+from mc_uncertainty_plugin.core.models.loading import _inject_decoder_dropout
 
 
 def fpn():
@@ -55,13 +55,24 @@ class InPlaceAfterDropout(nn.Module):
 def sampler(net, cache_prefix, n=4, tta="none"):
     net = net.eval()
     torch.manual_seed(0)
-    return EnsembleSampler(net, torch.device("cpu"), n_samples=n, mc_dropout=True, transforms=transforms_for(tta),
-                           dropout_layers=find_dropout_layers(net), seed=3, need_expected_entropy=True,
-                           cache_prefix=cache_prefix)
+    return EnsembleSampler(
+        net,
+        torch.device("cpu"),
+        n_samples=n,
+        mc_dropout=True,
+        transforms=transforms_for(tta),
+        dropout_layers=find_dropout_layers(net),
+        seed=3,
+        need_expected_entropy=True,
+        cache_prefix=cache_prefix,
+    )
 
 
-@pytest.mark.parametrize("build", [fpn, unet_injected, deeplab, segformer_injected],
-                         ids=["FPN", "Unet+injected", "DeepLabV3+", "Segformer+injected"])
+@pytest.mark.parametrize(
+    "build",
+    [fpn, unet_injected, deeplab, segformer_injected],
+    ids=["FPN", "Unet+injected", "DeepLabV3+", "Segformer+injected"],
+)
 def test_cached_prefix_equals_full_passes(build):
     torch.manual_seed(1)
     net = build().eval()
@@ -111,6 +122,7 @@ def test_engine_logs_the_execution_path(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((64, 64)))
     lines = []
     MCDropoutInferenceProcessor(fpn(), n_samples=3, model_input_shape=64, step_shape=64).process(
-        image, output_path=str(tmp_path / "o.tif"), log=lines.append)
+        image, output_path=str(tmp_path / "o.tif"), log=lines.append
+    )
     assert any(line.startswith("Execution: deterministic prefix once per tile batch") for line in lines)
     assert read_raster(str(tmp_path / "o_mc_uncertainty.tif")).max() > 0

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from core_fixtures import SmallConvNet, random_image, write_geotiff
 from osgeo import gdal
 
-from core_fixtures import SmallConvNet, random_image, write_geotiff
 from mc_uncertainty_plugin.core import InferenceConfig, LoadedModel, MCDropoutInferenceProcessor
 from mc_uncertainty_plugin.core.inference.device import resolve_device
 from mc_uncertainty_plugin.core.inference.engine import run_region
@@ -26,23 +26,57 @@ def _read(path: str) -> tuple[np.ndarray, tuple]:
     return dataset.GetRasterBand(1).ReadAsArray(), dataset.GetGeoTransform()
 
 
-@pytest.mark.parametrize("mode,tta,batch", [("mutual_information", "none", 0), ("entropy", "flip", 3),
-                                            ("variation_ratio", "none", 1)])
+@pytest.mark.parametrize(
+    "mode,tta,batch", [("mutual_information", "none", 0), ("entropy", "flip", 3), ("variation_ratio", "none", 1)]
+)
 def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thread, mode, tta, batch):
     height, width = 83, 101  # odd sizes: the last windows of each axis are shifted inwards
     image = write_geotiff(tmp_path / "in.tif", random_image((height, width), seed=3))
     model = LoadedModel(SmallConvNet(p=0.3), in_channels=3)
-    config = InferenceConfig(n_samples=3, uncertainty_mode=mode, tta_mode=tta, model_input_shape=(32, 40),
-                             step_shape=(20, 24), seed=5, batch_size=batch)
-    whole = MCDropoutInferenceProcessor(model, **{f: getattr(config, f) for f in (
-        "n_samples", "uncertainty_mode", "tta_mode", "model_input_shape", "step_shape", "seed", "batch_size")})
+    config = InferenceConfig(
+        n_samples=3,
+        uncertainty_mode=mode,
+        tta_mode=tta,
+        model_input_shape=(32, 40),
+        step_shape=(20, 24),
+        seed=5,
+        batch_size=batch,
+    )
+    whole = MCDropoutInferenceProcessor(
+        model,
+        **{
+            f: getattr(config, f)
+            for f in (
+                "n_samples",
+                "uncertainty_mode",
+                "tta_mode",
+                "model_input_shape",
+                "step_shape",
+                "seed",
+                "batch_size",
+            )
+        },
+    )
     paths = whole.process(image, output_path=str(tmp_path / "whole.tif"), confidence_path=str(tmp_path / "wc.tif"))
-    expected = {key: _read(p)[0] for key, p in zip(("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"),
-                                                   (paths["segmentation"], paths["uncertainty"], paths["confidence"]))}
-    plan, _ = plan_run(model, config, image, {"OUTPUT": str(tmp_path / "plan.tif"),
-                                              "OUTPUT_UNCERTAINTY": str(tmp_path / "plan_u.tif"),
-                                              "OUTPUT_CONFIDENCE": str(tmp_path / "plan_c.tif")},
-                       resolve_device("cpu"), lambda message: None)
+    expected = {
+        key: _read(p)[0]
+        for key, p in zip(
+            ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"),
+            (paths["segmentation"], paths["uncertainty"], paths["confidence"]),
+        )
+    }
+    plan, _ = plan_run(
+        model,
+        config,
+        image,
+        {
+            "OUTPUT": str(tmp_path / "plan.tif"),
+            "OUTPUT_UNCERTAINTY": str(tmp_path / "plan_u.tif"),
+            "OUTPUT_CONFIDENCE": str(tmp_path / "plan_c.tif"),
+        },
+        resolve_device("cpu"),
+        lambda message: None,
+    )
     mosaic = {key: np.full(values.shape, 7, values.dtype) for key, values in expected.items()}
     origin = _read(paths["segmentation"])[1]
     cuts_rows, cuts_cols = (0, 17, 50, height), (0, 33, 61, 90, width)  # regions not aligned to any window

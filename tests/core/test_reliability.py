@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from osgeo import gdal
 
-from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from mc_uncertainty_plugin.core import (
     LoadedModel,
     MCDropoutInferenceProcessor,
@@ -74,8 +74,9 @@ def test_kill_9_leaves_nothing_that_looks_complete_and_the_next_run_cleans_up(tm
     assert names and all(name.startswith(".") and PARTIAL_SUFFIX in name for name in names)
     # the next run writes the outputs and removes the dead run's temporaries
     lines = []
-    MCDropoutInferenceProcessor(SmallConvNet(in_channels=3, p=0.2), n_samples=2, model_input_shape=64,
-                                step_shape=64).process(image, output_path=str(out / "classes.tif"), log=lines.append)
+    MCDropoutInferenceProcessor(
+        SmallConvNet(in_channels=3, p=0.2), n_samples=2, model_input_shape=64, step_shape=64
+    ).process(image, output_path=str(out / "classes.tif"), log=lines.append)
     assert outputs_in(out) == ["classes.tif", "classes_mc_uncertainty.tif"]
     assert any("left by an earlier run that did not finish" in line for line in lines)
 
@@ -95,7 +96,8 @@ def test_not_enough_disk_space_is_refused_before_writing(tmp_path, rgb_raster, m
     out.mkdir()
     with pytest.raises(ParameterError, match=r"OUTPUT must have room for the outputs: about .* MiB needed"):
         MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32).process(
-            rgb_raster, str(out))
+            rgb_raster, str(out)
+        )
     assert outputs_in(out) == []
 
 
@@ -115,7 +117,8 @@ def test_raster_without_crs_warns_and_outputs_have_none(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((40, 40)), epsg=None, geotransform=None)
     warnings_seen = []
     paths = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        image, output_path=str(tmp_path / "o.tif"), warn=warnings_seen.append)
+        image, output_path=str(tmp_path / "o.tif"), warn=warnings_seen.append
+    )
     assert any("has no CRS" in w for w in warnings_seen)
     for path in paths.values():
         dataset = gdal.Open(path)
@@ -123,16 +126,18 @@ def test_raster_without_crs_warns_and_outputs_have_none(tmp_path):
 
 
 def test_16_bit_imagery_outside_the_normalisation_warns(tmp_path):
-    data = (random_image((40, 40)).astype(np.uint16) * 40)  # up to ~10000, as 16-bit satellite data
+    data = random_image((40, 40)).astype(np.uint16) * 40  # up to ~10000, as 16-bit satellite data
     image = write_geotiff(tmp_path / "in.tif", data)
     seen = []
     MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
-        image, output_path=str(tmp_path / "o.tif"), warn=seen.append)
+        image, output_path=str(tmp_path / "o.tif"), warn=seen.append
+    )
     assert any("normalization expects 0..255" in w for w in seen)
     ok = LoadedModel(SmallConvNet(), normalization=Normalization((0.5,), (0.25,), 10000.0), in_channels=3)
     seen.clear()
     MultiClassInferenceProcessor(ok, tta_mode="none", model_input_shape=32, step_shape=32).process(
-        image, output_path=str(tmp_path / "p.tif"), warn=seen.append)
+        image, output_path=str(tmp_path / "p.tif"), warn=seen.append
+    )
     assert seen == []
 
 
@@ -145,8 +150,11 @@ def test_alpha_band_and_internal_mask_are_nodata(tmp_path):
     dataset = gdal.Open(str(path), gdal.GA_Update)
     dataset.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
     dataset = None
-    classes = read_raster(MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32,
-                                                       step_shape=32).process(str(path), output_path=str(tmp_path / "a.tif"))["segmentation"])
+    classes = read_raster(
+        MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
+            str(path), output_path=str(tmp_path / "a.tif")
+        )["segmentation"]
+    )
     assert np.all(classes[:10] == CLASS_NODATA) and np.all(classes[10:] != CLASS_NODATA)
 
     masked = tmp_path / "masked.tif"
@@ -161,8 +169,11 @@ def test_alpha_band_and_internal_mask_are_nodata(tmp_path):
         dataset = None
     finally:
         gdal.SetConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
-    classes = read_raster(MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32,
-                                                       step_shape=32).process(str(masked), output_path=str(tmp_path / "m.tif"))["segmentation"])
+    classes = read_raster(
+        MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=32).process(
+            str(masked), output_path=str(tmp_path / "m.tif")
+        )["segmentation"]
+    )
     assert np.all(classes[:, :7] == CLASS_NODATA) and np.all(classes[:, 7:] != CLASS_NODATA)
 
 
@@ -171,9 +182,11 @@ def test_vrt_input(tmp_path):
     vrt = str(tmp_path / "mosaic.vrt")
     gdal.BuildVRT(vrt, [a]).FlushCache()
     direct = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=16).process(
-        a, output_path=str(tmp_path / "direct.tif"))
-    via_vrt = MultiClassInferenceProcessor(SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=16).process(
-        vrt, output_path=str(tmp_path / "vrt.tif"))
+        a, output_path=str(tmp_path / "direct.tif")
+    )
+    via_vrt = MultiClassInferenceProcessor(
+        SmallConvNet(), tta_mode="none", model_input_shape=32, step_shape=16
+    ).process(vrt, output_path=str(tmp_path / "vrt.tif"))
     np.testing.assert_array_equal(read_raster(direct["segmentation"]), read_raster(via_vrt["segmentation"]))
 
 
@@ -181,13 +194,17 @@ def test_two_concurrent_runs_on_one_model_equal_sequential_runs(tmp_path, rgb_ra
     net = SmallConvNet(p=0.4).eval()
     kwargs = dict(n_samples=4, model_input_shape=32, step_shape=16, uncertainty_mode="mutual_information", seed=2)
     threads_before = torch.get_num_threads()
-    sequential = [MCDropoutInferenceProcessor(net, **kwargs).process(rgb_raster, output_path=str(tmp_path / f"s{i}.tif"))
-                  for i in range(2)]
+    sequential = [
+        MCDropoutInferenceProcessor(net, **kwargs).process(rgb_raster, output_path=str(tmp_path / f"s{i}.tif"))
+        for i in range(2)
+    ]
     results, errors = {}, []
 
     def worker(i):
         try:
-            results[i] = MCDropoutInferenceProcessor(net, **kwargs).process(rgb_raster, output_path=str(tmp_path / f"c{i}.tif"))
+            results[i] = MCDropoutInferenceProcessor(net, **kwargs).process(
+                rgb_raster, output_path=str(tmp_path / f"c{i}.tif")
+            )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -205,8 +222,9 @@ def test_two_concurrent_runs_on_one_model_equal_sequential_runs(tmp_path, rgb_ra
 
 # -- property-based: random parameters and rasters give valid outputs or one clean error ----------------------
 OUTCOMES = {"error": 0, "outputs": 0}
-TINY = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3),
-                           torch.nn.Conv2d(4, 3, 1)).eval()
+TINY = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3), torch.nn.Conv2d(4, 3, 1)
+).eval()
 
 
 INVALID = {
@@ -236,15 +254,24 @@ def run_parameters(draw):
     return params
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,  # the same 40 cases every run: no flaky CI
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    height=st.integers(1, 40), width=st.integers(1, 40), bands=st.sampled_from([3, 3, 4, 1]),
-    dtype=st.sampled_from(["uint8", "uint16", "float32"]), holes=st.booleans(),
-    weight=st.sampled_from(["gaussian", "pyramid", "mean"]), params=run_parameters(),
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,  # the same 40 cases every run: no flaky CI
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-def test_random_parameters_give_outputs_or_a_clean_error(tmp_path_factory, height, width, bands, dtype, holes,
-                                                         weight, params):
+@given(
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    bands=st.sampled_from([3, 3, 4, 1]),
+    dtype=st.sampled_from(["uint8", "uint16", "float32"]),
+    holes=st.booleans(),
+    weight=st.sampled_from(["gaussian", "pyramid", "mean"]),
+    params=run_parameters(),
+)
+def test_random_parameters_give_outputs_or_a_clean_error(
+    tmp_path_factory, height, width, bands, dtype, holes, weight, params
+):
     tile, step, n_samples, mode, tta, batch = (params[k] for k in ("tile", "step", "n_samples", "mode", "tta", "batch"))
     folder = tmp_path_factory.mktemp("prop")
     rng = np.random.default_rng(height * 100 + width)
@@ -255,15 +282,35 @@ def test_random_parameters_give_outputs_or_a_clean_error(tmp_path_factory, heigh
     out = folder / "out"
     out.mkdir()
     try:
-        proc = MCDropoutInferenceProcessor(TINY, n_samples=n_samples, uncertainty_mode=mode, tta_mode=tta,
-                                           tile_weight=weight, model_input_shape=tile, step_shape=step,
-                                           batch_size=batch, seed=1)
+        proc = MCDropoutInferenceProcessor(
+            TINY,
+            n_samples=n_samples,
+            uncertainty_mode=mode,
+            tta_mode=tta,
+            tile_weight=weight,
+            model_input_shape=tile,
+            step_shape=step,
+            batch_size=batch,
+            seed=1,
+        )
         paths = proc.process(image, str(out))
     except McUncertaintyError as error:
         message = str(error)
         assert "\n" not in message and len(message) < 600
-        assert any(key in message for key in ("INPUT", "BANDS", "N_SAMPLES", "MODEL_INPUT_SHAPE", "STEP_SHAPE",
-                                              "UNCERTAINTY_MODE", "TTA_MODE", "BATCH_SIZE", "MODEL")), message
+        assert any(
+            key in message
+            for key in (
+                "INPUT",
+                "BANDS",
+                "N_SAMPLES",
+                "MODEL_INPUT_SHAPE",
+                "STEP_SHAPE",
+                "UNCERTAINTY_MODE",
+                "TTA_MODE",
+                "BATCH_SIZE",
+                "MODEL",
+            )
+        ), message
         assert outputs_in(out) == []
         OUTCOMES["error"] += 1
         return
@@ -288,10 +335,12 @@ def test_a_file_that_is_not_a_raster_is_refused(tmp_path):
     text.write_text("not a raster")
     with pytest.raises(ParameterError, match="INPUT must be a raster GDAL can read"):
         MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32).process(
-            str(text), output_path=str(tmp_path / "o.tif"))
+            str(text), output_path=str(tmp_path / "o.tif")
+        )
     with pytest.raises(ParameterError, match="INPUT must be an existing raster file"):
         MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32).process(
-            str(tmp_path / "missing.tif"), output_path=str(tmp_path / "o.tif"))
+            str(tmp_path / "missing.tif"), output_path=str(tmp_path / "o.tif")
+        )
     assert outputs_in(tmp_path) == ["notes.tif"]
 
 
@@ -315,13 +364,15 @@ def test_works_when_gdal_exceptions_are_switched_on(tmp_path, rgb_raster):
     previous = gdal.GetUseExceptions()
     gdal.UseExceptions()
     try:
-        paths = MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=16).process(
-            rgb_raster, output_path=str(tmp_path / "o.tif"))
+        paths = MCDropoutInferenceProcessor(
+            SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=16
+        ).process(rgb_raster, output_path=str(tmp_path / "o.tif"))
         assert read_raster(paths["uncertainty"]).shape == (90, 110)
         (tmp_path / "text.tif").write_text("no raster")
         with pytest.raises(ParameterError, match="INPUT must be a raster GDAL can read"):
             MultiClassInferenceProcessor(SmallConvNet(), model_input_shape=32, step_shape=32).process(
-                str(tmp_path / "text.tif"), output_path=str(tmp_path / "p.tif"))
+                str(tmp_path / "text.tif"), output_path=str(tmp_path / "p.tif")
+            )
     finally:
         if not previous:
             gdal.DontUseExceptions()
@@ -347,10 +398,14 @@ def test_a_model_failing_mid_run_is_one_clear_error_and_leaves_no_file(tmp_path,
 
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(InferenceError, match=r"MODEL failed on the window at row \d+, column \d+ of INPUT: "
-                                             r"RuntimeError: CUDA out of memory \(simulated\)"):
-        MultiClassInferenceProcessor(FailsLater(), tta_mode="none", model_input_shape=32, step_shape=32,
-                                     batch_size=1).process(rgb_raster, str(out))
+    with pytest.raises(
+        InferenceError,
+        match=r"MODEL failed on the window at row \d+, column \d+ of INPUT: "
+        r"RuntimeError: CUDA out of memory \(simulated\)",
+    ):
+        MultiClassInferenceProcessor(
+            FailsLater(), tta_mode="none", model_input_shape=32, step_shape=32, batch_size=1
+        ).process(rgb_raster, str(out))
     assert outputs_in(out) == []
 
 
@@ -372,8 +427,9 @@ def _corrupt_last_block(path: Path) -> None:
 def test_a_read_failing_in_the_reading_thread_is_one_clear_error_and_leaves_no_file(tmp_path, exceptions):
     """Windows are read one batch ahead in a worker thread; its failure must reach the caller as INPUT's error."""
     image = tmp_path / "damaged.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(str(image), 96, 96, 3, gdal.GDT_Byte,
-                                              ["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=32", "COMPRESS=DEFLATE"])
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(image), 96, 96, 3, gdal.GDT_Byte, ["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=32", "COMPRESS=DEFLATE"]
+    )
     ds.WriteRaster(0, 0, 96, 96, random_image((96, 96)).tobytes())
     ds = None
     _corrupt_last_block(image)
@@ -383,8 +439,9 @@ def test_a_read_failing_in_the_reading_thread_is_one_clear_error_and_leaves_no_f
     gdal.UseExceptions() if exceptions else gdal.DontUseExceptions()
     try:
         with pytest.raises(McUncertaintyError, match=r"INPUT: reading pixels 64,64 of '.*damaged.tif' failed"):
-            MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
-                                        batch_size=1).process(str(image), str(out))
+            MCDropoutInferenceProcessor(
+                SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32, batch_size=1
+            ).process(str(image), str(out))
     finally:
         gdal.UseExceptions() if previous else gdal.DontUseExceptions()
     assert outputs_in(out) == []
@@ -423,8 +480,14 @@ def test_writing_behind_gives_the_outputs_of_writing_in_line(tmp_path, monkeypat
     def outputs(name: str) -> list[np.ndarray]:
         folder = tmp_path / name
         folder.mkdir()
-        proc = MCDropoutInferenceProcessor(net, n_samples=3, model_input_shape=64, step_shape=48,
-                                           panel_width=panel_width, uncertainty_mode="mutual_information")
+        proc = MCDropoutInferenceProcessor(
+            net,
+            n_samples=3,
+            model_input_shape=64,
+            step_shape=48,
+            panel_width=panel_width,
+            uncertainty_mode="mutual_information",
+        )
         paths = proc.process(image, output_path=str(folder / "c.tif"), confidence_path=str(folder / "p.tif"))
         return [read_raster(paths[key]) for key in ("segmentation", "uncertainty", "confidence")]
 
@@ -437,8 +500,7 @@ def test_writing_behind_gives_the_outputs_of_writing_in_line(tmp_path, monkeypat
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_write_failing_in_the_writing_thread_is_one_clear_error_and_leaves_no_file(tmp_path, monkeypatch,
-                                                                                      rgb_raster):
+def test_a_write_failing_in_the_writing_thread_is_one_clear_error_and_leaves_no_file(tmp_path, monkeypatch, rgb_raster):
     from mc_uncertainty_plugin.core import RasterIOError
 
     log = _WriteLog(monkeypatch, fail_at=2)
@@ -446,8 +508,9 @@ def test_a_write_failing_in_the_writing_thread_is_one_clear_error_and_leaves_no_
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(RasterIOError, match=r"writing '.*' failed: No space left on device \(is the disk full\?\)"):
-        MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
-                                    batch_size=1).process(rgb_raster, str(out))
+        MCDropoutInferenceProcessor(
+            SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32, batch_size=1
+        ).process(rgb_raster, str(out))
     assert log.threads[1].startswith("mc_uncertainty_write")
     assert outputs_in(out) == []
 
@@ -460,6 +523,7 @@ def test_cancel_with_a_write_pending_leaves_no_file(tmp_path, monkeypatch, rgb_r
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InferenceCancelled):
-        MCDropoutInferenceProcessor(SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32,
-                                    batch_size=1).process(rgb_raster, str(out), is_cancelled=lambda: bool(log.threads))
+        MCDropoutInferenceProcessor(
+            SmallConvNet(p=0.2), n_samples=2, model_input_shape=32, step_shape=32, batch_size=1
+        ).process(rgb_raster, str(out), is_cancelled=lambda: bool(log.threads))
     assert log.threads and outputs_in(out) == []

@@ -24,12 +24,15 @@ def test_patches_come_back_to_their_pixels_and_are_drawn(tmp_path: Path, geotran
     kwargs = {"geotransform": geotransform} if geotransform else {"geotransform": None, "epsg": None}
     image = write_geotiff(tmp_path / "in.tif", random_image((90, 120)), **kwargs)
     uncertainty = write_geotiff(tmp_path / "u.tif", u, **kwargs)
-    result, review = review_regions_to_file(ReviewConfig(uncertainty, patch_size=20, count=4, stride=5),
-                                            str(tmp_path / "review.gpkg"))
+    result, review = review_regions_to_file(
+        ReviewConfig(uncertainty, patch_size=20, count=4, stride=5), str(tmp_path / "review.gpkg")
+    )
     patches = read_patches(review, gdal.Open(uncertainty))
     assert [rank for rank, _, _ in patches] == [1, 2, 3, 4]
     for (_rank, pixels, fields), patch in zip(patches, result.patches):
-        assert np.allclose(pixels[0], (patch.col, patch.row)) and np.allclose(pixels[2], (patch.col + 20, patch.row + 20))
+        assert np.allclose(pixels[0], (patch.col, patch.row)) and np.allclose(
+            pixels[2], (patch.col + 20, patch.row + 20)
+        )
         assert fields["mean_uncertainty"] == patch.mean_uncertainty
     assert (patches[0][1][0] == (70, 10)).all()
     png = write_review_preview(image, uncertainty, review, tmp_path / "review.png", num_classes=5)

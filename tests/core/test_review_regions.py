@@ -30,8 +30,9 @@ def _starts(size: int, patch: int, stride: int) -> tuple[list[int], int]:
     return starts, length
 
 
-def brute_force(u: np.ndarray, patch: int, stride: int, count: int, classes: np.ndarray | None = None,
-                min_fraction: float = 0.5) -> list[dict]:
+def brute_force(
+    u: np.ndarray, patch: int, stride: int, count: int, classes: np.ndarray | None = None, min_fraction: float = 0.5
+) -> list[dict]:
     """Every placement's statistics from the whole array, ranked, then greedy non-overlapping selection."""
     height, width = u.shape
     ys, patch_h = _starts(height, patch, stride)
@@ -40,15 +41,21 @@ def brute_force(u: np.ndarray, patch: int, stride: int, count: int, classes: np.
     ranked = []
     for y in ys:
         for x in xs:
-            ok = valid[y:y + patch_h, x:x + patch_w]
-            values = u[y:y + patch_h, x:x + patch_w][ok].astype(np.float64)
+            ok = valid[y : y + patch_h, x : x + patch_w]
+            values = u[y : y + patch_h, x : x + patch_w][ok].astype(np.float64)
             fraction = ok.sum() / (patch_h * patch_w)
             if ok.sum() == 0 or fraction < min_fraction:
                 continue
-            patch_info = {"col": x, "row": y, "mean": values.mean(), "max": values.max(), "fraction": fraction,
-                          "dominant": None}
+            patch_info = {
+                "col": x,
+                "row": y,
+                "mean": values.mean(),
+                "max": values.max(),
+                "fraction": fraction,
+                "dominant": None,
+            }
             if classes is not None:
-                labels = classes[y:y + patch_h, x:x + patch_w]
+                labels = classes[y : y + patch_h, x : x + patch_w]
                 labels = labels[labels != 255]
                 if labels.size:
                     patch_info["dominant"] = int(np.bincount(labels).argmax())
@@ -56,8 +63,9 @@ def brute_force(u: np.ndarray, patch: int, stride: int, count: int, classes: np.
     ranked.sort(key=lambda p: (-p["mean"], p["row"], p["col"]))
     chosen: list[dict] = []
     for candidate in ranked:
-        if all(abs(candidate["row"] - c["row"]) >= patch_h or abs(candidate["col"] - c["col"]) >= patch_w
-               for c in chosen):
+        if all(
+            abs(candidate["row"] - c["row"]) >= patch_h or abs(candidate["col"] - c["col"]) >= patch_w for c in chosen
+        ):
             chosen.append(candidate)
         if len(chosen) == count:
             break
@@ -111,8 +119,9 @@ def test_equals_brute_force_over_all_placements(tmp_path: Path, seed: int) -> No
     c_path = _tif(tmp_path, "c.tif", classes)
     expected = brute_force(u, patch, stride, count, classes)
     for max_read_pixels in (1, 97, 1 << 22):
-        config = ReviewConfig(u_path, c_path, patch_size=patch, count=count, stride=stride,
-                              max_read_pixels=max_read_pixels)
+        config = ReviewConfig(
+            u_path, c_path, patch_size=patch, count=count, stride=stride, max_read_pixels=max_read_pixels
+        )
         assert_same(find_review_regions(config), expected)
 
 
@@ -136,8 +145,7 @@ def test_a_hill_needs_the_whole_candidate_pool(tmp_path: Path) -> None:
 def test_ties_go_to_the_upper_row_then_the_left_column(tmp_path: Path) -> None:
     u = np.ones((40, 64), np.float32)
     result = find_review_regions(ReviewConfig(_tif(tmp_path, "u.tif", u), patch_size=16, count=7, stride=4))
-    assert [(p.col, p.row) for p in result.patches] == [(0, 0), (16, 0), (32, 0), (48, 0), (0, 16), (16, 16),
-                                                        (32, 16)]
+    assert [(p.col, p.row) for p in result.patches] == [(0, 0), (16, 0), (32, 0), (48, 0), (0, 16), (16, 16), (32, 16)]
 
 
 def test_patches_at_the_edge_are_whole_and_a_small_raster_gives_one_clipped_patch(tmp_path: Path) -> None:
@@ -146,8 +154,9 @@ def test_patches_at_the_edge_are_whole_and_a_small_raster_gives_one_clipped_patc
     result = find_review_regions(ReviewConfig(_tif(tmp_path, "u.tif", u), patch_size=32, count=1))
     patch = result.patches[0]
     assert (patch.col, patch.width, patch.height) == (101 - 32, 32, 32)  # the last placement ends at the edge
-    small = find_review_regions(ReviewConfig(_tif(tmp_path, "s.tif", np.ones((10, 20), np.float32)),
-                                             patch_size=256, count=5))
+    small = find_review_regions(
+        ReviewConfig(_tif(tmp_path, "s.tif", np.ones((10, 20), np.float32)), patch_size=256, count=5)
+    )
     assert [(p.col, p.row, p.width, p.height, p.valid_fraction) for p in small.patches] == [(0, 0, 20, 10, 1.0)]
     assert small.placements == 1
 
@@ -163,8 +172,9 @@ def test_mostly_nodata_patches_are_skipped(tmp_path: Path) -> None:
         assert patch.valid_fraction >= 0.5
         assert patch.max_uncertainty < 3.0  # the hot strip is never chosen: its patches are mostly nodata
     assert result.eligible < result.placements
-    lenient = find_review_regions(ReviewConfig(_tif(tmp_path, "u2.tif", u, nodata=NODATA), patch_size=32, count=1,
-                                               min_valid_fraction=0.3))
+    lenient = find_review_regions(
+        ReviewConfig(_tif(tmp_path, "u2.tif", u, nodata=NODATA), patch_size=32, count=1, min_valid_fraction=0.3)
+    )
     assert lenient.patches[0].mean_uncertainty == 3.0
     assert lenient.patches[0].valid_fraction == pytest.approx(12 / 32)
 
@@ -233,14 +243,17 @@ def test_progress_and_cancel(tmp_path: Path) -> None:
         find_review_regions(ReviewConfig(u_path, patch_size=16), is_cancelled=lambda: True)
 
 
-@pytest.mark.parametrize(("kwargs", "key", "shown"), [
-    ({"patch_size": 0}, "PATCH_SIZE", "0"),
-    ({"patch_size": 12.5}, "PATCH_SIZE", "12.5"),
-    ({"count": 0}, "COUNT", "0"),
-    ({"count": True}, "COUNT", "True"),
-    ({"patch_size": 8, "stride": 9}, "stride", "9"),
-    ({"min_valid_fraction": 0.0}, "min_valid_fraction", "0.0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "key", "shown"),
+    [
+        ({"patch_size": 0}, "PATCH_SIZE", "0"),
+        ({"patch_size": 12.5}, "PATCH_SIZE", "12.5"),
+        ({"count": 0}, "COUNT", "0"),
+        ({"count": True}, "COUNT", "True"),
+        ({"patch_size": 8, "stride": 9}, "stride", "9"),
+        ({"min_valid_fraction": 0.0}, "min_valid_fraction", "0.0"),
+    ],
+)
 def test_bad_settings_name_the_parameter(tmp_path: Path, kwargs: dict, key: str, shown: str) -> None:
     with pytest.raises(ParameterError, match=rf"^{key} must .*, got {shown}\.$"):
         ReviewConfig(str(tmp_path / "u.tif"), **kwargs)
@@ -254,7 +267,9 @@ def test_bad_rasters_name_the_parameter(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="^UNCERTAINTY must be a raster GDAL can read"):
         find_review_regions(ReviewConfig(str(tmp_path / "junk.tif")))
     other = _tif(tmp_path, "c.tif", np.zeros((40, 51), np.uint8))
-    with pytest.raises(ParameterError, match=r"^CLASSES must have the grid of UNCERTAINTY \(50 x 40 px.*it has 51 x 40"):
+    with pytest.raises(
+        ParameterError, match=r"^CLASSES must have the grid of UNCERTAINTY \(50 x 40 px.*it has 51 x 40"
+    ):
         find_review_regions(ReviewConfig(u_path, other))
     shifted = _tif(tmp_path, "c2.tif", np.zeros((40, 50), np.uint8), geotransform=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
     with pytest.raises(ParameterError, match="^CLASSES must have the grid of UNCERTAINTY"):
@@ -283,13 +298,16 @@ def test_gdal_block_cache_stays_at_a_few_block_rows(tmp_path: Path) -> None:
     from osgeo import gdal
 
     path = str(tmp_path / "tiled.tif")
-    dataset = gdal.GetDriverByName("GTiff").Create(path, 1024, 4096, 1, gdal.GDT_Float32,
-                                                   ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"])
+    dataset = gdal.GetDriverByName("GTiff").Create(
+        path, 1024, 4096, 1, gdal.GDT_Float32, ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"]
+    )
     dataset.GetRasterBand(1).WriteArray(np.random.default_rng(0).random((4096, 1024)).astype(np.float32))
     dataset = None
     baseline = gdal.GetCacheUsed()
     used: list[int] = []
-    find_review_regions(ReviewConfig(path, patch_size=64, max_read_pixels=256 * 1024),
-                        progress=lambda _: used.append(gdal.GetCacheUsed() - baseline))
+    find_review_regions(
+        ReviewConfig(path, patch_size=64, max_read_pixels=256 * 1024),
+        progress=lambda _: used.append(gdal.GetCacheUsed() - baseline),
+    )
     block_row = 256 * 1024 * 4
     assert len(used) == 16 and max(used) <= 2 * block_row, used  # the raster is 16 block rows

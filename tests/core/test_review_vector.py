@@ -47,9 +47,15 @@ def _read(path: str) -> Written:
     layer = dataset.GetLayer(0)
     definition = layer.GetLayerDefn()
     srs = layer.GetSpatialRef()
-    written = Written(layer.GetName(), layer.GetGeomType(),
-                      [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())],
-                      srs.ExportToWkt() if srs is not None else None, [], [], [])
+    written = Written(
+        layer.GetName(),
+        layer.GetGeomType(),
+        [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())],
+        srs.ExportToWkt() if srs is not None else None,
+        [],
+        [],
+        [],
+    )
     for feature in layer:
         written.fids.append(feature.GetFID())
         written.rows.append(feature.items())
@@ -64,8 +70,9 @@ def _read(path: str) -> Written:
 def test_geopackage_holds_ranked_polygons_in_the_raster_crs(tmp_path: Path) -> None:
     u_path = _hot_raster(tmp_path)
     classes = write_geotiff(tmp_path / "c.tif", np.full((60, 80), 3, np.uint8))
-    result, path = review_regions_to_file(ReviewConfig(u_path, classes, patch_size=16, count=2, stride=8),
-                                          str(tmp_path / "review.gpkg"))
+    result, path = review_regions_to_file(
+        ReviewConfig(u_path, classes, patch_size=16, count=2, stride=8), str(tmp_path / "review.gpkg")
+    )
     assert path == str(tmp_path / "review.gpkg")
     written = _read(path)
     assert written.name == "review"
@@ -77,9 +84,13 @@ def test_geopackage_holds_ranked_polygons_in_the_raster_crs(tmp_path: Path) -> N
     ]
     assert written.fids == [1, 2]
     x0, dx, _, y0, _, dy = GEOTRANSFORM
-    assert written.corners[0] == [(x0 + 40 * dx, y0 + 8 * dy), (x0 + 56 * dx, y0 + 8 * dy),
-                                   (x0 + 56 * dx, y0 + 24 * dy), (x0 + 40 * dx, y0 + 24 * dy),
-                                   (x0 + 40 * dx, y0 + 8 * dy)]
+    assert written.corners[0] == [
+        (x0 + 40 * dx, y0 + 8 * dy),
+        (x0 + 56 * dx, y0 + 8 * dy),
+        (x0 + 56 * dx, y0 + 24 * dy),
+        (x0 + 40 * dx, y0 + 24 * dy),
+        (x0 + 40 * dx, y0 + 8 * dy),
+    ]
     expected = osr.SpatialReference()
     expected.ImportFromEPSG(32633)
     actual = osr.SpatialReference()
@@ -92,8 +103,9 @@ def test_rotated_and_ungeoreferenced_rasters(tmp_path: Path) -> None:
     rotated = (1000.0, 2.0, 0.5, 5000.0, 0.25, -2.0)
     folder = tmp_path / "rotated"
     folder.mkdir()
-    _, path = review_regions_to_file(ReviewConfig(_hot_raster(folder, geotransform=rotated), patch_size=16, count=1),
-                                     str(folder / "r.geojson"))
+    _, path = review_regions_to_file(
+        ReviewConfig(_hot_raster(folder, geotransform=rotated), patch_size=16, count=1), str(folder / "r.geojson")
+    )
     written = _read(path)
     g = rotated
     corners = [(40, 8), (56, 8), (56, 24), (40, 24), (40, 8)]
@@ -104,7 +116,8 @@ def test_rotated_and_ungeoreferenced_rasters(tmp_path: Path) -> None:
     folder = tmp_path / "plain"
     folder.mkdir()
     _, path = review_regions_to_file(
-        ReviewConfig(_hot_raster(folder, geotransform=None, epsg=None), patch_size=16, count=1), str(folder / "p.fgb"))
+        ReviewConfig(_hot_raster(folder, geotransform=None, epsg=None), patch_size=16, count=1), str(folder / "p.fgb")
+    )
     written = _read(path)
     assert written.corners[0] == [(40.0, -8.0), (56.0, -8.0), (56.0, -24.0), (40.0, -24.0), (40.0, -8.0)]
     assert written.srs_wkt is None

@@ -7,7 +7,9 @@ from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.inference.tiling import TileGrid, axis_starts, tile_weight_map
 
 
-@pytest.mark.parametrize("length,tile,step", [(10, 4, 3), (512, 512, 256), (513, 512, 256), (1000, 256, 100), (7, 4, 4)])
+@pytest.mark.parametrize(
+    "length,tile,step", [(10, 4, 3), (512, 512, 256), (513, 512, 256), (1000, 256, 100), (7, 4, 4)]
+)
 def test_windows_cover_every_pixel_and_stay_inside(length, tile, step):
     starts = axis_starts(length, tile, step)
     covered = np.zeros(length, dtype=int)

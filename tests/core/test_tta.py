@@ -6,9 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from core_fixtures import PerPixelDropoutNet, SmallConvNet, random_image, read_raster, write_geotiff
-from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor, Normalization
+
+from mc_uncertainty_plugin.core import (
+    LoadedModel,
+    MCDropoutInferenceProcessor,
+    MultiClassInferenceProcessor,
+    Normalization,
+)
 from mc_uncertainty_plugin.core.inference.transforms import transforms_for
 
 IDENTITY = Normalization(mean=(0.0,), std=(1.0,), max_pixel_value=1.0)
@@ -42,8 +47,11 @@ def test_d4_matches_the_dihedral_group_written_with_numpy():
     for k, flip in itertools.product(range(4), (False, True)):
         b = np.rot90(a[:, ::-1] if flip else a, k)
         expected.add(np.ascontiguousarray(b).tobytes() + bytes(b.shape))
-    got = {np.ascontiguousarray(t.apply(torch.from_numpy(a)[None, None])[0, 0].numpy()).tobytes()
-           + bytes(t.apply(torch.from_numpy(a)[None, None]).shape[-2:]) for t in transforms_for("d4")}
+    got = {
+        np.ascontiguousarray(t.apply(torch.from_numpy(a)[None, None])[0, 0].numpy()).tobytes()
+        + bytes(t.apply(torch.from_numpy(a)[None, None]).shape[-2:])
+        for t in transforms_for("d4")
+    }
     assert got == expected
 
 
@@ -53,9 +61,9 @@ def test_per_pixel_model_is_invariant_under_tta(tmp_path):
     out = {}
     for mode in ("none", "d4"):
         for unc in ("entropy", "mutual_information"):
-            paths = MultiClassInferenceProcessor(net, tta_mode=mode, uncertainty_mode=unc, model_input_shape=(32, 48),
-                                                 step_shape=(16, 24)).process(
-                image, output_path=str(tmp_path / f"{mode}_{unc}.tif"))
+            paths = MultiClassInferenceProcessor(
+                net, tta_mode=mode, uncertainty_mode=unc, model_input_shape=(32, 48), step_shape=(16, 24)
+            ).process(image, output_path=str(tmp_path / f"{mode}_{unc}.tif"))
             out[mode, unc] = (read_raster(paths["segmentation"]), read_raster(paths["uncertainty"]))
     np.testing.assert_array_equal(out["d4", "entropy"][0], out["none", "entropy"][0])
     np.testing.assert_allclose(out["d4", "entropy"][1], out["none", "entropy"][1], atol=1e-5)
@@ -68,9 +76,9 @@ def test_asymmetric_model_disagrees_across_transforms(tmp_path):
     net = SmallConvNet(classes=3).eval()  # 3x3 kernels are not symmetric
     mi = {}
     for mode in ("flip", "d4"):
-        paths = MultiClassInferenceProcessor(net, tta_mode=mode, uncertainty_mode="mutual_information",
-                                             model_input_shape=32, step_shape=16).process(
-            image, output_path=str(tmp_path / f"{mode}.tif"))
+        paths = MultiClassInferenceProcessor(
+            net, tta_mode=mode, uncertainty_mode="mutual_information", model_input_shape=32, step_shape=16
+        ).process(image, output_path=str(tmp_path / f"{mode}.tif"))
         mi[mode] = read_raster(paths["uncertainty"])
     assert mi["flip"].mean() > 1e-4 and mi["d4"].mean() > 1e-4
     assert not np.allclose(mi["flip"], mi["d4"])
@@ -96,8 +104,9 @@ def test_mc_times_tta_matches_the_exact_enumeration(tmp_path):
     exact_entropy = -(exact_mean * np.log(exact_mean)).sum(1).reshape(2, 2)
     image = write_geotiff(tmp_path / "in.tif", tile)
     model = LoadedModel(net, normalization=IDENTITY, in_channels=2)
-    paths = MCDropoutInferenceProcessor(model, n_samples=150, tta_mode="d4", model_input_shape=2, step_shape=2,
-                                        seed=1).process(image, output_path=str(tmp_path / "out.tif"))
+    paths = MCDropoutInferenceProcessor(
+        model, n_samples=150, tta_mode="d4", model_input_shape=2, step_shape=2, seed=1
+    ).process(image, output_path=str(tmp_path / "out.tif"))
     entropy = read_raster(paths["uncertainty"])
     np.testing.assert_allclose(entropy, exact_entropy, atol=0.03)  # 1200 samples: MC error well below 0.03
     np.testing.assert_array_equal(read_raster(paths["segmentation"]), exact_mean.argmax(1).reshape(2, 2))
@@ -109,11 +118,17 @@ def test_each_augmentation_gets_its_own_dropout_masks(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((16, 16), bands=2))
     model = LoadedModel(PerPixelDropoutNet(p=0.5).eval(), normalization=IDENTITY, in_channels=2)
     kwargs = dict(n_samples=1, model_input_shape=16, step_shape=16, uncertainty_mode="mutual_information", seed=4)
-    a = MCDropoutInferenceProcessor(model, tta_mode="flip", **kwargs).process(image, output_path=str(tmp_path / "a.tif"))
-    none = MCDropoutInferenceProcessor(model, tta_mode="none", **kwargs).process(image, output_path=str(tmp_path / "n.tif"))
+    a = MCDropoutInferenceProcessor(model, tta_mode="flip", **kwargs).process(
+        image, output_path=str(tmp_path / "a.tif")
+    )
+    none = MCDropoutInferenceProcessor(model, tta_mode="none", **kwargs).process(
+        image, output_path=str(tmp_path / "n.tif")
+    )
     assert read_raster(a["uncertainty"]).max() > 0.01
     np.testing.assert_allclose(read_raster(none["uncertainty"]), 0.0, atol=1e-6)  # T = 1, K = 1: MI is 0
-    b = MCDropoutInferenceProcessor(model, tta_mode="flip", **kwargs).process(image, output_path=str(tmp_path / "b.tif"))
+    b = MCDropoutInferenceProcessor(model, tta_mode="flip", **kwargs).process(
+        image, output_path=str(tmp_path / "b.tif")
+    )
     np.testing.assert_array_equal(read_raster(a["uncertainty"]), read_raster(b["uncertainty"]))
 
 

@@ -63,9 +63,13 @@ def test_accumulator_form_matches_sample_form():
     mean = probs.mean(axis=0)
     expected_entropy = np.mean([entropy(p) for p in probs], axis=0)
     np.testing.assert_allclose(
-        uncertainty_from_accumulators(mean, expected_entropy, "mutual_information"), mutual_information(probs), atol=1e-6
+        uncertainty_from_accumulators(mean, expected_entropy, "mutual_information"),
+        mutual_information(probs),
+        atol=1e-6,
     )
-    np.testing.assert_allclose(uncertainty_from_accumulators(mean, None, "entropy"), predictive_entropy(probs), atol=1e-6)
+    np.testing.assert_allclose(
+        uncertainty_from_accumulators(mean, None, "entropy"), predictive_entropy(probs), atol=1e-6
+    )
 
 
 def test_variation_ratio_known_answers():
@@ -86,9 +90,13 @@ def test_expected_entropy_is_entropy_minus_mutual_information():
     np.testing.assert_allclose(
         uncertainty_from_accumulators(mean, expected, "expected_entropy")
         + uncertainty_from_accumulators(mean, expected, "mutual_information"),
-        uncertainty_from_accumulators(mean, None, "entropy"), atol=1e-6)
+        uncertainty_from_accumulators(mean, None, "entropy"),
+        atol=1e-6,
+    )
     votes = np.stack([(probs.argmax(axis=1) == c).mean(axis=0) for c in range(3)])
-    np.testing.assert_allclose(uncertainty_from_accumulators(mean, None, "variation_ratio", votes), variation_ratio(probs))
+    np.testing.assert_allclose(
+        uncertainty_from_accumulators(mean, None, "variation_ratio", votes), variation_ratio(probs)
+    )
 
 
 def test_maximum_per_mode():

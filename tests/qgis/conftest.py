@@ -27,7 +27,9 @@ FAST = {"MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32", "N_SAMPLES": 3}
 
 def _write_geotiff(path: Path, array: np.ndarray) -> str:
     """Write ``(bands, H, W)`` uint8 ``array`` with the test grid and CRS."""
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], gdal.GDT_Byte)
+    dataset = gdal.GetDriverByName("GTiff").Create(
+        str(path), array.shape[2], array.shape[1], array.shape[0], gdal.GDT_Byte
+    )
     dataset.SetGeoTransform(GEOTRANSFORM)
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(EPSG)
@@ -123,8 +125,14 @@ def yaml_model(data_dir: Path) -> tuple[str, str]:
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
-    model = smp.FPN(encoder_name="resnet18", encoder_depth=3, encoder_weights=None, in_channels=3,
-                    classes=NUM_CLASSES, decoder_dropout=0.2)
+    model = smp.FPN(
+        encoder_name="resnet18",
+        encoder_depth=3,
+        encoder_weights=None,
+        in_channels=3,
+        classes=NUM_CLASSES,
+        decoder_dropout=0.2,
+    )
     checkpoint = data_dir / "fpn.pth"
     torch.save(model.state_dict(), checkpoint)
     config = data_dir / "fpn.yaml"
@@ -176,8 +184,9 @@ def run_mc_dropout(mc_plugin: Any, raster_path: str, torchscript_model: str) -> 
     """
     import processing
 
-    def run(feedback: QgsProcessingFeedback | None = None, context: QgsProcessingContext | None = None,
-            **parameters: Any) -> dict[str, Any]:
+    def run(
+        feedback: QgsProcessingFeedback | None = None, context: QgsProcessingContext | None = None, **parameters: Any
+    ) -> dict[str, Any]:
         values = {"INPUT": raster_path, "MODEL": torchscript_model, **FAST, **parameters}
         return processing.run("mc_uncertainty:mc_dropout", values, feedback=feedback, context=context)
 

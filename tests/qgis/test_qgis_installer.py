@@ -78,14 +78,16 @@ def test_find_qgis_python_next_to_the_qgis_program(tmp_path: Path) -> None:
     for name in ("qgis", "python3.11"):
         (linux / "bin" / name).touch()
     assert installer.find_python(str(linux / "bin" / "qgis"), [str(linux)], (3, 11), verify=False) == str(
-        linux / "bin" / "python3.11")
+        linux / "bin" / "python3.11"
+    )
     osgeo = tmp_path / "OSGeo4W"  # Windows: bin/qgis-bin.exe, sys.base_prefix = apps/Python39
     (osgeo / "bin").mkdir(parents=True)
     (osgeo / "bin" / "qgis-bin.exe").touch()
     (osgeo / "apps" / "Python39").mkdir(parents=True)
     (osgeo / "apps" / "Python39" / "python.exe").touch()
-    assert installer.find_python(str(osgeo / "bin" / "qgis-bin.exe"), [str(osgeo / "apps" / "Python39")], (3, 9),
-                                 verify=False) == str(osgeo / "apps" / "Python39" / "python.exe")
+    assert installer.find_python(
+        str(osgeo / "bin" / "qgis-bin.exe"), [str(osgeo / "apps" / "Python39")], (3, 9), verify=False
+    ) == str(osgeo / "apps" / "Python39" / "python.exe")
     # a candidate must report QGIS's Python version
     assert installer.find_python(str(linux / "bin" / "qgis"), [str(linux)], (3, 99)) is None
     found = installer.find_python()
@@ -104,7 +106,7 @@ def test_the_plan_pins_picks_wheels_and_keeps_qgis_numpy(tmp_path: Path, monkeyp
         assert "--index-url" in command and installer.CPU_INDEX in command  # CPU wheels by default
         assert "--index-url" not in installer.InstallPlan("py", tmp_path, variant=installer.CUDA).pip_command()
     offline = installer.InstallPlan("py", tmp_path / "env", wheel_folder="/wheels").pip_command()
-    assert ("--no-index" in offline and "/wheels" in offline and "--index-url" not in offline)
+    assert "--no-index" in offline and "/wheels" in offline and "--index-url" not in offline
     assert "--index-url" not in installer.InstallPlan("py", tmp_path, variant=installer.DEFAULT_INDEX).pip_command()
     steps = plan.steps()
     assert [step.argv[0] for step in steps] == ["/usr/bin/python3", plan.env_python, plan.env_python]
@@ -127,8 +129,14 @@ def test_nvidia_driver_selects_cuda_wheels(tmp_path: Path, monkeypatch: pytest.M
 
 def test_qgis_proxy_is_passed_to_pip() -> None:
     settings = QgsSettings()
-    values = {"proxy/proxyEnabled": "true", "proxy/proxyType": "HttpProxy", "proxy/proxyHost": "proxy.example",
-              "proxy/proxyPort": "3128", "proxy/proxyUser": "me", "proxy/proxyPassword": "p@ss"}
+    values = {
+        "proxy/proxyEnabled": "true",
+        "proxy/proxyType": "HttpProxy",
+        "proxy/proxyHost": "proxy.example",
+        "proxy/proxyPort": "3128",
+        "proxy/proxyUser": "me",
+        "proxy/proxyPassword": "p@ss",
+    }
     try:
         for key, value in values.items():
             settings.setValue(key, value)
@@ -144,8 +152,9 @@ def test_offline_install_into_a_profile_works_without_restart(qgis_app: Any, tmp
     wheels = tmp_path / "wheels"
     build_wheel(wheels)
     profile = tmp_path / "profile"
-    dialog = InstallDialog(profile_dir=profile, packages=(f"{PACKAGE.replace('_', '-')}==1.0",),
-                           check_modules=(PACKAGE,))
+    dialog = InstallDialog(
+        profile_dir=profile, packages=(f"{PACKAGE.replace('_', '-')}==1.0",), check_modules=(PACKAGE,)
+    )
     dialog.wheel_folder.setFilePath(str(wheels))
     assert "--no-index" in dialog.command.text() and str(wheels) in dialog.command.text()
     assert dialog.install_button.isEnabled()
@@ -171,8 +180,9 @@ def test_offline_install_into_a_profile_works_without_restart(qgis_app: Any, tmp
 
 def test_cancel_stops_pip_and_records_nothing(qgis_app: Any, tmp_path: Path, isolated: None) -> None:
     build_wheel(tmp_path / "wheels")
-    dialog = InstallDialog(profile_dir=tmp_path / "profile", packages=(f"{PACKAGE.replace('_', '-')}==1.0",),
-                           check_modules=(PACKAGE,))
+    dialog = InstallDialog(
+        profile_dir=tmp_path / "profile", packages=(f"{PACKAGE.replace('_', '-')}==1.0",), check_modules=(PACKAGE,)
+    )
     dialog.wheel_folder.setFilePath(str(tmp_path / "wheels"))
     dialog.start()
     dialog.close_button.click()  # "Cancel"
@@ -246,8 +256,13 @@ def test_missing_torch_stops_before_the_run_and_offers_the_installer(
 
 
 def test_a_task_without_torch_offers_the_installer(
-    mc_plugin: Any, qgis_iface: Any, raster_path: str, torchscript_model: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, clean_project: Any,
+    mc_plugin: Any,
+    qgis_iface: Any,
+    raster_path: str,
+    torchscript_model: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_project: Any,
 ) -> None:
     from test_qgis_task import TaskWatch
 

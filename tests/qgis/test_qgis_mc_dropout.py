@@ -68,8 +68,9 @@ def test_default_uncertainty_path_is_beside_output(run_mc_dropout: Any, tmp_path
 
 
 def test_no_uncertainty_when_export_is_off(run_mc_dropout: Any, tmp_path: Path) -> None:
-    results = run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"), EXPORT_UNCERTAINTY_MAP=False,
-                             OUTPUT_UNCERTAINTY=str(tmp_path / "unc.tif"))
+    results = run_mc_dropout(
+        OUTPUT=str(tmp_path / "classes.tif"), EXPORT_UNCERTAINTY_MAP=False, OUTPUT_UNCERTAINTY=str(tmp_path / "unc.tif")
+    )
     assert results["OUTPUT_UNCERTAINTY"] is None
     assert (tmp_path / "classes.tif").is_file()
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["classes.tif"]
@@ -80,8 +81,17 @@ def test_yaml_model_with_checkpoint_bands_and_enum_indices(
 ) -> None:
     config, checkpoint = yaml_model
     results = run_mc_dropout(
-        MODEL=config, CHECKPOINT=checkpoint, OUTPUT=str(tmp_path / "fpn.tif"), N_SAMPLES=2, BANDS=[3, 2, 1],
-        STEP_SHAPE="64", NUM_CLASSES=3, UNCERTAINTY_MODE=1, TILE_WEIGHT="pyramid", SEED=7, DEVICE="cpu",
+        MODEL=config,
+        CHECKPOINT=checkpoint,
+        OUTPUT=str(tmp_path / "fpn.tif"),
+        N_SAMPLES=2,
+        BANDS=[3, 2, 1],
+        STEP_SHAPE="64",
+        NUM_CLASSES=3,
+        UNCERTAINTY_MODE=1,
+        TILE_WEIGHT="pyramid",
+        SEED=7,
+        DEVICE="cpu",
     )
     dataset, classes = read(results["OUTPUT"])
     assert_on_input_grid(dataset)
@@ -130,8 +140,14 @@ def test_toolbox_loads_and_styles_default_uncertainty(
     context.setProject(project)
     processing.runAndLoadResults(
         "mc_uncertainty:mc_dropout",
-        {"INPUT": raster_path, "MODEL": torchscript_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
-         "N_SAMPLES": 2, "OUTPUT": output},
+        {
+            "INPUT": raster_path,
+            "MODEL": torchscript_model,
+            "MODEL_INPUT_SHAPE": "64",
+            "STEP_SHAPE": "32",
+            "N_SAMPLES": 2,
+            "OUTPUT": output,
+        },
         context=context,
     )
     layers = {Path(layer.source()).name: layer for layer in project.mapLayers().values()}

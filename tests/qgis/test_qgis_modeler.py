@@ -26,7 +26,9 @@ def build_model() -> QgsProcessingModelAlgorithm:
     """image + model file -> mc_dropout -> (class raster as model output, uncertainty -> gdal:translate)."""
     model = QgsProcessingModelAlgorithm("mc chain", "tests")
     model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"), QgsProcessingModelParameter("image"))
-    model.addModelParameter(QgsProcessingParameterFile("model_file", "Model"), QgsProcessingModelParameter("model_file"))
+    model.addModelParameter(
+        QgsProcessingParameterFile("model_file", "Model"), QgsProcessingModelParameter("model_file")
+    )
 
     mc = QgsProcessingModelChildAlgorithm("mc_uncertainty:mc_dropout")
     mc.setChildId("mc")
@@ -46,7 +48,9 @@ def build_model() -> QgsProcessingModelAlgorithm:
     translate = QgsProcessingModelChildAlgorithm("gdal:translate")
     translate.setChildId("translate")
     translate.setDescription("Copy the uncertainty")
-    translate.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("mc", "OUTPUT_UNCERTAINTY")])
+    translate.addParameterSources(
+        "INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("mc", "OUTPUT_UNCERTAINTY")]
+    )
     copy = QgsProcessingModelOutput("uncertainty_copy", "Uncertainty copy")
     copy.setChildId("translate")
     copy.setChildOutputName("OUTPUT")
@@ -56,17 +60,22 @@ def build_model() -> QgsProcessingModelAlgorithm:
     return model
 
 
-def test_uncertainty_feeds_the_next_algorithm(mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
+def test_uncertainty_feeds_the_next_algorithm(
+    mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path
+) -> None:
     import processing
 
     model = build_model()
     assert model.dependsOnChildAlgorithms("translate") == {"mc"}
-    results = processing.run(model, {
-        "image": raster_path,
-        "model_file": torchscript_model,
-        "mc:classes": str(tmp_path / "classes.tif"),
-        "translate:uncertainty_copy": str(tmp_path / "uncertainty_copy.tif"),
-    })
+    results = processing.run(
+        model,
+        {
+            "image": raster_path,
+            "model_file": torchscript_model,
+            "mc:classes": str(tmp_path / "classes.tif"),
+            "translate:uncertainty_copy": str(tmp_path / "uncertainty_copy.tif"),
+        },
+    )
     assert results["mc:classes"] == str(tmp_path / "classes.tif")
     copied = gdal.Open(results["translate:uncertainty_copy"])
     assert copied is not None

@@ -29,13 +29,23 @@ def clean_setting():
 def run(raster: str, model: Path, tmp_path: Path, feedback: Any = None) -> dict[str, Any]:
     import processing
 
-    return processing.run("mc_uncertainty:tta", {"INPUT": raster, "MODEL": str(model), "TTA_MODE": "none",
-                                                 "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "64",
-                                                 "OUTPUT": str(tmp_path / "c.tif")}, feedback=feedback)
+    return processing.run(
+        "mc_uncertainty:tta",
+        {
+            "INPUT": raster,
+            "MODEL": str(model),
+            "TTA_MODE": "none",
+            "MODEL_INPUT_SHAPE": "64",
+            "STEP_SHAPE": "64",
+            "OUTPUT": str(tmp_path / "c.tif"),
+        },
+        feedback=feedback,
+    )
 
 
-def test_targets_outside_the_allowlist_need_the_setting(mc_plugin: Any, raster_path: str, tmp_path: Path,
-                                                        clean_setting: QgsSettings) -> None:
+def test_targets_outside_the_allowlist_need_the_setting(
+    mc_plugin: Any, raster_path: str, tmp_path: Path, clean_setting: QgsSettings
+) -> None:
     model = tmp_path / "tv.yaml"
     model.write_text(TORCHVISION_MODEL, encoding="utf-8")
     with pytest.raises(QgsProcessingException, match="not allowed"):
@@ -46,17 +56,21 @@ def test_targets_outside_the_allowlist_need_the_setting(mc_plugin: Any, raster_p
     assert Path(results["OUTPUT"]).is_file()
 
 
-def test_injected_decoder_dropout_is_reported_in_the_log(mc_plugin: Any, raster_path: str, tmp_path: Path,
-                                                         feedback: Any) -> None:
+def test_injected_decoder_dropout_is_reported_in_the_log(
+    mc_plugin: Any, raster_path: str, tmp_path: Path, feedback: Any
+) -> None:
     import segmentation_models_pytorch as smp
     import torch
 
     net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4), classes=3)
     torch.save(net.state_dict(), tmp_path / "unet.pth")
     model = tmp_path / "unet.yaml"
-    model.write_text("model:\n  _target_: segmentation_models_pytorch.Unet\n  encoder_name: resnet18\n"
-                     "  encoder_depth: 3\n  decoder_channels: [16, 8, 4]\n  classes: 3\n  decoder_dropout: 0.2\n"
-                     "checkpoint_path: unet.pth\n", encoding="utf-8")
+    model.write_text(
+        "model:\n  _target_: segmentation_models_pytorch.Unet\n  encoder_name: resnet18\n"
+        "  encoder_depth: 3\n  decoder_channels: [16, 8, 4]\n  classes: 3\n  decoder_dropout: 0.2\n"
+        "checkpoint_path: unet.pth\n",
+        encoding="utf-8",
+    )
     run(raster_path, model, tmp_path, feedback=feedback)
     assert any("inserted Dropout2d before segmentation_head" in info for info in feedback.infos)
 
@@ -76,8 +90,9 @@ class _FailsLater(__import__("torch").nn.Module):
         return self.conv(x)
 
 
-def test_a_model_failing_mid_run_gives_a_processing_error_not_a_traceback(mc_plugin: Any, raster_path: str,
-                                                                           tmp_path: Path) -> None:
+def test_a_model_failing_mid_run_gives_a_processing_error_not_a_traceback(
+    mc_plugin: Any, raster_path: str, tmp_path: Path
+) -> None:
     import torch
 
     model = tmp_path / "fails.pt"
@@ -85,7 +100,16 @@ def test_a_model_failing_mid_run_gives_a_processing_error_not_a_traceback(mc_plu
     with pytest.raises(QgsProcessingException, match="MODEL failed on the window at row"):
         import processing
 
-        processing.run("mc_uncertainty:tta", {"INPUT": raster_path, "MODEL": str(model), "TTA_MODE": "none",
-                                              "MODEL_INPUT_SHAPE": "32", "STEP_SHAPE": "32", "BATCH_SIZE": 1,
-                                              "OUTPUT": str(tmp_path / "c.tif")})
+        processing.run(
+            "mc_uncertainty:tta",
+            {
+                "INPUT": raster_path,
+                "MODEL": str(model),
+                "TTA_MODE": "none",
+                "MODEL_INPUT_SHAPE": "32",
+                "STEP_SHAPE": "32",
+                "BATCH_SIZE": 1,
+                "OUTPUT": str(tmp_path / "c.tif"),
+            },
+        )
     assert not list(tmp_path.glob("c*.tif"))

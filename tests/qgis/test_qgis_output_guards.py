@@ -22,22 +22,41 @@ def mosaic(raster_path: str, tmp_path: Path) -> tuple[str, Path]:
 
 
 @pytest.mark.parametrize("algorithm", ["mc_uncertainty:mc_dropout", "mc_uncertainty:tta"])
-def test_segmentation_refuses_to_overwrite_a_source_of_a_vrt_input(mc_plugin: Any, mosaic, torchscript_model,
-                                                                   algorithm, tmp_path):
+def test_segmentation_refuses_to_overwrite_a_source_of_a_vrt_input(
+    mc_plugin: Any, mosaic, torchscript_model, algorithm, tmp_path
+):
     import processing
 
     vrt, source = mosaic
     before = source.read_bytes()
     with pytest.raises(QgsProcessingException, match="OUTPUT must differ from INPUT"):
-        processing.run(algorithm, {"INPUT": vrt, "MODEL": torchscript_model, "OUTPUT": str(source),
-                                   "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "64", "TTA_MODE": "none"})
+        processing.run(
+            algorithm,
+            {
+                "INPUT": vrt,
+                "MODEL": torchscript_model,
+                "OUTPUT": str(source),
+                "MODEL_INPUT_SHAPE": "64",
+                "STEP_SHAPE": "64",
+                "TTA_MODE": "none",
+            },
+        )
     assert source.read_bytes() == before
     alias = tmp_path / "alias.tif"
     os.link(source, alias)  # a hard link to the source: the same file under another name
     with pytest.raises(QgsProcessingException, match="OUTPUT_UNCERTAINTY must differ from INPUT"):
-        processing.run(algorithm, {"INPUT": vrt, "MODEL": torchscript_model, "OUTPUT": str(tmp_path / "c.tif"),
-                                   "OUTPUT_UNCERTAINTY": str(alias), "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "64",
-                                   "TTA_MODE": "none"})
+        processing.run(
+            algorithm,
+            {
+                "INPUT": vrt,
+                "MODEL": torchscript_model,
+                "OUTPUT": str(tmp_path / "c.tif"),
+                "OUTPUT_UNCERTAINTY": str(alias),
+                "MODEL_INPUT_SHAPE": "64",
+                "STEP_SHAPE": "64",
+                "TTA_MODE": "none",
+            },
+        )
     assert source.read_bytes() == before and not (tmp_path / "c.tif").exists()
 
 
@@ -48,9 +67,16 @@ def test_evaluate_refuses_to_write_its_report_over_an_input(mc_plugin: Any, run_
     classes = Path(outputs["OUTPUT"])
     before = classes.read_bytes()
     with pytest.raises(QgsProcessingException, match="OUTPUT_HTML must differ from CLASSES"):
-        processing.run("mc_uncertainty:evaluate", {
-            "CLASSES": str(classes), "UNCERTAINTY": outputs["OUTPUT_UNCERTAINTY"], "REFERENCE": str(classes),
-            "OUTPUT_HTML": str(classes), "OUTPUT_PNG": str(tmp_path / "r.png"), "OUTPUT_JSON": str(tmp_path / "r.json"),
-        })
+        processing.run(
+            "mc_uncertainty:evaluate",
+            {
+                "CLASSES": str(classes),
+                "UNCERTAINTY": outputs["OUTPUT_UNCERTAINTY"],
+                "REFERENCE": str(classes),
+                "OUTPUT_HTML": str(classes),
+                "OUTPUT_PNG": str(tmp_path / "r.png"),
+                "OUTPUT_JSON": str(tmp_path / "r.json"),
+            },
+        )
     assert classes.read_bytes() == before
     assert not (tmp_path / "r.png").exists() and not (tmp_path / "r.json").exists()

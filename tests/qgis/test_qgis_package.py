@@ -55,10 +55,25 @@ def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: 
     assert {name.split("/")[0] for name in names} == {"mc_uncertainty_plugin"}
     # the licence travels with the plugin: GPL v2 or later, as QGIS itself
     assert archive_license(plugin_zip) == (REPO_ROOT / "LICENSE").read_bytes()
-    assert b"GNU GENERAL PUBLIC LICENSE" in archive_license(plugin_zip)[:200] and b"Version 2" in archive_license(plugin_zip)[:200]
-    for expected in ("__init__.py", "plugin.py", "python_env.py", "installer.py", "icon.svg", "metadata.txt", "LICENSE",
-                     "core/__init__.py", "core/inference/engine.py", "processing_provider/provider.py", "gui/task.py",
-                     "styles/uncertainty_viridis.qml", "styles/sample_classes.qml"):
+    assert (
+        b"GNU GENERAL PUBLIC LICENSE" in archive_license(plugin_zip)[:200]
+        and b"Version 2" in archive_license(plugin_zip)[:200]
+    )
+    for expected in (
+        "__init__.py",
+        "plugin.py",
+        "python_env.py",
+        "installer.py",
+        "icon.svg",
+        "metadata.txt",
+        "LICENSE",
+        "core/__init__.py",
+        "core/inference/engine.py",
+        "processing_provider/provider.py",
+        "gui/task.py",
+        "styles/uncertainty_viridis.qml",
+        "styles/sample_classes.qml",
+    ):
         assert f"mc_uncertainty_plugin/{expected}" in names, expected
     for name in names:
         parts = name.split("/")
@@ -66,8 +81,11 @@ def test_zip_holds_the_plugin_folder_only(package_tool: ModuleType, plugin_zip: 
         assert not {"tests", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache"} & set(parts), name
         assert parts[-1] != "python_env.txt", name
     # every module of the package is in it
-    sources = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "mc_uncertainty_plugin").rglob("*.py")
-               if "__pycache__" not in p.parts}
+    sources = {
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in (REPO_ROOT / "mc_uncertainty_plugin").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert sources <= set(names)
 
 
@@ -80,14 +98,22 @@ def test_metadata_is_complete_and_checked(package_tool: ModuleType, tmp_path: Pa
     metadata = package_tool.read_metadata()
     assert package_tool.check_metadata(metadata) == []
     assert metadata["qgisMinimumVersion"] == "3.22" and metadata["hasProcessingProvider"] == "yes"
-    broken = {**metadata, "email": "", "hasProcessingProvider": "no", "icon": "missing.svg",
-              "qgisMinimumVersion": "3.40"}
+    broken = {
+        **metadata,
+        "email": "",
+        "hasProcessingProvider": "no",
+        "icon": "missing.svg",
+        "qgisMinimumVersion": "3.40",
+    }
     problems = "\n".join(package_tool.check_metadata(broken))
     for word in ("email", "hasProcessingProvider", "missing.svg", "qgisMinimumVersion"):
         assert word in problems
     repo = tmp_path / "repo"
-    shutil.copytree(REPO_ROOT / "mc_uncertainty_plugin", repo / "mc_uncertainty_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "mc_uncertainty_plugin",
+        repo / "mc_uncertainty_plugin",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (repo / "metadata.txt").write_text("[general]\nname=x\nversion=1\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="incomplete metadata"):
         package_tool.build_package(tmp_path / "dist", repo)
@@ -105,8 +131,14 @@ def test_installed_zip_loads_in_qgis(plugin_zip: Path, tmp_path: Path) -> None:
     (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\nmc_uncertainty_plugin=true\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("MC_UNCERTAINTY_PYTHON_ENV", "PYTHONPATH")}
     env.update(QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "qgis"), QT_QPA_PLATFORM=env.get("QT_QPA_PLATFORM", "offscreen"))
-    done = subprocess.run([QGIS_PROCESS, "help", "mc_uncertainty:mc_dropout"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [QGIS_PROCESS, "help", "mc_uncertainty:mc_dropout"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "MC Dropout segmentation with uncertainty" in done.stdout and "N_SAMPLES" in done.stdout
 

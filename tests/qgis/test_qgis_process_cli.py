@@ -47,10 +47,26 @@ def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, 
     output = tmp_path / "out" / "classes.tif"
     output.parent.mkdir()
     run = subprocess.run(
-        [QGIS_PROCESS, "--json", "run", "mc_uncertainty:mc_dropout", "--",
-         f"INPUT={raster_path}", f"MODEL={torchscript_model}", f"OUTPUT={output}",
-         "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=32", "N_SAMPLES=2", "TILE_WEIGHT=pyramid", "BANDS=3,2,1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            QGIS_PROCESS,
+            "--json",
+            "run",
+            "mc_uncertainty:mc_dropout",
+            "--",
+            f"INPUT={raster_path}",
+            f"MODEL={torchscript_model}",
+            f"OUTPUT={output}",
+            "MODEL_INPUT_SHAPE=64",
+            "STEP_SHAPE=32",
+            "N_SAMPLES=2",
+            "TILE_WEIGHT=pyramid",
+            "BANDS=3,2,1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(run.stdout)["results"]
@@ -64,20 +80,53 @@ def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, 
 
     # a bad parameter: a one-line error naming it, non-zero exit
     bad = subprocess.run(
-        [QGIS_PROCESS, "run", "mc_uncertainty:mc_dropout", "--", f"INPUT={raster_path}",
-         f"MODEL={torchscript_model}", f"OUTPUT={tmp_path / 'bad.tif'}", "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=65"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            QGIS_PROCESS,
+            "run",
+            "mc_uncertainty:mc_dropout",
+            "--",
+            f"INPUT={raster_path}",
+            f"MODEL={torchscript_model}",
+            f"OUTPUT={tmp_path / 'bad.tif'}",
+            "MODEL_INPUT_SHAPE=64",
+            "STEP_SHAPE=65",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0
     assert "STEP_SHAPE" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad.tif").exists()
 
     # two qgis_process runs at once give the same outputs as the sequential run above
-    command = [QGIS_PROCESS, "--json", "run", "mc_uncertainty:mc_dropout", "--", f"INPUT={raster_path}",
-               f"MODEL={torchscript_model}", "MODEL_INPUT_SHAPE=64", "STEP_SHAPE=32", "N_SAMPLES=2",
-               "TILE_WEIGHT=pyramid", "BANDS=3,2,1"]
-    children = [subprocess.Popen(command + [f"OUTPUT={tmp_path / 'out' / f'parallel{i}.tif'}"], env=env, cwd=tmp_path,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    command = [
+        QGIS_PROCESS,
+        "--json",
+        "run",
+        "mc_uncertainty:mc_dropout",
+        "--",
+        f"INPUT={raster_path}",
+        f"MODEL={torchscript_model}",
+        "MODEL_INPUT_SHAPE=64",
+        "STEP_SHAPE=32",
+        "N_SAMPLES=2",
+        "TILE_WEIGHT=pyramid",
+        "BANDS=3,2,1",
+    ]
+    children = [
+        subprocess.Popen(
+            command + [f"OUTPUT={tmp_path / 'out' / f'parallel{i}.tif'}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for child in children:
         stdout, stderr = child.communicate(timeout=300)
         assert child.returncode == 0, stdout[-2000:] + stderr[-2000:]

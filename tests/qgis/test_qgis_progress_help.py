@@ -66,9 +66,22 @@ def test_staged_feedback_weights_and_never_goes_back() -> None:
 
 def test_mc_dropout_help_explains_costs_and_compatibility(registry: Any) -> None:
     help_text = registry.algorithmById("mc_uncertainty:mc_dropout").shortHelpString()
-    for expected in ("Monte Carlo Dropout", "entropy", "mutual_information", "5 ≈ 5×", "10 ≈ 10×", "30 ≈ 30×",
-                     "diminishing returns", "decoder_dropout", "degenerate", "custom UNet with Dropout2d",
-                     "HRNet-OCR", "not recommended", "risky", "out of scope"):
+    for expected in (
+        "Monte Carlo Dropout",
+        "entropy",
+        "mutual_information",
+        "5 ≈ 5×",
+        "10 ≈ 10×",
+        "30 ≈ 30×",
+        "diminishing returns",
+        "decoder_dropout",
+        "degenerate",
+        "custom UNet with Dropout2d",
+        "HRNet-OCR",
+        "not recommended",
+        "risky",
+        "out of scope",
+    ):
         assert expected in help_text, expected
     tta_help = registry.algorithmById("mc_uncertainty:tta").shortHelpString()
     assert "viridis" in tta_help and "group" in tta_help
@@ -107,6 +120,12 @@ def test_help_covers_every_parameter_by_its_label(registry: Any, algorithm_id: s
         assert f"• {definition.description()}: " in body_text, definition.name()
         assert re.search(rf"\b{definition.name()}\b", body_text) is None, f"key {definition.name()} in the help"
     if algorithm_id != "mc_uncertainty:evaluate":
-        for label in ("Checkpoint (weights for a YAML model)", "Input bands (in model order)", "Random seed",
-                      "Number of classes (0 = from the model)", "Batch size (0 = automatic)", "Device"):
+        for label in (
+            "Checkpoint (weights for a YAML model)",
+            "Input bands (in model order)",
+            "Random seed",
+            "Number of classes (0 = from the model)",
+            "Batch size (0 = automatic)",
+            "Device",
+        ):
             assert f"• {label}: " in body_text, label

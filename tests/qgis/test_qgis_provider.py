@@ -58,7 +58,11 @@ def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
     assert not provider.icon().isNull()
     assert Path(provider.svgIconPath()).is_file()
     assert sorted(alg.id() for alg in provider.algorithms()) == [
-        "mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:review_regions", "mc_uncertainty:tta"]
+        "mc_uncertainty:evaluate",
+        "mc_uncertainty:mc_dropout",
+        "mc_uncertainty:review_regions",
+        "mc_uncertainty:tta",
+    ]
     algorithm = registry.algorithmById("mc_uncertainty:mc_dropout")
     assert algorithm.displayName() == "MC Dropout segmentation with uncertainty"
     assert "Monte Carlo Dropout" in algorithm.shortHelpString()
@@ -173,12 +177,17 @@ def test_plugin_loads_without_torch(raster_path: str, torchscript_model: str, tm
     env = {k: v for k, v in os.environ.items() if k not in ("MC_UNCERTAINTY_PYTHON_ENV", "PYTHONPATH")}
     env["QGIS_CUSTOM_CONFIG_PATH"] = str(tmp_path / "settings")  # no python_env setting there
     env.setdefault("QT_QPA_PLATFORM", "offscreen")
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     assert lines, done.stdout + done.stderr
-    report = json.loads(lines[-1][len("REPORT"):])
-    assert report["algorithms"] == ["mc_uncertainty:evaluate", "mc_uncertainty:mc_dropout", "mc_uncertainty:review_regions",
-                                    "mc_uncertainty:tta"]
+    report = json.loads(lines[-1][len("REPORT") :])
+    assert report["algorithms"] == [
+        "mc_uncertainty:evaluate",
+        "mc_uncertainty:mc_dropout",
+        "mc_uncertainty:review_regions",
+        "mc_uncertainty:tta",
+    ]
     assert report["torch_imported"] is False
     assert "pip install torch==2.14.1" in report.get("error", ""), report
-

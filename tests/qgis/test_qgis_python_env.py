@@ -75,7 +75,9 @@ def test_ensure_adds_the_configured_site_packages(
     monkeypatch.delitem(sys.modules, package)
 
 
-def test_missing_message_explains_what_is_wrong(no_configuration: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_message_explains_what_is_wrong(
+    no_configuration: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     message = python_env.missing_torch_message(no_configuration)
     assert "No Python environment is configured" in message
     assert python_env.INSTALL_COMMAND in message and python_env.INSTALL_MENU in message
@@ -95,11 +97,12 @@ def _run_python(script: str, tmp_path: Path, **env_extra: str) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k != python_env.ALLOW_TRITON_ENV_VAR}
     env.update(env_extra)
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
     assert lines, done.stdout[-2000:] + done.stderr[-2000:]
-    return json.loads(lines[-1][len("REPORT"):])
+    return json.loads(lines[-1][len("REPORT") :])
 
 
 LLVM_MAPS = "7f0000000000-7f0000001000 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n"

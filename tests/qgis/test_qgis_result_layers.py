@@ -63,12 +63,21 @@ def test_run_and_load_results_groups_and_styles_both_outputs(
     feedback = RecordingFeedback()
     results = processing.runAndLoadResults(
         "mc_uncertainty:mc_dropout",
-        {"INPUT": raster_path, "MODEL": config, "CHECKPOINT": checkpoint, **FAST_RUN,
-         "OUTPUT": str(tmp_path / "classes.tif")},
+        {
+            "INPUT": raster_path,
+            "MODEL": config,
+            "CHECKPOINT": checkpoint,
+            **FAST_RUN,
+            "OUTPUT": str(tmp_path / "classes.tif"),
+        },
         feedback=feedback,
     )
-    assert tree(clean_project) == [("scene — MC Dropout (T = 2, entropy)",
-                                    ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"])]
+    assert tree(clean_project) == [
+        (
+            "scene — MC Dropout (T = 2, entropy)",
+            ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"],
+        )
+    ]
     uncertainty = layer_named(clean_project, "scene — MC uncertainty (entropy, T = 2)")
     assert uncertainty.source() == results["OUTPUT_UNCERTAINTY"]
     renderer = uncertainty.renderer()
@@ -80,8 +89,11 @@ def test_run_and_load_results_groups_and_styles_both_outputs(
     classes = layer_named(clean_project, "scene — MC classes (T = 2)")
     assert classes.source() == results["OUTPUT"]
     # names from the config, colours from the default palette (the config has none)
-    assert class_items(classes) == [(0, DEFAULT_CLASS_COLORS[0], "background"), (1, DEFAULT_CLASS_COLORS[1], "building"),
-                                    (2, DEFAULT_CLASS_COLORS[2], "water")]
+    assert class_items(classes) == [
+        (0, DEFAULT_CLASS_COLORS[0], "background"),
+        (1, DEFAULT_CLASS_COLORS[1], "building"),
+        (2, DEFAULT_CLASS_COLORS[2], "water"),
+    ]
     # the log: stages, ETA lines, device, windows, time
     infos = "\n".join(feedback.infos)
     assert "Loading PyTorch… " in infos and "Device: cpu" in infos and "windows of 64x64" in infos
@@ -95,11 +107,19 @@ def test_tta_layers_say_method_and_mode(
 
     processing.runAndLoadResults(
         "mc_uncertainty:tta",
-        {"INPUT": raster_path, "MODEL": no_dropout_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
-         "TTA_MODE": "flip", "UNCERTAINTY_MODE": "mutual_information", "OUTPUT": str(tmp_path / "tta.tif")},
+        {
+            "INPUT": raster_path,
+            "MODEL": no_dropout_model,
+            "MODEL_INPUT_SHAPE": "64",
+            "STEP_SHAPE": "32",
+            "TTA_MODE": "flip",
+            "UNCERTAINTY_MODE": "mutual_information",
+            "OUTPUT": str(tmp_path / "tta.tif"),
+        },
     )
-    assert tree(clean_project) == [("scene — TTA (flip, MI)",
-                                    ["scene — TTA uncertainty (mutual information, flip)", "scene — TTA classes (flip)"])]
+    assert tree(clean_project) == [
+        ("scene — TTA (flip, MI)", ["scene — TTA uncertainty (mutual information, flip)", "scene — TTA classes (flip)"])
+    ]
     classes = layer_named(clean_project, "scene — TTA classes (flip)")
     assert [label for _value, _color, label in class_items(classes)] == ["class 0", "class 1", "class 2"]
 
@@ -109,9 +129,16 @@ def test_variation_ratio_scale_ends_at_its_maximum(
 ) -> None:
     import processing
 
-    processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-        "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "UNCERTAINTY_MODE": "variation_ratio",
-        "OUTPUT": str(tmp_path / "vr.tif")})
+    processing.runAndLoadResults(
+        "mc_uncertainty:mc_dropout",
+        {
+            "INPUT": raster_path,
+            "MODEL": torchscript_model,
+            **FAST_RUN,
+            "UNCERTAINTY_MODE": "variation_ratio",
+            "OUTPUT": str(tmp_path / "vr.tif"),
+        },
+    )
     renderer = layer_named(clean_project, "scene — MC uncertainty (variation ratio, T = 2)").renderer()
     assert renderer.classificationMax() == pytest.approx(1 - 1 / 3, abs=1e-5)  # 1 - 1/C, not ln C
 
@@ -122,16 +149,31 @@ def test_each_run_gets_its_own_group_and_a_number(
     import processing
 
     for name, samples in (("first", 2), ("second", 2), ("third", 3)):
-        processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-            "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "N_SAMPLES": samples,
-            "OUTPUT": str(tmp_path / f"{name}.tif")})
+        processing.runAndLoadResults(
+            "mc_uncertainty:mc_dropout",
+            {
+                "INPUT": raster_path,
+                "MODEL": torchscript_model,
+                **FAST_RUN,
+                "N_SAMPLES": samples,
+                "OUTPUT": str(tmp_path / f"{name}.tif"),
+            },
+        )
     groups = tree(clean_project)
     # newest on top; the same settings twice: a run number; another T: its own name
     assert groups == [
-        ("scene — MC Dropout (T = 3, entropy)", ["scene — MC uncertainty (entropy, T = 3)", "scene — MC classes (T = 3)"]),
-        ("scene — MC Dropout (T = 2, entropy) #2",
-         ["scene — MC uncertainty (entropy, T = 2) #2", "scene — MC classes (T = 2) #2"]),
-        ("scene — MC Dropout (T = 2, entropy)", ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"]),
+        (
+            "scene — MC Dropout (T = 3, entropy)",
+            ["scene — MC uncertainty (entropy, T = 3)", "scene — MC classes (T = 3)"],
+        ),
+        (
+            "scene — MC Dropout (T = 2, entropy) #2",
+            ["scene — MC uncertainty (entropy, T = 2) #2", "scene — MC classes (T = 2) #2"],
+        ),
+        (
+            "scene — MC Dropout (T = 2, entropy)",
+            ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"],
+        ),
     ]
     sources = {Path(layer.source()).name: layer.name() for layer in clean_project.mapLayers().values()}
     assert sources["second.tif"] == "scene — MC classes (T = 2) #2"
@@ -149,7 +191,8 @@ def following_the_current_layer(project: Any) -> Iterator[None]:
         node = parent.children()[first]
         if isinstance(node, QgsLayerTreeLayer) and isinstance(node.parent(), QgsLayerTreeGroup):
             project.layerTreeRegistryBridge().setLayerInsertionPoint(
-                QgsLayerTreeRegistryBridge.InsertionPoint(node.parent(), 0))
+                QgsLayerTreeRegistryBridge.InsertionPoint(node.parent(), 0)
+            )
 
     project.layerTreeRoot().addedChildren.connect(added)
     try:
@@ -157,7 +200,8 @@ def following_the_current_layer(project: Any) -> Iterator[None]:
     finally:
         project.layerTreeRoot().addedChildren.disconnect(added)
         project.layerTreeRegistryBridge().setLayerInsertionPoint(
-            QgsLayerTreeRegistryBridge.InsertionPoint(project.layerTreeRoot(), 0))
+            QgsLayerTreeRegistryBridge.InsertionPoint(project.layerTreeRoot(), 0)
+        )
 
 
 def test_a_run_never_nests_its_group_in_an_earlier_one(
@@ -170,20 +214,34 @@ def test_a_run_never_nests_its_group_in_an_earlier_one(
 
     with following_the_current_layer(clean_project):
         for name in ("first", "second"):
-            processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-                "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / f"{name}.tif")})
+            processing.runAndLoadResults(
+                "mc_uncertainty:mc_dropout",
+                {"INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / f"{name}.tif")},
+            )
         assert [name for name, _layers in tree(clean_project)] == [
-            "scene — MC Dropout (T = 2, entropy) #2", "scene — MC Dropout (T = 2, entropy)"]
+            "scene — MC Dropout (T = 2, entropy) #2",
+            "scene — MC Dropout (T = 2, entropy)",
+        ]
         mine = clean_project.layerTreeRoot().addGroup("my results")
-        clean_project.layerTreeRegistryBridge().setLayerInsertionPoint(QgsLayerTreeRegistryBridge.InsertionPoint(mine, 0))
-        processing.runAndLoadResults("mc_uncertainty:mc_dropout", {
-            "INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / "third.tif")})
+        clean_project.layerTreeRegistryBridge().setLayerInsertionPoint(
+            QgsLayerTreeRegistryBridge.InsertionPoint(mine, 0)
+        )
+        processing.runAndLoadResults(
+            "mc_uncertainty:mc_dropout",
+            {"INPUT": raster_path, "MODEL": torchscript_model, **FAST_RUN, "OUTPUT": str(tmp_path / "third.tif")},
+        )
     assert [child.name() for child in mine.children()] == ["scene — MC Dropout (T = 2, entropy) #3"]
 
 
 def test_batch_dialog_runs_two_rasters(
-    mc_plugin: Any, registry: Any, qgis_iface: Any, raster_path: str, torchscript_model: str, tmp_path: Path,
-    clean_project: Any, monkeypatch: pytest.MonkeyPatch,
+    mc_plugin: Any,
+    registry: Any,
+    qgis_iface: Any,
+    raster_path: str,
+    torchscript_model: str,
+    tmp_path: Path,
+    clean_project: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The Toolbox's "Run as Batch Process…" dialog, filled in and run as a user would (two rows, the optional
     outputs left blank): no "layers were not correctly generated" error, no row nested in the previous one."""
@@ -213,8 +271,13 @@ def test_batch_dialog_runs_two_rasters(
     context = Context()
     outputs = [str(tmp_path / "batch_a.tif"), str(tmp_path / "batch_b.tif")]
     for row, raster in enumerate((raster_path, second_raster)):
-        values = {"INPUT": raster, "MODEL": torchscript_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
-                  "N_SAMPLES": 2}
+        values = {
+            "INPUT": raster,
+            "MODEL": torchscript_model,
+            "MODEL_INPUT_SHAPE": "64",
+            "STEP_SHAPE": "32",
+            "N_SAMPLES": 2,
+        }
         for key, value in values.items():
             panel.wrappers[row][panel.parameter_to_column[key]].setParameterValue(value, context)
         panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column["OUTPUT"]).setValue(outputs[row])
@@ -231,9 +294,14 @@ def test_batch_dialog_runs_two_rasters(
         assert gdal.Open(output) is not None and gdal.Open(uncertainty) is not None
         assert sorted(queued[row]) == sorted([output, uncertainty])  # no empty path queued
     assert sorted(tree(clean_project)) == [
-        ("scene — MC Dropout (T = 2, entropy)", ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"]),
-        ("second_scene — MC Dropout (T = 2, entropy)",
-         ["second_scene — MC uncertainty (entropy, T = 2)", "second_scene — MC classes (T = 2)"]),
+        (
+            "scene — MC Dropout (T = 2, entropy)",
+            ["scene — MC uncertainty (entropy, T = 2)", "scene — MC classes (T = 2)"],
+        ),
+        (
+            "second_scene — MC Dropout (T = 2, entropy)",
+            ["second_scene — MC uncertainty (entropy, T = 2)", "second_scene — MC classes (T = 2)"],
+        ),
     ]
     for layer in clean_project.mapLayers().values():
         expected = QgsSingleBandPseudoColorRenderer if "uncertainty" in layer.name() else QgsPalettedRasterRenderer
@@ -248,8 +316,12 @@ def test_empty_output_definitions_mean_not_given(run_mc_dropout: Any, tmp_path: 
     context = QgsProcessingContext()
     context.setProject(clean_project)
     output = str(tmp_path / "classes.tif")
-    results = run_mc_dropout(OUTPUT=Definition(output, clean_project), OUTPUT_UNCERTAINTY=Definition("", clean_project),
-                             OUTPUT_CONFIDENCE=Definition("", clean_project), context=context)
+    results = run_mc_dropout(
+        OUTPUT=Definition(output, clean_project),
+        OUTPUT_UNCERTAINTY=Definition("", clean_project),
+        OUTPUT_CONFIDENCE=Definition("", clean_project),
+        context=context,
+    )
     beside = str(tmp_path / "classes_mc_uncertainty.tif")
     assert results["OUTPUT_UNCERTAINTY"] == beside and results["OUTPUT_CONFIDENCE"] is None
     assert sorted(context.layersToLoadOnCompletion()) == sorted([output, beside])
@@ -262,12 +334,24 @@ def test_stretched_colours_span_the_data_and_say_so(
     import processing
 
     for stretch in (False, True):
-        processing.runAndLoadResults("mc_uncertainty:tta", {
-            "INPUT": raster_path, "MODEL": no_dropout_model, "MODEL_INPUT_SHAPE": "64", "STEP_SHAPE": "32",
-            "TTA_MODE": "flip", "STRETCH_UNCERTAINTY": stretch, "OUTPUT": str(tmp_path / f"tta_{stretch}.tif")})
+        processing.runAndLoadResults(
+            "mc_uncertainty:tta",
+            {
+                "INPUT": raster_path,
+                "MODEL": no_dropout_model,
+                "MODEL_INPUT_SHAPE": "64",
+                "STEP_SHAPE": "32",
+                "TTA_MODE": "flip",
+                "STRETCH_UNCERTAINTY": stretch,
+                "OUTPUT": str(tmp_path / f"tta_{stretch}.tif"),
+            },
+        )
     fixed = layer_named(clean_project, "scene — TTA uncertainty (entropy, flip)")
     stretched = layer_named(clean_project, "scene — TTA uncertainty (entropy, flip; colours stretched 2–98 %) #2")
-    assert (fixed.renderer().classificationMin(), fixed.renderer().classificationMax()) == (0, pytest.approx(LN3, abs=1e-5))
+    assert (fixed.renderer().classificationMin(), fixed.renderer().classificationMax()) == (
+        0,
+        pytest.approx(LN3, abs=1e-5),
+    )
     dataset = gdal.Open(stretched.source())
     values = dataset.GetRasterBand(1).ReadAsArray().ravel()
     low, high = stretched.renderer().classificationMin(), stretched.renderer().classificationMax()
@@ -275,7 +359,9 @@ def test_stretched_colours_span_the_data_and_say_so(
     assert high == pytest.approx(np.quantile(values, 0.98), abs=0.02 * LN3)
     assert 0 < low < high < LN3
     legend = stretched.renderer().shader().rasterShaderFunction().colorRampItemList()
-    assert float(legend[0].label) == pytest.approx(low, rel=1e-2) and float(legend[-1].label) == pytest.approx(high, rel=1e-2)
+    assert float(legend[0].label) == pytest.approx(low, rel=1e-2) and float(legend[-1].label) == pytest.approx(
+        high, rel=1e-2
+    )
 
 
 def test_outputs_not_loaded_by_processing_run(run_mc_dropout: Any, tmp_path: Path, clean_project: Any) -> None:
@@ -305,8 +391,11 @@ def _class_raster(path: Path, colors: list[tuple[int, int, int]] | None, names: 
 
 
 def test_class_palette_from_the_file_and_nodata_transparent(tmp_path: Path) -> None:
-    path = _class_raster(tmp_path / "c.tif", [(210, 180, 140), (228, 26, 28), (115, 115, 115), (55, 126, 184)],
-                         ["background", "building", "road", "water"])
+    path = _class_raster(
+        tmp_path / "c.tif",
+        [(210, 180, 140), (228, 26, 28), (115, 115, 115), (55, 126, 184)],
+        ["background", "building", "road", "water"],
+    )
     legend = read_class_legend(path)
     # 4 classes (MC_NUM_CLASSES), not the 256 entries of a GeoTIFF palette
     assert legend.names == ("background", "building", "road", "water")

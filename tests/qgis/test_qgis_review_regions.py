@@ -59,8 +59,10 @@ def rasters(tmp_path: Path) -> tuple[str, str]:
     u[40:56, 56:72] += 0.6
     u[70:, 90:] = -1.0
     classes = (np.arange(120)[None, :] // 40 * np.ones((100, 1))).astype(np.uint8)
-    return (_write(tmp_path / "scene_uncertainty.tif", u, gdal.GDT_Float32, nodata=-1.0),
-            _write(tmp_path / "scene_classes.tif", classes, gdal.GDT_Byte))
+    return (
+        _write(tmp_path / "scene_uncertainty.tif", u, gdal.GDT_Float32, nodata=-1.0),
+        _write(tmp_path / "scene_classes.tif", classes, gdal.GDT_Byte),
+    )
 
 
 def _rows(path: str) -> list[dict]:
@@ -81,21 +83,23 @@ def test_parameters_defaults_and_help(registry: Any) -> None:
     assert "Mutual information is recommended" in definitions["UNCERTAINTY"].help()
 
 
-def test_processing_run_writes_the_patches_the_core_finds(mc_plugin: Any, rasters: tuple[str, str],
-                                                          tmp_path: Path) -> None:
+def test_processing_run_writes_the_patches_the_core_finds(
+    mc_plugin: Any, rasters: tuple[str, str], tmp_path: Path
+) -> None:
     import processing
 
     uncertainty, classes = rasters
     output = str(tmp_path / "review.gpkg")
-    results = processing.run(ALGORITHM, {"UNCERTAINTY": uncertainty, "CLASSES": classes, "PATCH_SIZE": 16,
-                                         "COUNT": 4, "OUTPUT": output})
+    results = processing.run(
+        ALGORITHM, {"UNCERTAINTY": uncertainty, "CLASSES": classes, "PATCH_SIZE": 16, "COUNT": 4, "OUTPUT": output}
+    )
     assert results == {"OUTPUT": output}
     expected = find_review_regions(ReviewConfig(uncertainty, classes, patch_size=16, count=4))
     rows = _rows(output)
     assert [row["rank"] for row in rows] == [1, 2, 3, 4]
-    assert [(row["mean_uncertainty"], row["max_uncertainty"], row["valid_fraction"], row["dominant_class"])
-            for row in rows] == [(p.mean_uncertainty, p.max_uncertainty, p.valid_fraction, p.dominant_class)
-                                 for p in expected.patches]
+    assert [
+        (row["mean_uncertainty"], row["max_uncertainty"], row["valid_fraction"], row["dominant_class"]) for row in rows
+    ] == [(p.mean_uncertainty, p.max_uncertainty, p.valid_fraction, p.dominant_class) for p in expected.patches]
     assert [row["dominant_class"] for row in rows[:3]] == [2, 0, 1]
     layer = QgsVectorLayer(output, "review", "ogr")
     assert layer.crs().authid() == f"EPSG:{EPSG}"
@@ -113,8 +117,7 @@ def test_temporary_output_is_a_geopackage(mc_plugin: Any, rasters: tuple[str, st
     assert rows and "dominant_class" not in rows[0]
 
 
-def test_errors_name_the_parameter_and_leave_nothing(mc_plugin: Any, rasters: tuple[str, str],
-                                                     tmp_path: Path) -> None:
+def test_errors_name_the_parameter_and_leave_nothing(mc_plugin: Any, rasters: tuple[str, str], tmp_path: Path) -> None:
     import processing
 
     uncertainty, _ = rasters
@@ -128,12 +131,14 @@ def test_errors_name_the_parameter_and_leave_nothing(mc_plugin: Any, rasters: tu
     assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".mcu-*"))
 
 
-def test_loaded_layer_is_styled_by_rank_with_labels(mc_plugin: Any, rasters: tuple[str, str], tmp_path: Path,
-                                                    clean_project: Any) -> None:
+def test_loaded_layer_is_styled_by_rank_with_labels(
+    mc_plugin: Any, rasters: tuple[str, str], tmp_path: Path, clean_project: Any
+) -> None:
     import processing
 
-    processing.runAndLoadResults(ALGORITHM, {"UNCERTAINTY": rasters[0], "PATCH_SIZE": 16, "COUNT": 12,
-                                             "OUTPUT": str(tmp_path / "review.gpkg")})
+    processing.runAndLoadResults(
+        ALGORITHM, {"UNCERTAINTY": rasters[0], "PATCH_SIZE": 16, "COUNT": 12, "OUTPUT": str(tmp_path / "review.gpkg")}
+    )
     layers = clean_project.mapLayersByName("scene_uncertainty — regions to review")
     assert len(layers) == 1, [layer.name() for layer in clean_project.mapLayers().values()]
     layer = layers[0]
@@ -151,41 +156,54 @@ def test_loaded_layer_is_styled_by_rank_with_labels(mc_plugin: Any, rasters: tup
     assert layer.attributeTableConfig().sortExpression() == '"rank"'
 
 
-def test_style_fits_any_number_of_ranks_and_refuses_other_layers(mc_plugin: Any, rasters: tuple[str, str],
-                                                                 tmp_path: Path) -> None:
+def test_style_fits_any_number_of_ranks_and_refuses_other_layers(
+    mc_plugin: Any, rasters: tuple[str, str], tmp_path: Path
+) -> None:
     import processing
 
-    output = processing.run(ALGORITHM, {"UNCERTAINTY": rasters[0], "PATCH_SIZE": 16, "COUNT": 3,
-                                        "OUTPUT": str(tmp_path / "three.geojson")})["OUTPUT"]
+    output = processing.run(
+        ALGORITHM, {"UNCERTAINTY": rasters[0], "PATCH_SIZE": 16, "COUNT": 3, "OUTPUT": str(tmp_path / "three.geojson")}
+    )["OUTPUT"]
     layer = QgsVectorLayer(output, "three", "ogr")
     style_review_layer(layer)
     assert [(r.lowerValue(), r.upperValue(), r.label()) for r in layer.renderer().ranges()] == [
-        (0.5, 1.5, "rank 1"), (1.5, 2.5, "rank 2"), (2.5, 3.5, "rank 3")]
+        (0.5, 1.5, "rank 1"),
+        (1.5, 2.5, "rank 2"),
+        (2.5, 3.5, "rank 3"),
+    ]
     points = QgsVectorLayer("Point?field=id:integer", "points", "memory")
     with pytest.raises(ValueError, match="no 'rank' field"):
         style_review_layer(points)
 
 
-def test_modeler_chain_from_mc_dropout(mc_plugin: Any, raster_path: str, torchscript_model: str,
-                                       tmp_path: Path) -> None:
+def test_modeler_chain_from_mc_dropout(
+    mc_plugin: Any, raster_path: str, torchscript_model: str, tmp_path: Path
+) -> None:
     """image -> mc_dropout (mutual information) -> review_regions on its uncertainty and classes."""
     import processing
 
     model = QgsProcessingModelAlgorithm("review chain", "tests")
     model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"), QgsProcessingModelParameter("image"))
-    model.addModelParameter(QgsProcessingParameterFile("model_file", "Model"), QgsProcessingModelParameter("model_file"))
+    model.addModelParameter(
+        QgsProcessingParameterFile("model_file", "Model"), QgsProcessingModelParameter("model_file")
+    )
     mc = QgsProcessingModelChildAlgorithm("mc_uncertainty:mc_dropout")
     mc.setChildId("mc")
     mc.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("image")])
     mc.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromModelParameter("model_file")])
-    for key, value in (("MODEL_INPUT_SHAPE", "64"), ("STEP_SHAPE", "32"), ("N_SAMPLES", 2),
-                       ("UNCERTAINTY_MODE", "mutual_information")):
+    for key, value in (
+        ("MODEL_INPUT_SHAPE", "64"),
+        ("STEP_SHAPE", "32"),
+        ("N_SAMPLES", 2),
+        ("UNCERTAINTY_MODE", "mutual_information"),
+    ):
         mc.addParameterSources(key, [QgsProcessingModelChildParameterSource.fromStaticValue(value)])
     model.addChildAlgorithm(mc)
     review = QgsProcessingModelChildAlgorithm(ALGORITHM)
     review.setChildId("review")
-    review.addParameterSources("UNCERTAINTY", [QgsProcessingModelChildParameterSource.fromChildOutput(
-        "mc", "OUTPUT_UNCERTAINTY")])
+    review.addParameterSources(
+        "UNCERTAINTY", [QgsProcessingModelChildParameterSource.fromChildOutput("mc", "OUTPUT_UNCERTAINTY")]
+    )
     review.addParameterSources("CLASSES", [QgsProcessingModelChildParameterSource.fromChildOutput("mc", "OUTPUT")])
     review.addParameterSources("PATCH_SIZE", [QgsProcessingModelChildParameterSource.fromStaticValue(32)])
     review.addParameterSources("COUNT", [QgsProcessingModelChildParameterSource.fromStaticValue(3)])
@@ -197,8 +215,9 @@ def test_modeler_chain_from_mc_dropout(mc_plugin: Any, raster_path: str, torchsc
     model.updateDestinationParameters()
     assert model.dependsOnChildAlgorithms("review") == {"mc"}
 
-    results = processing.run(model, {"image": raster_path, "model_file": torchscript_model,
-                                     "review:regions": str(tmp_path / "regions.gpkg")})
+    results = processing.run(
+        model, {"image": raster_path, "model_file": torchscript_model, "review:regions": str(tmp_path / "regions.gpkg")}
+    )
     assert results["review:regions"] == str(tmp_path / "regions.gpkg")
     rows = _rows(results["review:regions"])
     assert [row["rank"] for row in rows] == [1, 2, 3]
@@ -213,26 +232,56 @@ def test_qgis_process_runs_the_deployed_algorithm(rasters: tuple[str, str], tmp_
     env = {k: v for k, v in os.environ.items() if k not in ("MC_UNCERTAINTY_PYTHON_ENV", "PYTHONPATH")}
     env["QGIS_CUSTOM_CONFIG_PATH"] = str(config_root)
     env.setdefault("QT_QPA_PLATFORM", "offscreen")
-    deploy = [sys.executable, str(REPO_ROOT / "resources" / "tools" / "deploy.py"), "--profile-dir", str(profile),
-              "--enable"]
+    deploy = [
+        sys.executable,
+        str(REPO_ROOT / "resources" / "tools" / "deploy.py"),
+        "--profile-dir",
+        str(profile),
+        "--enable",
+    ]
     done = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
 
     uncertainty, classes = rasters
     output = tmp_path / "review.gpkg"
     run = subprocess.run(
-        [QGIS_PROCESS, "--json", "run", ALGORITHM, "--", f"UNCERTAINTY={uncertainty}", f"CLASSES={classes}",
-         "PATCH_SIZE=16", "COUNT=5", f"OUTPUT={output}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            QGIS_PROCESS,
+            "--json",
+            "run",
+            ALGORITHM,
+            "--",
+            f"UNCERTAINTY={uncertainty}",
+            f"CLASSES={classes}",
+            "PATCH_SIZE=16",
+            "COUNT=5",
+            f"OUTPUT={output}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads(run.stdout)["results"]["OUTPUT"] == str(output)
     assert [row["rank"] for row in _rows(str(output))] == [1, 2, 3, 4, 5]
 
     bad = subprocess.run(
-        [QGIS_PROCESS, "run", ALGORITHM, "--", f"UNCERTAINTY={uncertainty}", f"CLASSES={tmp_path}/none.tif",
-         f"OUTPUT={tmp_path / 'bad.gpkg'}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            QGIS_PROCESS,
+            "run",
+            ALGORITHM,
+            "--",
+            f"UNCERTAINTY={uncertainty}",
+            f"CLASSES={tmp_path}/none.tif",
+            f"OUTPUT={tmp_path / 'bad.gpkg'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0 and "CLASSES" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad.gpkg").exists()

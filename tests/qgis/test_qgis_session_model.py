@@ -39,8 +39,10 @@ def small_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, 
     torch.manual_seed(0)
     torch.save(SleepyNet(sleep_s=0.0).state_dict(), tmp_path / "small.pth")
     config = tmp_path / "small.yaml"
-    config.write_text("model:\n  _target_: qgis_test_models.SleepyNet\n  in_channels: 3\n  classes: 3\n"
-                      "  sleep_s: 0.0\n", encoding="utf-8")
+    config.write_text(
+        "model:\n  _target_: qgis_test_models.SleepyNet\n  in_channels: 3\n  classes: 3\n  sleep_s: 0.0\n",
+        encoding="utf-8",
+    )
     return str(config), str(tmp_path / "small.pth")
 
 
@@ -75,7 +77,7 @@ def test_stages_are_named_and_timed_then_the_model_is_reused(
     log = "\n".join(first.infos)
     for stage in ("Loading PyTorch… ", "Building the model… ", "Reading weights… "):
         line = next(line for line in first.infos if line.startswith(stage))
-        assert line.endswith(" s") and float(line[len(stage):-2]) >= 0, line
+        assert line.endswith(" s") and float(line[len(stage) : -2]) >= 0, line
     assert "Model loaded: small.yaml; kept for the next runs of this session." in log
 
     second, seconds_to_compute = run(raster_path, small_config, tmp_path, "second")
@@ -118,8 +120,14 @@ def test_the_task_reuses_what_processing_loaded(
 
     run(raster_path, (torchscript_model, None), tmp_path, "processing")
     classes, uncertainty = output_paths(str(tmp_path), "scene", "mc_dropout")
-    request = TaskRequest(raster_path, "scene", torchscript_model, classes, uncertainty,
-                          options={"n_samples": 2, "model_input_shape": "64", "step_shape": "32"})
+    request = TaskRequest(
+        raster_path,
+        "scene",
+        torchscript_model,
+        classes,
+        uncertainty,
+        options={"n_samples": 2, "model_input_shape": "64", "step_shape": "32"},
+    )
     task = McUncertaintyTask(request, clean_project)
     watch = start(task)
     watch.wait()

@@ -68,8 +68,14 @@ def test_task_keeps_qgis_responsive_reports_progress_and_loads_styled_layers(
     mc_plugin: Any, raster_path: str, sleepy_model: str, tmp_path: Path, clean_project: Any
 ) -> None:
     classes, uncertainty = output_paths(str(tmp_path), "scene", "mc_dropout")
-    request = TaskRequest(raster_path, "scene", sleepy_model, classes, uncertainty,
-                          options={"n_samples": 30, "uncertainty_mode": "mutual_information", **TILES})
+    request = TaskRequest(
+        raster_path,
+        "scene",
+        sleepy_model,
+        classes,
+        uncertainty,
+        options={"n_samples": 30, "uncertainty_mode": "mutual_information", **TILES},
+    )
     task = McUncertaintyTask(request, clean_project)
     watch = start(task)
     started = time.monotonic()
@@ -88,8 +94,10 @@ def test_task_keeps_qgis_responsive_reports_progress_and_loads_styled_layers(
     # the styled layers, in one group
     (group,) = clean_project.layerTreeRoot().children()
     assert isinstance(group, QgsLayerTreeGroup) and group.name() == "scene — MC Dropout (T = 30, MI)"
-    assert [child.name() for child in group.children()] == ["scene — MC uncertainty (mutual information, T = 30)",
-                                                             "scene — MC classes (T = 30)"]
+    assert [child.name() for child in group.children()] == [
+        "scene — MC uncertainty (mutual information, T = 30)",
+        "scene — MC classes (T = 30)",
+    ]
     unc_layer, class_layer = task.layers
     assert unc_layer.source() == uncertainty and class_layer.source() == classes
     assert isinstance(unc_layer.renderer(), QgsSingleBandPseudoColorRenderer)
@@ -120,7 +128,9 @@ def test_failure_is_reported_not_raised(mc_plugin: Any, raster_path: str, tmp_pa
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  _target_: os.system\n", encoding="utf-8")
     classes, uncertainty = output_paths(str(tmp_path), "scene", "tta")
-    task = McUncertaintyTask(TaskRequest(raster_path, "scene", str(bad), classes, uncertainty, method="tta"), clean_project)
+    task = McUncertaintyTask(
+        TaskRequest(raster_path, "scene", str(bad), classes, uncertainty, method="tta"), clean_project
+    )
     watch = start(task)
     watch.wait()
     assert watch.ended == "terminated"
@@ -133,7 +143,9 @@ def test_output_paths_never_overwrite(tmp_path: Path) -> None:
     assert [Path(p).name for p in first] == ["my_scene_1_mc_classes.tif", "my_scene_1_mc_uncertainty.tif"]
     Path(first[1]).touch()
     assert [Path(p).name for p in output_paths(str(tmp_path), "my scene/1", "mc_dropout")] == [
-        "my_scene_1_mc_classes_2.tif", "my_scene_1_mc_uncertainty_2.tif"]
+        "my_scene_1_mc_classes_2.tif",
+        "my_scene_1_mc_uncertainty_2.tif",
+    ]
     with pytest.raises(ValueError, match="method"):
         TaskRequest("a.tif", "a", "m.pt", "o.tif", method="bayes")
 
@@ -165,7 +177,11 @@ def test_dialog_builds_the_request(
     dialog.mode.setCurrentIndex(dialog.mode.findData("mutual_information"))
     request = dialog.request()
     assert (request.input_path, request.input_name, request.model_path, request.method) == (
-        raster_path, "scene", torchscript_model, "mc_dropout")
+        raster_path,
+        "scene",
+        torchscript_model,
+        "mc_dropout",
+    )
     assert request.output_path == str(tmp_path / "scene_mc_classes.tif")
     assert request.uncertainty_path == str(tmp_path / "scene_mc_uncertainty.tif")
     assert dict(request.options) == {"n_samples": 7, "uncertainty_mode": "mutual_information"}
@@ -211,12 +227,13 @@ def test_one_band_layer_error_points_to_the_dialogs_bands_then_runs_with_them(
     for bands in (None, (1, 1, 1)):
         classes, uncertainty = output_paths(str(tmp_path), "gray", "mc_dropout")
         options = {"n_samples": 2, **TILES, **({"bands": bands} if bands else {})}
-        task = McUncertaintyTask(TaskRequest(gray, "gray", torchscript_model, classes, uncertainty, options=options),
-                                 clean_project)
+        task = McUncertaintyTask(
+            TaskRequest(gray, "gray", torchscript_model, classes, uncertainty, options=options), clean_project
+        )
         watch = start(task)
         watch.wait()
         if bands is None:
-            assert watch.ended == "terminated" and "\"Input bands\"" in task.error and "1,1,1" in task.error
+            assert watch.ended == "terminated" and '"Input bands"' in task.error and "1,1,1" in task.error
         else:
             assert watch.ended == "completed", task.error
             assert Path(classes).is_file()
@@ -231,8 +248,14 @@ def test_action_without_a_raster_layer_warns(mc_plugin: Any, qgis_iface: Any, cl
 
 
 def test_action_runs_a_task_on_the_active_layer(
-    mc_plugin: Any, qgis_iface: Any, raster_path: str, torchscript_model: str, tmp_path: Path, clean_project: Any,
-    monkeypatch: pytest.MonkeyPatch, fresh_dialog_settings: None,
+    mc_plugin: Any,
+    qgis_iface: Any,
+    raster_path: str,
+    torchscript_model: str,
+    tmp_path: Path,
+    clean_project: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_dialog_settings: None,
 ) -> None:
     layer = QgsRasterLayer(raster_path, "scene")
     clean_project.addMapLayer(layer)
@@ -254,4 +277,6 @@ def test_action_runs_a_task_on_the_active_layer(
     names = [child.name() for child in clean_project.layerTreeRoot().children()]
     assert names == ["scene — MC Dropout (T = 2, entropy)", "scene"]
     assert sorted(os.listdir(tmp_path)) == ["scene_mc_classes.tif", "scene_mc_uncertainty.tif"]
-    assert any("scene — MC uncertainty (entropy, T = 2)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+    assert any(
+        "scene — MC uncertainty (entropy, T = 2)" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success)
+    )

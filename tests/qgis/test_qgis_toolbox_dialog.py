@@ -26,7 +26,12 @@ def uncertainty_field(dialog: Any) -> QLineEdit:
 
 
 def test_dialog_defaults_load_a_styled_uncertainty_layer(
-    registry: Any, qgis_iface: Any, raster_path: str, torchscript_model: str, no_browser: None, clean_project: Any,
+    registry: Any,
+    qgis_iface: Any,
+    raster_path: str,
+    torchscript_model: str,
+    no_browser: None,
+    clean_project: Any,
     tmp_path: Path,
 ) -> None:
     import processing
@@ -36,13 +41,21 @@ def test_dialog_defaults_load_a_styled_uncertainty_layer(
     try:
         panel = dialog.mainWidget()
         widget_context = QgsProcessingContext()
-        for key, value in {"INPUT": raster_path, "MODEL": torchscript_model, "MODEL_INPUT_SHAPE": "64",
-                           "STEP_SHAPE": "32", "N_SAMPLES": 2}.items():
+        for key, value in {
+            "INPUT": raster_path,
+            "MODEL": torchscript_model,
+            "MODEL_INPUT_SHAPE": "64",
+            "STEP_SHAPE": "32",
+            "N_SAMPLES": 2,
+        }.items():
             panel.wrappers[key].setParameterValue(value, widget_context)
         assert panel.wrappers["OUTPUT_UNCERTAINTY"].parameterValue() is None  # empty ...
         field = uncertainty_field(dialog)
         # ... and it says what happens then, not "[Skip output]"; it follows the class raster's name
-        assert field.text() == "" and field.placeholderText() == "[Beside the class raster, as <its name>_mc_uncertainty.tif]"
+        assert (
+            field.text() == ""
+            and field.placeholderText() == "[Beside the class raster, as <its name>_mc_uncertainty.tif]"
+        )
         panel.wrappers["OUTPUT"].setParameterValue(str(tmp_path / "classes.tif"), widget_context)
         assert field.placeholderText() == "[Beside the class raster: classes_mc_uncertainty.tif]"
         panel.wrappers["OUTPUT"].setParameterValue("TEMPORARY_OUTPUT", widget_context)
@@ -66,7 +79,9 @@ def test_dialog_defaults_load_a_styled_uncertainty_layer(
     (group,) = project.layerTreeRoot().children()
     assert group.name() == "scene — MC Dropout (T = 2, entropy)"
     assert [child.layerId() for child in group.children()] == [
-        layers[results["OUTPUT_UNCERTAINTY"]].id(), layers[output].id()]
+        layers[results["OUTPUT_UNCERTAINTY"]].id(),
+        layers[output].id(),
+    ]
 
 
 def test_tta_dialog_names_its_own_default(registry: Any, no_browser: None) -> None:

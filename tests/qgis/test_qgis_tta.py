@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from osgeo import gdal
-
 from conftest import FAST
+from osgeo import gdal
 
 LN3 = math.log(3)
 
@@ -28,18 +27,24 @@ def run_tta(raster: str, model: str, **parameters: Any) -> dict[str, Any]:
     return processing.run("mc_uncertainty:tta", values)
 
 
-def test_tta_writes_default_uncertainty_name(mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path) -> None:
+def test_tta_writes_default_uncertainty_name(
+    mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path
+) -> None:
     results = run_tta(raster_path, no_dropout_model, OUTPUT=str(tmp_path / "classes.tif"))
-    assert results == {"OUTPUT": str(tmp_path / "classes.tif"), "OUTPUT_UNCERTAINTY": str(tmp_path / "classes_uncertainty.tif"),
-                       "OUTPUT_CONFIDENCE": None}
+    assert results == {
+        "OUTPUT": str(tmp_path / "classes.tif"),
+        "OUTPUT_UNCERTAINTY": str(tmp_path / "classes_uncertainty.tif"),
+        "OUTPUT_CONFIDENCE": None,
+    }
     unc = read(results["OUTPUT_UNCERTAINTY"])
     assert unc.min() >= 0 and unc.max() <= LN3 + 1e-5
     dataset = gdal.Open(results["OUTPUT_UNCERTAINTY"])
     assert dataset.GetMetadataItem("MC_TTA_MODE") == "d4" and dataset.GetMetadataItem("MC_DROPOUT") == "off"
 
 
-def test_per_pixel_model_has_zero_tta_mutual_information(mc_plugin: Any, raster_path: str, no_dropout_model: str,
-                                                         tmp_path: Path) -> None:
+def test_per_pixel_model_has_zero_tta_mutual_information(
+    mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path
+) -> None:
     """The test model is 1x1 convolutions only, so every transform predicts the same: MI = 0, and the d4 entropy
     equals that of a single deterministic pass (TTA_MODE none)."""
     mi = run_tta(raster_path, no_dropout_model, OUTPUT=str(tmp_path / "mi.tif"), UNCERTAINTY_MODE="mutual_information")
@@ -50,10 +55,14 @@ def test_per_pixel_model_has_zero_tta_mutual_information(mc_plugin: Any, raster_
     assert read(none["OUTPUT_UNCERTAINTY"]).max() > 0
 
 
-def test_mc_dropout_with_tta_reports_progress_over_all_passes(run_mc_dropout: Any, tmp_path: Path, feedback: Any) -> None:
+def test_mc_dropout_with_tta_reports_progress_over_all_passes(
+    run_mc_dropout: Any, tmp_path: Path, feedback: Any
+) -> None:
     results = run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"), TTA_MODE="flip", feedback=feedback)
     dataset = gdal.Open(results["OUTPUT_UNCERTAINTY"])
-    assert dataset.GetMetadataItem("MC_TTA_MODE") == "flip" and dataset.GetMetadataItem("MC_N_SAMPLES") == str(FAST["N_SAMPLES"])
+    assert dataset.GetMetadataItem("MC_TTA_MODE") == "flip" and dataset.GetMetadataItem("MC_N_SAMPLES") == str(
+        FAST["N_SAMPLES"]
+    )
     assert any("3 sample(s) x 4 transform(s)" in info for info in feedback.infos)
     # 6 windows in 2 batches x 12 passes (3 samples x 4 transforms): progress moves after every pass
     values = feedback.progress_values
@@ -62,8 +71,9 @@ def test_mc_dropout_with_tta_reports_progress_over_all_passes(run_mc_dropout: An
     assert sorted(set(values))[-2] == pytest.approx(99, abs=1.5)  # the passes account for the whole run
 
 
-def test_values_left_out_come_from_the_configs_inference_processor(mc_plugin: Any, raster_path: str, data_dir: Path,
-                                                                   torchscript_model: str, tmp_path: Path) -> None:
+def test_values_left_out_come_from_the_configs_inference_processor(
+    mc_plugin: Any, raster_path: str, data_dir: Path, torchscript_model: str, tmp_path: Path
+) -> None:
     import shutil
 
     import processing
@@ -72,20 +82,38 @@ def test_values_left_out_come_from_the_configs_inference_processor(mc_plugin: An
     shutil.copy(torchscript_model, model)
     (tmp_path / "model.yaml").write_text(
         "inference_processor:\n  n_samples: 2\n  uncertainty_mode: mutual_information\n  model_input_shape: [64, 64]\n"
-        "  step_shape: 64\n  seed: 7\n", encoding="utf-8")
-    results = processing.run("mc_uncertainty:mc_dropout",
-                             {"INPUT": raster_path, "MODEL": str(model), "OUTPUT": str(tmp_path / "c.tif")})
+        "  step_shape: 64\n  seed: 7\n",
+        encoding="utf-8",
+    )
+    results = processing.run(
+        "mc_uncertainty:mc_dropout", {"INPUT": raster_path, "MODEL": str(model), "OUTPUT": str(tmp_path / "c.tif")}
+    )
     dataset = gdal.Open(results["OUTPUT_UNCERTAINTY"])
     meta = dataset.GetMetadata()
     assert (meta["MC_N_SAMPLES"], meta["MC_UNCERTAINTY_MODE"], meta["MC_TILE"], meta["MC_STEP"], meta["MC_SEED"]) == (
-        "2", "mutual_information", "64,64", "64,64", "7")
-    explicit = processing.run("mc_uncertainty:mc_dropout", {"INPUT": raster_path, "MODEL": str(model), "N_SAMPLES": 3,
-                                                            "MODEL_INPUT_SHAPE": "64", "OUTPUT": str(tmp_path / "e.tif")})
+        "2",
+        "mutual_information",
+        "64,64",
+        "64,64",
+        "7",
+    )
+    explicit = processing.run(
+        "mc_uncertainty:mc_dropout",
+        {
+            "INPUT": raster_path,
+            "MODEL": str(model),
+            "N_SAMPLES": 3,
+            "MODEL_INPUT_SHAPE": "64",
+            "OUTPUT": str(tmp_path / "e.tif"),
+        },
+    )
     assert gdal.Open(explicit["OUTPUT_UNCERTAINTY"]).GetMetadataItem("MC_N_SAMPLES") == "3"
 
 
 def test_confidence_raster_when_asked(mc_plugin: Any, raster_path: str, no_dropout_model: str, tmp_path: Path) -> None:
-    results = run_tta(raster_path, no_dropout_model, OUTPUT=str(tmp_path / "c.tif"), OUTPUT_CONFIDENCE=str(tmp_path / "conf.tif"))
+    results = run_tta(
+        raster_path, no_dropout_model, OUTPUT=str(tmp_path / "c.tif"), OUTPUT_CONFIDENCE=str(tmp_path / "conf.tif")
+    )
     assert results["OUTPUT_CONFIDENCE"] == str(tmp_path / "conf.tif")
     confidence = read(results["OUTPUT_CONFIDENCE"])
     assert confidence.min() >= 1 / 3 - 1e-6 and confidence.max() <= 1 + 1e-6

@@ -35,14 +35,15 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from osgeo import gdal, osr
 
-from . import metrics
 from ..errors import InferenceCancelled, ParameterError
+from . import metrics
 
 __all__ = [
     "CLASS_NODATA",
@@ -110,19 +111,26 @@ class EvaluationConfig:
     curve_points: int = 200
 
     def __post_init__(self) -> None:
-        for key, path in (("CLASSES", self.classes_path), ("UNCERTAINTY", self.uncertainty_path),
-                          ("REFERENCE", self.reference_path), ("CONFIDENCE", self.confidence_path)):
+        for key, path in (
+            ("CLASSES", self.classes_path),
+            ("UNCERTAINTY", self.uncertainty_path),
+            ("REFERENCE", self.reference_path),
+            ("CONFIDENCE", self.confidence_path),
+        ):
             if key == "CONFIDENCE" and path is None:
                 continue
             if not isinstance(path, (str, os.PathLike)) or not str(path):
                 raise ParameterError(key, path, "be a raster path")
             object.__setattr__(self, _PATH_FIELDS[key], str(path))
         object.__setattr__(self, "class_names", parse_class_names(self.class_names))
-        for name, value, minimum in (("PAVPU_PATCH_SIZE", self.pavpu_patch_size, 1), ("block_rows", self.block_rows, 1),
-                                     ("uncertainty_bins", self.uncertainty_bins, 2),
-                                     ("calibration_bins", self.calibration_bins, 1),
-                                     ("pavpu_even_thresholds", self.pavpu_even_thresholds, 0),
-                                     ("curve_points", self.curve_points, 2)):
+        for name, value, minimum in (
+            ("PAVPU_PATCH_SIZE", self.pavpu_patch_size, 1),
+            ("block_rows", self.block_rows, 1),
+            ("uncertainty_bins", self.uncertainty_bins, 2),
+            ("calibration_bins", self.calibration_bins, 1),
+            ("pavpu_even_thresholds", self.pavpu_even_thresholds, 0),
+            ("curve_points", self.curve_points, 2),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ParameterError(name, value, f"be an integer >= {minimum}")
         quantiles = tuple(float(q) for q in self.pavpu_quantiles)
@@ -131,8 +139,12 @@ class EvaluationConfig:
         object.__setattr__(self, "pavpu_quantiles", quantiles)
 
 
-_PATH_FIELDS = {"CLASSES": "classes_path", "UNCERTAINTY": "uncertainty_path", "REFERENCE": "reference_path",
-                "CONFIDENCE": "confidence_path"}
+_PATH_FIELDS = {
+    "CLASSES": "classes_path",
+    "UNCERTAINTY": "uncertainty_path",
+    "REFERENCE": "reference_path",
+    "CONFIDENCE": "confidence_path",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,7 +303,9 @@ class EvaluationResult:
             "mean_iou": _number(self.mean_iou),
             "iou": {name: _number(v) for name, v in zip(self.class_names, self.iou)},
             "confusion_matrix": {"rows": "reference", "columns": "predicted", "values": self.confusion.tolist()},
-            "calibration": None if cal is None else {
+            "calibration": None
+            if cal is None
+            else {
                 "ece": _number(cal.ece),
                 "n_pixels": int(cal.n_pixels),
                 "bin_edges": _numbers(cal.bin_edges),
@@ -308,12 +322,21 @@ class EvaluationResult:
                 "ause": _number(det.ause),
                 "roc": {"fpr": _numbers(det.roc_fpr), "tpr": _numbers(det.roc_tpr)},
                 "precision_recall": {"recall": _numbers(det.pr_recall), "precision": _numbers(det.pr_precision)},
-                "risk_coverage": {"coverage": _numbers(det.coverage), "risk": _numbers(det.risk),
-                                  "oracle_risk": _numbers(det.oracle_risk)},
-                "sparsification": {"fraction_removed": _numbers(1.0 - det.coverage), "error": _numbers(det.risk),
-                                   "oracle_error": _numbers(det.oracle_risk)},
-                "uncertainty_histogram": {"edges": _numbers(det.uncertainty_edges),
-                                          "correct": det.hist_correct.tolist(), "wrong": det.hist_wrong.tolist()},
+                "risk_coverage": {
+                    "coverage": _numbers(det.coverage),
+                    "risk": _numbers(det.risk),
+                    "oracle_risk": _numbers(det.oracle_risk),
+                },
+                "sparsification": {
+                    "fraction_removed": _numbers(1.0 - det.coverage),
+                    "error": _numbers(det.risk),
+                    "oracle_error": _numbers(det.oracle_risk),
+                },
+                "uncertainty_histogram": {
+                    "edges": _numbers(det.uncertainty_edges),
+                    "correct": det.hist_correct.tolist(),
+                    "wrong": det.hist_wrong.tolist(),
+                },
             },
             "patches": {
                 "patch_size": int(pat.patch_size),
@@ -345,6 +368,7 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 
 
 # -- rasters ---------------------------------------------------------------------------------------------------
+
 
 def _open(key: str, path: str) -> gdal.Dataset:
     if not os.path.exists(path) and not path.startswith("/vsi"):
@@ -398,7 +422,8 @@ def _reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str
     gt = _geotransform(classes)
     if gt is None or _geotransform(reference) is None:
         raise ParameterError(
-            "REFERENCE", path,
+            "REFERENCE",
+            path,
             f"have the grid of CLASSES ({_describe_grid(classes)}) or georeferencing to resample it onto that grid; "
             f"it has {_describe_grid(reference)}",
         )
@@ -410,8 +435,12 @@ def _reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str
     band = reference.GetRasterBand(1)
     nodata = band.GetNoDataValue()
     options = gdal.WarpOptions(
-        format="VRT", width=width, height=height, outputBounds=(min(xs), min(ys), max(xs), max(ys)),
-        dstSRS=classes.GetProjection() or None, resampleAlg="near",
+        format="VRT",
+        width=width,
+        height=height,
+        outputBounds=(min(xs), min(ys), max(xs), max(ys)),
+        dstSRS=classes.GetProjection() or None,
+        resampleAlg="near",
         dstNodata=nodata if nodata is not None else CLASS_NODATA,
     )
     warped = gdal.Warp("", reference, options=options)
@@ -452,11 +481,16 @@ class _EvaluationRasters:
         self.width, self.height = self.classes.RasterXSize, self.classes.RasterYSize
         self.uncertainty = _open("UNCERTAINTY", config.uncertainty_path)
         self.confidence = _open("CONFIDENCE", config.confidence_path) if config.confidence_path else None
-        for key, dataset, path in (("UNCERTAINTY", self.uncertainty, config.uncertainty_path),
-                                   ("CONFIDENCE", self.confidence, config.confidence_path)):
+        for key, dataset, path in (
+            ("UNCERTAINTY", self.uncertainty, config.uncertainty_path),
+            ("CONFIDENCE", self.confidence, config.confidence_path),
+        ):
             if dataset is not None and not _same_grid(self.classes, dataset):
-                raise ParameterError(key, path, f"have the grid of CLASSES ({_describe_grid(self.classes)}); "
-                                                f"it has {_describe_grid(dataset)}")
+                raise ParameterError(
+                    key,
+                    path,
+                    f"have the grid of CLASSES ({_describe_grid(self.classes)}); it has {_describe_grid(dataset)}",
+                )
         reference = _open("REFERENCE", config.reference_path)
         self.reference, self.reference_resampled = _reference_on_grid(self.classes, reference, config.reference_path)
         self._source_reference = reference  # keeps the warped VRT's source alive
@@ -472,8 +506,11 @@ class _EvaluationRasters:
         dataset = self._datasets()[name]
         array = dataset.GetRasterBand(1).ReadAsArray(0, row, self.width, rows)
         if array is None:
-            raise ParameterError(name.upper(), dataset.GetDescription(),
-                                 f"be readable (rows {row}..{row + rows - 1}: {gdal.GetLastErrorMsg() or 'GDAL error'})")
+            raise ParameterError(
+                name.upper(),
+                dataset.GetDescription(),
+                f"be readable (rows {row}..{row + rows - 1}: {gdal.GetLastErrorMsg() or 'GDAL error'})",
+            )
         return array
 
     def uncertainty_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -501,8 +538,11 @@ class _EvaluationRasters:
                 confidence = raw.astype(np.float64)
                 outside = confidence_valid & ((confidence < -1e-6) | (confidence > 1.0 + 1e-6))
                 if outside.any():
-                    raise ParameterError("CONFIDENCE", self.config.confidence_path,
-                                         f"hold probabilities in [0, 1]; it has {confidence[outside][0]:g}")
+                    raise ParameterError(
+                        "CONFIDENCE",
+                        self.config.confidence_path,
+                        f"hold probabilities in [0, 1]; it has {confidence[outside][0]:g}",
+                    )
             yield _Block(
                 row=row,
                 classes=np.where(class_valid, classes, 0).astype(np.int64),
@@ -543,11 +583,16 @@ def _check_labels(key: str, path: str, values: np.ndarray, valid: np.ndarray) ->
     if np.issubdtype(labels.dtype, np.floating):
         bad |= labels != np.floor(labels)
     if bad.any():
-        raise ParameterError(key, path, f"hold class indices 0..254 (255 or the band's nodata = no label); "
-                                        f"it has {labels[bad][0]!r} and no nodata for it")
+        raise ParameterError(
+            key,
+            path,
+            f"hold class indices 0..254 (255 or the band's nodata = no label); "
+            f"it has {labels[bad][0]!r} and no nodata for it",
+        )
 
 
 # -- accumulation ------------------------------------------------------------------------------------------------
+
 
 class _Accumulator:
     """Counts gathered block by block (see the module docstring)."""
@@ -569,8 +614,9 @@ class _Accumulator:
     def add(self, block: _Block) -> None:
         valid = block.valid
         correct = valid & (block.classes == block.reference)
-        self.confusion += np.bincount((block.reference[valid] * _MAX_LABELS + block.classes[valid]).ravel(),
-                                      minlength=_MAX_LABELS * _MAX_LABELS)
+        self.confusion += np.bincount(
+            (block.reference[valid] * _MAX_LABELS + block.classes[valid]).ravel(), minlength=_MAX_LABELS * _MAX_LABELS
+        )
         bins = metrics.bin_index(block.uncertainty[valid], self.lo, self.hi, self.bins)
         is_correct = correct[valid]
         self.hist_correct += np.bincount(bins[is_correct], minlength=self.bins)
@@ -580,8 +626,7 @@ class _Accumulator:
             cal_bins = np.clip(np.floor(conf * self.calibration_bins), 0, self.calibration_bins - 1).astype(np.int64)
             self.cal_counts += np.bincount(cal_bins, minlength=self.calibration_bins)
             self.cal_confidence += np.bincount(cal_bins, weights=conf, minlength=self.calibration_bins)
-            self.cal_correct += np.bincount(cal_bins[correct[block.confidence_valid]],
-                                            minlength=self.calibration_bins)
+            self.cal_correct += np.bincount(cal_bins[correct[block.confidence_valid]], minlength=self.calibration_bins)
         self._add_patches(valid, correct, block.uncertainty)
 
     def _add_patches(self, valid: np.ndarray, correct: np.ndarray, uncertainty: np.ndarray) -> None:
@@ -605,8 +650,9 @@ class _Accumulator:
         self.patch_inaccurate += np.bincount(bins[~accurate], minlength=self.bins)
 
 
-def _uncertainty_range(rasters: _EvaluationRasters, block_rows: int, tick: Callable[[int], None],
-                       is_cancelled: Callable[[], bool] | None) -> tuple[float, float]:
+def _uncertainty_range(
+    rasters: _EvaluationRasters, block_rows: int, tick: Callable[[int], None], is_cancelled: Callable[[], bool] | None
+) -> tuple[float, float]:
     """``(lo, hi)``: ``lo = min(0, min u)``, ``hi = max u`` over valid uncertainty pixels (``hi = lo + 1`` when
     all are equal)."""
     lo, hi = math.inf, -math.inf
@@ -658,9 +704,11 @@ def evaluate_uncertainty(
     rasters = _EvaluationRasters(config)
     notes: list[str] = []
     if rasters.reference_resampled:
-        message = (f"REFERENCE is on another grid ({_describe_grid(rasters._source_reference)}) than CLASSES "
-                   f"({_describe_grid(rasters.classes)}); it was resampled by nearest neighbour onto the grid of "
-                   "CLASSES.")
+        message = (
+            f"REFERENCE is on another grid ({_describe_grid(rasters._source_reference)}) than CLASSES "
+            f"({_describe_grid(rasters.classes)}); it was resampled by nearest neighbour onto the grid of "
+            "CLASSES."
+        )
         notes.append(message)
         warnings.warn(ReferenceResampledWarning(message), stacklevel=2)
     p = config.pavpu_patch_size
@@ -684,13 +732,22 @@ def evaluate_uncertainty(
     return result
 
 
-def _result(config: EvaluationConfig, rasters: _EvaluationRasters, acc: _Accumulator, lo: float, hi: float,
-            notes: tuple[str, ...]) -> EvaluationResult:
+def _result(
+    config: EvaluationConfig,
+    rasters: _EvaluationRasters,
+    acc: _Accumulator,
+    lo: float,
+    hi: float,
+    notes: tuple[str, ...],
+) -> EvaluationResult:
     full = acc.confusion.reshape(_MAX_LABELS, _MAX_LABELS)
     n_pixels = int(full.sum())
     if n_pixels == 0:
-        raise ParameterError("REFERENCE", config.reference_path,
-                             "have labels where CLASSES and UNCERTAINTY are valid (no pixel is valid in all three)")
+        raise ParameterError(
+            "REFERENCE",
+            config.reference_path,
+            "have labels where CLASSES and UNCERTAINTY are valid (no pixel is valid in all three)",
+        )
     names = _class_names(config, rasters, full)
     count = len(names)
     confusion = full[:count, :count].copy()
@@ -767,8 +824,14 @@ def _patches(config: EvaluationConfig, acc: _Accumulator, lo: float, hi: float) 
     n_patches = int(per_bin.sum())
     bins = config.uncertainty_bins
     even = np.round(np.arange(1, config.pavpu_even_thresholds + 1) * bins / (config.pavpu_even_thresholds + 1))
-    edges = np.union1d(metrics.quantile_edges(per_bin, np.asarray(config.pavpu_quantiles)),
-                       np.clip(even, 1, bins - 1).astype(np.int64)) if n_patches else np.zeros(0, dtype=np.int64)
+    edges = (
+        np.union1d(
+            metrics.quantile_edges(per_bin, np.asarray(config.pavpu_quantiles)),
+            np.clip(even, 1, bins - 1).astype(np.int64),
+        )
+        if n_patches
+        else np.zeros(0, dtype=np.int64)
+    )
     counts = metrics.patch_counts(acc.patch_accurate, acc.patch_inaccurate, edges)
     below = np.concatenate(([0], np.cumsum(per_bin)))[edges]
     return PatchMetrics(

@@ -56,7 +56,9 @@ def _check_counts(wrong: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, n
     wrong = np.asarray(wrong, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     if wrong.shape != correct.shape or wrong.ndim != 1:
-        raise ValueError(f"wrong and correct must be 1-D counts of equal length, got {wrong.shape} and {correct.shape}.")
+        raise ValueError(
+            f"wrong and correct must be 1-D counts of equal length, got {wrong.shape} and {correct.shape}."
+        )
     return wrong, correct
 
 
@@ -141,8 +143,12 @@ def harmonic_difference(a: int, b: int) -> float:
     if a < 32:
         return _harmonic(b) - _harmonic(a)
     x, y = float(a), float(b)
-    return (math.log1p((y - x) / x) + (1 / (2 * y) - 1 / (2 * x)) - (1 / (12 * y**2) - 1 / (12 * x**2))
-            + (1 / (120 * y**4) - 1 / (120 * x**4)))
+    return (
+        math.log1p((y - x) / x)
+        + (1 / (2 * y) - 1 / (2 * x))
+        - (1 / (12 * y**2) - 1 / (12 * x**2))
+        + (1 / (120 * y**4) - 1 / (120 * x**4))
+    )
 
 
 def binned_aurc(wrong: np.ndarray, correct: np.ndarray) -> float:

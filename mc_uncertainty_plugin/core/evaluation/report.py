@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import MissingDependencyError, RasterIOError
-from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
 from ..io.output_files import check_outputs, publish_together, temporary_path
+from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
 
 __all__ = [
     "plot_reliability",
@@ -73,6 +73,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 # -- panels --------------------------------------------------------------------------------------------------
 
+
 def plot_reliability(ax: Axes, result: EvaluationResult) -> None:
     """Accuracy against mean confidence per confidence bin, with the diagonal of perfect calibration."""
     cal = result.calibration
@@ -80,26 +81,48 @@ def plot_reliability(ax: Axes, result: EvaluationResult) -> None:
     if cal is None:
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.text(0.5, 0.5, "No confidence raster:\ncalibration (ECE, reliability)\nnot computed",
-                ha="center", va="center", transform=ax.transAxes, color=_GREY, fontsize=11)
+        ax.text(
+            0.5,
+            0.5,
+            "No confidence raster:\ncalibration (ECE, reliability)\nnot computed",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color=_GREY,
+            fontsize=11,
+        )
         return
     width = np.diff(cal.bin_edges)
     filled = cal.counts > 0
     left = cal.bin_edges[:-1][filled]
     accuracy, confidence = cal.accuracy[filled], cal.mean_confidence[filled]
-    ax.bar(left, accuracy, width=width[filled], align="edge", color=_BLUE, edgecolor="white",
-           label="accuracy per bin")
-    ax.bar(left, np.abs(confidence - accuracy), bottom=np.minimum(accuracy, confidence), width=width[filled],
-           align="edge", color=_ORANGE, alpha=0.45, edgecolor=_ORANGE, hatch="//",
-           label="gap to mean confidence")
+    ax.bar(left, accuracy, width=width[filled], align="edge", color=_BLUE, edgecolor="white", label="accuracy per bin")
+    ax.bar(
+        left,
+        np.abs(confidence - accuracy),
+        bottom=np.minimum(accuracy, confidence),
+        width=width[filled],
+        align="edge",
+        color=_ORANGE,
+        alpha=0.45,
+        edgecolor=_ORANGE,
+        hatch="//",
+        label="gap to mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color=_GREY, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence max p̄")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
-    ax.text(0.04, 0.72, f"ECE = {_fmt(cal.ece)}", transform=ax.transAxes, fontsize=10,
-            bbox={"facecolor": "white", "edgecolor": _GREY, "alpha": 0.9})
+    ax.text(
+        0.04,
+        0.72,
+        f"ECE = {_fmt(cal.ece)}",
+        transform=ax.transAxes,
+        fontsize=10,
+        bbox={"facecolor": "white", "edgecolor": _GREY, "alpha": 0.9},
+    )
 
 
 def plot_risk_coverage(ax: Axes, result: EvaluationResult) -> None:
@@ -137,7 +160,14 @@ def plot_roc(ax: Axes, result: EvaluationResult) -> None:
     ax.set_title("(d) ROC: uncertainty detects errors")
     ax.plot([0, 1], [0, 1], ":", color=_GREY, label="random (0.5)")
     if det.roc_fpr.size:
-        ax.plot(det.roc_fpr, det.roc_tpr, color=_BLUE, linewidth=2, clip_on=False, label=f"AUROC = {_fmt(det.auroc)}, AUPR = {_fmt(det.aupr)}")
+        ax.plot(
+            det.roc_fpr,
+            det.roc_tpr,
+            color=_BLUE,
+            linewidth=2,
+            clip_on=False,
+            label=f"AUROC = {_fmt(det.auroc)}, AUPR = {_fmt(det.aupr)}",
+        )
     else:
         ax.text(0.5, 0.5, "undefined: no error or no correct pixel", ha="center", transform=ax.transAxes)
     ax.set_xlim(-0.01, 1.01)
@@ -154,13 +184,31 @@ def plot_pavpu(ax: Axes, result: EvaluationResult) -> None:
     ax.set_title(f"(e) Patch metrics ({pat.patch_size}x{pat.patch_size} patches)")
     if pat.thresholds.size:
         ax.plot(pat.thresholds, counts.pavpu, "o-", color=_BLUE, markersize=3, label="PAvPU")
-        ax.plot(pat.thresholds, counts.p_accurate_given_certain, "s-", color=_GREEN, markersize=3,
-                label="p(accurate | certain)")
-        ax.plot(pat.thresholds, counts.p_uncertain_given_inaccurate, "^-", color=_ORANGE, markersize=3,
-                label="p(uncertain | inaccurate)")
+        ax.plot(
+            pat.thresholds,
+            counts.p_accurate_given_certain,
+            "s-",
+            color=_GREEN,
+            markersize=3,
+            label="p(accurate | certain)",
+        )
+        ax.plot(
+            pat.thresholds,
+            counts.p_uncertain_given_inaccurate,
+            "^-",
+            color=_ORANGE,
+            markersize=3,
+            label="p(uncertain | inaccurate)",
+        )
         if not np.isfinite(counts.p_uncertain_given_inaccurate).any():
-            ax.text(0.03, 0.5, "no inaccurate patch: p(uncertain | inaccurate) undefined", transform=ax.transAxes,
-                    fontsize=8, color=_GREY)
+            ax.text(
+                0.03,
+                0.5,
+                "no inaccurate patch: p(uncertain | inaccurate) undefined",
+                transform=ax.transAxes,
+                fontsize=8,
+                color=_GREY,
+            )
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("uncertainty threshold (patch mean below = certain)")
     ax.set_ylabel("probability")
@@ -194,11 +242,17 @@ def plot_uncertainty_histograms(ax: Axes, result: EvaluationResult) -> None:
 
 
 _PANELS: tuple[Callable[[Axes, EvaluationResult], None], ...] = (
-    plot_reliability, plot_risk_coverage, plot_sparsification, plot_roc, plot_pavpu, plot_uncertainty_histograms,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_sparsification,
+    plot_roc,
+    plot_pavpu,
+    plot_uncertainty_histograms,
 )
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
+
 
 def summary_figure(result: EvaluationResult) -> Figure:
     """The 2 x 3 summary figure (see the module docstring), 15 x 9.4 inches."""
@@ -249,11 +303,15 @@ section { clear: both; padding-top: 0.5em; } .muted { color: #666; } code { back
 
 
 def _table(header: list[str], rows: list[list[str]], first_is_name: bool = True) -> str:
-    head = "".join(f'<th class="{"name" if i == 0 and first_is_name else ""}">{html.escape(h)}</th>'
-                   for i, h in enumerate(header))
+    head = "".join(
+        f'<th class="{"name" if i == 0 and first_is_name else ""}">{html.escape(h)}</th>' for i, h in enumerate(header)
+    )
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"name" if i == 0 and first_is_name else ""}">{html.escape(c)}</td>'
-                         for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f'<td class="{"name" if i == 0 and first_is_name else ""}">{html.escape(c)}</td>' for i, c in enumerate(row)
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -272,32 +330,52 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
         "<p>This report compares a class raster and its uncertainty raster with reference labels. A useful "
         "uncertainty is <b>high where the classes are wrong and low where they are right</b>; the sections below "
         "measure this in several ways. Every valid pixel counts (no subsampling).</p>",
-        _table(["input", "file"], [
-            ["CLASSES", config.classes_path], ["UNCERTAINTY", config.uncertainty_path],
-            ["CONFIDENCE", config.confidence_path or "— (calibration not computed)"],
-            ["REFERENCE", config.reference_path + (" (resampled onto the grid of CLASSES)"
-                                                    if result.reference_resampled else "")],
-        ]),
+        _table(
+            ["input", "file"],
+            [
+                ["CLASSES", config.classes_path],
+                ["UNCERTAINTY", config.uncertainty_path],
+                ["CONFIDENCE", config.confidence_path or "— (calibration not computed)"],
+                [
+                    "REFERENCE",
+                    config.reference_path
+                    + (" (resampled onto the grid of CLASSES)" if result.reference_resampled else ""),
+                ],
+            ],
+        ),
         "".join(f"<p class='muted'>Note: {html.escape(n)}</p>" for n in result.notes),
         "<h2>Summary</h2>",
-        _table(["metric", "value", "best", "how to read it"], [
-            ["pixels evaluated", f"{result.n_pixels:,}", "", "valid in CLASSES, UNCERTAINTY and REFERENCE"],
-            ["accuracy", _fmt(result.accuracy), "1", "share of pixels whose class matches the reference"],
-            ["mean IoU", _fmt(result.mean_iou), "1", "mean over classes of TP / (TP + FP + FN)"],
-            ["ECE", _fmt(result.ece) if cal else "— (no confidence raster)", "0",
-             "gap between confidence and accuracy"],
-            ["AUROC", _fmt(det.auroc), "1", "0.5 = the uncertainty does not tell errors apart"],
-            ["AUPR", _fmt(det.aupr), "1", f"random = error rate {_fmt(det.aurc_random)}"],
-            ["AURC", _fmt(det.aurc, 4), _fmt(det.aurc_oracle, 4), f"random = {_fmt(det.aurc_random, 4)}"],
-            ["AUSE", _fmt(det.ause, 4), "0", "AURC minus the oracle's"],
-            ["best PAvPU", _fmt(float(np.nanmax(pat.counts.pavpu)) if pat.thresholds.size else None), "1",
-             f"over the thresholds, {pat.patch_size}x{pat.patch_size} patches"],
-        ]),
+        _table(
+            ["metric", "value", "best", "how to read it"],
+            [
+                ["pixels evaluated", f"{result.n_pixels:,}", "", "valid in CLASSES, UNCERTAINTY and REFERENCE"],
+                ["accuracy", _fmt(result.accuracy), "1", "share of pixels whose class matches the reference"],
+                ["mean IoU", _fmt(result.mean_iou), "1", "mean over classes of TP / (TP + FP + FN)"],
+                [
+                    "ECE",
+                    _fmt(result.ece) if cal else "— (no confidence raster)",
+                    "0",
+                    "gap between confidence and accuracy",
+                ],
+                ["AUROC", _fmt(det.auroc), "1", "0.5 = the uncertainty does not tell errors apart"],
+                ["AUPR", _fmt(det.aupr), "1", f"random = error rate {_fmt(det.aurc_random)}"],
+                ["AURC", _fmt(det.aurc, 4), _fmt(det.aurc_oracle, 4), f"random = {_fmt(det.aurc_random, 4)}"],
+                ["AUSE", _fmt(det.ause, 4), "0", "AURC minus the oracle's"],
+                [
+                    "best PAvPU",
+                    _fmt(float(np.nanmax(pat.counts.pavpu)) if pat.thresholds.size else None),
+                    "1",
+                    f"over the thresholds, {pat.patch_size}x{pat.patch_size} patches",
+                ],
+            ],
+        ),
         _img(summary_png, "summary figure"),
     ]
     # accuracy and IoU
-    rows = [[name, _fmt(float(iou)), f"{int(result.confusion[i].sum()):,}", f"{int(result.confusion[:, i].sum()):,}"]
-            for i, (name, iou) in enumerate(zip(result.class_names, result.iou))]
+    rows = [
+        [name, _fmt(float(iou)), f"{int(result.confusion[i].sum()):,}", f"{int(result.confusion[:, i].sum()):,}"]
+        for i, (name, iou) in enumerate(zip(result.class_names, result.iou))
+    ]
     names = list(result.class_names)
     confusion_rows = [[names[i]] + [f"{int(v):,}" for v in result.confusion[i]] for i in range(len(names))]
     parts += [
@@ -314,8 +392,10 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
     # calibration
     parts += ["<section><h2>Calibration</h2>"]
     if cal is None:
-        parts.append("<p>No CONFIDENCE raster (max<sub>c</sub> p̄<sub>c</sub>) was given: ECE and the reliability "
-                     "diagram are not computed.</p>")
+        parts.append(
+            "<p>No CONFIDENCE raster (max<sub>c</sub> p̄<sub>c</sub>) was given: ECE and the reliability "
+            "diagram are not computed.</p>"
+        )
     else:
         parts += [
             f"<div class='panel'>{panels['plot_reliability']}</div>",
@@ -323,10 +403,18 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
             f"conf<sub>b</sub>| over {cal.counts.size} equal-width confidence bins = <b>{_fmt(cal.ece)}</b> "
             f"({cal.n_pixels:,} px). A calibrated model is right 80 % of the time when it says 80 %: its bars "
             "follow the diagonal. Bars below the diagonal mean over-confidence, above it under-confidence.</p>",
-            _table(["confidence bin", "pixels", "mean confidence", "accuracy"], [
-                [f"{cal.bin_edges[b]:.3f}–{cal.bin_edges[b + 1]:.3f}", f"{int(cal.counts[b]):,}",
-                 _fmt(float(cal.mean_confidence[b])), _fmt(float(cal.accuracy[b]))]
-                for b in range(cal.counts.size)]),
+            _table(
+                ["confidence bin", "pixels", "mean confidence", "accuracy"],
+                [
+                    [
+                        f"{cal.bin_edges[b]:.3f}–{cal.bin_edges[b + 1]:.3f}",
+                        f"{int(cal.counts[b]):,}",
+                        _fmt(float(cal.mean_confidence[b])),
+                        _fmt(float(cal.accuracy[b])),
+                    ]
+                    for b in range(cal.counts.size)
+                ],
+            ),
         ]
     parts.append("</section>")
     # error detection
@@ -364,14 +452,44 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
         "<b>p(uncertain | inaccurate)</b> = n<sub>iu</sub> / (n<sub>ic</sub> + n<sub>iu</sub>): how many wrong "
         "patches the uncertainty flags. <b>PAvPU</b> = (n<sub>ac</sub> + n<sub>iu</sub>) / all patches: how often "
         "certainty and accuracy agree. Thresholds are quantiles of the patch mean uncertainty and evenly spaced values over the uncertainty range; a good uncertainty keeps PAvPU high over a wide range of thresholds.</p>",
-        _table(["threshold", "patches certain", "n_ac", "n_au", "n_ic", "n_iu", "p(acc | cert)", "p(unc | inacc)",
-                "PAvPU"], [
-            [f"{t:.4g}", f"{f:.0%}", f"{int(a):,}", f"{int(b):,}", f"{int(c):,}", f"{int(d):,}", _fmt(float(x)),
-             _fmt(float(y)), _fmt(float(z))]
-            for t, f, a, b, c, d, x, y, z in zip(pat.thresholds, pat.certain_fraction, counts.n_ac, counts.n_au,
-                                                   counts.n_ic, counts.n_iu, counts.p_accurate_given_certain,
-                                                   counts.p_uncertain_given_inaccurate, counts.pavpu)
-        ], first_is_name=False),
+        _table(
+            [
+                "threshold",
+                "patches certain",
+                "n_ac",
+                "n_au",
+                "n_ic",
+                "n_iu",
+                "p(acc | cert)",
+                "p(unc | inacc)",
+                "PAvPU",
+            ],
+            [
+                [
+                    f"{t:.4g}",
+                    f"{f:.0%}",
+                    f"{int(a):,}",
+                    f"{int(b):,}",
+                    f"{int(c):,}",
+                    f"{int(d):,}",
+                    _fmt(float(x)),
+                    _fmt(float(y)),
+                    _fmt(float(z)),
+                ]
+                for t, f, a, b, c, d, x, y, z in zip(
+                    pat.thresholds,
+                    pat.certain_fraction,
+                    counts.n_ac,
+                    counts.n_au,
+                    counts.n_ic,
+                    counts.n_iu,
+                    counts.p_accurate_given_certain,
+                    counts.p_uncertain_given_inaccurate,
+                    counts.pavpu,
+                )
+            ],
+            first_is_name=False,
+        ),
         "</section>",
         "<section><h2>Uncertainty of correct and wrong pixels</h2>",
         f"<div class='panel'>{panels['plot_uncertainty_histograms']}</div>",
@@ -391,6 +509,7 @@ def html_report(result: EvaluationResult, summary_png: bytes | None = None) -> s
 
 
 # -- files -----------------------------------------------------------------------------------------------------
+
 
 def _write_temporary(path: str, data: bytes) -> str:
     """Write ``data`` to a new temporary file beside ``path``; returns the temporary's path."""
@@ -423,7 +542,7 @@ def write_evaluation_outputs(
     summary = figure_png(summary_figure(result)) if (html_path or png_path) else None
     contents = {
         "OUTPUT_JSON": lambda: json.dumps(result.to_json(), indent=1, allow_nan=False).encode("utf-8"),
-        "OUTPUT_PNG": lambda: summary,
+        "OUTPUT_PNG": lambda: summary or b"",
         "OUTPUT_HTML": lambda: html_report(result, summary).encode("utf-8"),
     }
     temporaries: dict[str, str] = {}
@@ -456,8 +575,12 @@ def evaluate_to_files(
     Raises:
         ParameterError, RasterIOError, InferenceCancelled: as the evaluation and the writing raise them.
     """
-    rasters = {"CLASSES": config.classes_path, "UNCERTAINTY": config.uncertainty_path,
-               "REFERENCE": config.reference_path, "CONFIDENCE": config.confidence_path}
+    rasters = {
+        "CLASSES": config.classes_path,
+        "UNCERTAINTY": config.uncertainty_path,
+        "REFERENCE": config.reference_path,
+        "CONFIDENCE": config.confidence_path,
+    }
     check_outputs({"OUTPUT_HTML": html_path, "OUTPUT_PNG": png_path, "OUTPUT_JSON": json_path}, rasters=rasters)
     scaled = (lambda percent: progress(0.9 * percent)) if progress is not None else None
     result = evaluate_uncertainty(config, progress=scaled, is_cancelled=is_cancelled)

@@ -103,7 +103,8 @@ def check_tile_fits(device: torch.device, bands: int, tile: tuple[int, int]) -> 
     needed = bands * tile[0] * tile[1] * 4 * _MEMORY_PER_INPUT_BYTE
     if available is not None and needed > available:
         raise ParameterError(
-            "MODEL_INPUT_SHAPE", f"{tile[0]},{tile[1]}",
+            "MODEL_INPUT_SHAPE",
+            f"{tile[0]},{tile[1]}",
             f"be a tile whose forward pass fits in memory: about {needed / 2**30:.1f} GiB needed for {bands} band(s), "
             f"{available / 2**30:.1f} GiB available on {device.type}; use a smaller tile (e.g. 512,512)",
         )
@@ -125,7 +126,7 @@ class ModelOnDevice:
         self.device = device
         self.channels_last = memory_format == torch.channels_last
 
-    def __enter__(self) -> "ModelOnDevice":
+    def __enter__(self) -> ModelOnDevice:
         self.module.to(self.device)
         self.module.eval()
         if self.channels_last:

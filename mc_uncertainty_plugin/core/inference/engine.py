@@ -23,11 +23,13 @@ window row is done, so memory is bounded by ``(C + 2) x tile height x panel widt
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -208,23 +210,34 @@ def _describe(plan: RunPlan, model: LoadedModel, device: torch.device, memory_fo
     tile, step = config.model_input_shape, config.step_shape
     windows = sum(len(b.windows) for b in region_batches(plan.grid, plan.whole, config.panel_width, plan.batch_size))
     notes = "".join(f" ({note})" for note in plan.notes)
-    return (f"Device: {device.type}{how}; {width}x{height} px, {len(plan.bands)} band(s), {plan.num_classes} classes; "
-            f"{windows} windows of {tile[0]}x{tile[1]} (step {step[0]},{step[1]}), batch {plan.batch_size}{notes}; "
-            f"{samples} sample(s) x {transforms} transform(s) per window; {layers} active dropout layer(s).")
+    return (
+        f"Device: {device.type}{how}; {width}x{height} px, {len(plan.bands)} band(s), {plan.num_classes} classes; "
+        f"{windows} windows of {tile[0]}x{tile[1]} (step {step[0]},{step[1]}), batch {plan.batch_size}{notes}; "
+        f"{samples} sample(s) x {transforms} transform(s) per window; {layers} active dropout layer(s)."
+    )
 
 
-def _build_sampler(plan: RunPlan, model: LoadedModel, device: torch.device,
-                   memory_format: torch.memory_format) -> EnsembleSampler:
+def _build_sampler(
+    plan: RunPlan, model: LoadedModel, device: torch.device, memory_format: torch.memory_format
+) -> EnsembleSampler:
     config = plan.config
     layers = find_dropout_layers(model.module) if config.mc_dropout else []
     export = any(spec.kind == "uncertainty" for spec in plan.outputs)
     mode = config.uncertainty_mode if export else None
     return EnsembleSampler(
-        model.module, device, n_samples=config.n_samples, mc_dropout=config.mc_dropout,
-        transforms=transforms_for(config.tta_mode), dropout_layers=layers, seed=config.seed,
-        need_expected_entropy=mode == "expected_entropy", cache_prefix=config.cache_prefix,
-        need_votes=mode == "variation_ratio", need_mutual_information=mode == "mutual_information",
-        memory_format=memory_format, autocast=config.autocast,
+        model.module,
+        device,
+        n_samples=config.n_samples,
+        mc_dropout=config.mc_dropout,
+        transforms=transforms_for(config.tta_mode),
+        dropout_layers=layers,
+        seed=config.seed,
+        need_expected_entropy=mode == "expected_entropy",
+        cache_prefix=config.cache_prefix,
+        need_votes=mode == "variation_ratio",
+        need_mutual_information=mode == "mutual_information",
+        memory_format=memory_format,
+        autocast=config.autocast,
     )
 
 
@@ -249,9 +262,16 @@ class _Counts:
     nonfinite_pixels: int = 0
 
 
-def _stream_region(plan: RunPlan, model: LoadedModel, region: Region, paths: Mapping[str, str] | None,
-                   device: torch.device, memory_format: torch.memory_format, callbacks: RunCallbacks,
-                   started: float | None = None) -> RegionResult:
+def _stream_region(
+    plan: RunPlan,
+    model: LoadedModel,
+    region: Region,
+    paths: Mapping[str, str] | None,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    callbacks: RunCallbacks,
+    started: float | None = None,
+) -> RegionResult:
     """Plan the region's windows, stream them, finish and publish its outputs (or leave nothing)."""
     started = time.perf_counter() if started is None else started
     stages = _Stages()
@@ -280,13 +300,29 @@ def _stream_region(plan: RunPlan, model: LoadedModel, region: Region, paths: Map
         raise
     finally:
         reader.close()
-    return RegionResult(written, sum(len(b.windows) for b in batches), counts.skipped, counts.valid_pixels,
-                        counts.nonfinite_pixels, sampler.passes_per_tile, sampler.execution_path,
-                        dict(sampler.pass_seconds), dict(stages.seconds))
+    return RegionResult(
+        written,
+        sum(len(b.windows) for b in batches),
+        counts.skipped,
+        counts.valid_pixels,
+        counts.nonfinite_pixels,
+        sampler.passes_per_tile,
+        sampler.execution_path,
+        dict(sampler.pass_seconds),
+        dict(stages.seconds),
+    )
 
 
-def _blend_and_write(plan: RunPlan, region: Region, loaded: ReadAhead, sampler: EnsembleSampler,
-                     outputs: OutputSet, callbacks: RunCallbacks, progress: _Progress, stages: _Stages) -> _Counts:
+def _blend_and_write(
+    plan: RunPlan,
+    region: Region,
+    loaded: ReadAhead,
+    sampler: EnsembleSampler,
+    outputs: OutputSet,
+    callbacks: RunCallbacks,
+    progress: _Progress,
+    stages: _Stages,
+) -> _Counts:
     """Batch by batch: passes, blend, and after each window row the rows no later window can reach are written."""
     batches = loaded.batches
     grid = plan.grid
@@ -325,12 +361,24 @@ def _blend_and_write(plan: RunPlan, region: Region, loaded: ReadAhead, sampler: 
 def _new_merger(plan: RunPlan, region: Region, batch: Batch, sampler: EnsembleSampler) -> StreamingMerger:
     kinds = {spec.kind for spec in plan.outputs}
     mode = plan.config.uncertainty_mode if "uncertainty" in kinds else None
-    return StreamingMerger(plan.num_classes, (region.row, region.row_end), batch.cols, plan.grid.window_height,
-                           mode, with_confidence="confidence" in kinds)
+    return StreamingMerger(
+        plan.num_classes,
+        (region.row, region.row_end),
+        batch.cols,
+        plan.grid.window_height,
+        mode,
+        with_confidence="confidence" in kinds,
+    )
 
 
-def _sample(sampler: EnsembleSampler, item: LoadedBatch, batch_size: int, callbacks: RunCallbacks,
-            progress: _Progress, stages: _Stages) -> TileAccumulators:
+def _sample(
+    sampler: EnsembleSampler,
+    item: LoadedBatch,
+    batch_size: int,
+    callbacks: RunCallbacks,
+    progress: _Progress,
+    stages: _Stages,
+) -> TileAccumulators:
     """The passes of one batch. A lone tile is paired with a copy of itself when batches hold 2 or more (its
     floats then do not depend on how the windows fell into batches); the copy's result is dropped."""
     tiles, keys = item.tiles, [window.key for window in item.windows]
@@ -338,7 +386,7 @@ def _sample(sampler: EnsembleSampler, item: LoadedBatch, batch_size: int, callba
         tiles, keys = np.concatenate([tiles, tiles]), keys * 2
     try:
         with stages("sampler"):
-            return sampler(tiles, keys, callbacks.is_cancelled, lambda n=len(item.windows): progress.advance(n))
+            return sampler(tiles, keys, callbacks.is_cancelled, functools.partial(progress.advance, len(item.windows)))
     except McUncertaintyError:
         raise
     except Exception as exc:  # the model's own failure: one clear line, no traceback
@@ -349,15 +397,22 @@ def _sample(sampler: EnsembleSampler, item: LoadedBatch, batch_size: int, callba
         ) from exc
 
 
+def _crop(values: np.ndarray | None, index: int, height: int, width: int) -> np.ndarray | None:
+    """Tile ``index`` of a batch of per-tile results, cropped to the part inside the raster."""
+    return values[index, ..., :height, :width] if values is not None else None
+
+
 def _aggregate(merger: StreamingMerger, item: LoadedBatch, reduced: TileAccumulators, weights: np.ndarray) -> None:
     for b, window in enumerate(item.windows):
         h, w = window.height, window.width
-
-        def crop(values: np.ndarray | None) -> np.ndarray | None:
-            return values[b, ..., :h, :w] if values is not None else None
-
-        merger.aggregate(window, crop(reduced.mean_probs), crop(reduced.expected_entropy),
-                         weights * item.valids[b][:h, :w], crop(reduced.votes), crop(reduced.mutual_information))
+        merger.aggregate(
+            window,
+            reduced.mean_probs[b, :, :h, :w],
+            _crop(reduced.expected_entropy, b, h, w),
+            weights * item.valids[b][:h, :w],
+            _crop(reduced.votes, b, h, w),
+            _crop(reduced.mutual_information, b, h, w),
+        )
 
 
 def _count(finished: FinishedRows | None, finalized: StreamingMerger | None, counts: _Counts) -> None:
@@ -378,20 +433,44 @@ def _report_validity(counts: _Counts, callbacks: RunCallbacks) -> None:
     if counts.valid_pixels == 0:
         callbacks.caution("No pixel of INPUT was valid (all nodata, masked or NaN): the outputs hold nodata only.")
     elif counts.nonfinite_pixels:
-        callbacks.caution(f"MODEL gave non-finite probabilities (NaN or inf) at {counts.nonfinite_pixels:,} "
-                          "pixel(s): they are nodata in every output.")
+        callbacks.caution(
+            f"MODEL gave non-finite probabilities (NaN or inf) at {counts.nonfinite_pixels:,} "
+            "pixel(s): they are nodata in every output."
+        )
 
 
-def _summarise(plan: RunPlan, region: RegionResult, probe_seconds: float, device: torch.device, started: float,
-               callbacks: RunCallbacks) -> RunResult:
+def _summarise(
+    plan: RunPlan,
+    region: RegionResult,
+    probe_seconds: float,
+    device: torch.device,
+    started: float,
+    callbacks: RunCallbacks,
+) -> RunResult:
     seconds = time.perf_counter() - started
     callbacks.say(f"Execution: {region.execution_path}.")
     pass_seconds = {"probe": (1, probe_seconds), **region.pass_seconds}
     model_seconds = sum(total for _, total in pass_seconds.values())
-    callbacks.say("Time: " + ", ".join([f"model passes {model_seconds:.1f} s"] + [
-        f"{name} {value:.1f} s" for name, value in region.stage_seconds.items()]))
-    callbacks.say(f"Done in {seconds:.1f} s ({region.skipped} nodata window(s) skipped): "
-                  + ", ".join(region.paths.values()))
-    return RunResult(region.paths["OUTPUT"], region.paths.get("OUTPUT_UNCERTAINTY"), plan.num_classes, device.type,
-                     region.windows, region.passes_per_window, seconds, region.execution_path,
-                     region.paths.get("OUTPUT_CONFIDENCE"), pass_seconds, dict(region.stage_seconds))
+    callbacks.say(
+        "Time: "
+        + ", ".join(
+            [f"model passes {model_seconds:.1f} s"]
+            + [f"{name} {value:.1f} s" for name, value in region.stage_seconds.items()]
+        )
+    )
+    callbacks.say(
+        f"Done in {seconds:.1f} s ({region.skipped} nodata window(s) skipped): " + ", ".join(region.paths.values())
+    )
+    return RunResult(
+        region.paths["OUTPUT"],
+        region.paths.get("OUTPUT_UNCERTAINTY"),
+        plan.num_classes,
+        device.type,
+        region.windows,
+        region.passes_per_window,
+        seconds,
+        region.execution_path,
+        region.paths.get("OUTPUT_CONFIDENCE"),
+        pass_seconds,
+        dict(region.stage_seconds),
+    )

@@ -113,7 +113,7 @@ class StreamingMerger:
         dst = slice(c0 - self.col0, c1 - self.col0)
         rows = slice(r0 - self.top, r1 - self.top)
         w = weights[src]
-        parts = [mean_probs[(slice(None),) + src]]
+        parts: list[np.ndarray | None] = [mean_probs[(slice(None),) + src]]
         for extra in (expected_entropy, mutual_information, votes):
             parts.append(extra[(Ellipsis,) + src] if extra is not None else None)
         finite = np.isfinite(sum(p.sum(axis=0) if p.ndim == 3 else p for p in parts if p is not None))
@@ -146,11 +146,15 @@ class StreamingMerger:
         classes[~valid] = CLASS_NODATA
         uncertainty = None
         if self.uncertainty_mode is not None:
+
             def blended(buffer: np.ndarray | None) -> np.ndarray | None:
                 return buffer[..., :count, :] / safe if buffer is not None else None
 
             uncertainty = uncertainty_from_accumulators(
-                probs, blended(self._expected), self.uncertainty_mode, blended(self._votes),
+                probs,
+                blended(self._expected),
+                self.uncertainty_mode,
+                blended(self._votes),
                 mutual_information=blended(self._information),
             )
             uncertainty[~valid] = UNCERTAINTY_NODATA

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Mapping, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -33,8 +33,15 @@ class OutputSet:
     one all-or-nothing step.
     """
 
-    def __init__(self, specs: Sequence[OutputSpec], region: Region, georeference: Georeference,
-                 paths: Mapping[str, str] | None = None, *, behind: bool = False) -> None:
+    def __init__(
+        self,
+        specs: Sequence[OutputSpec],
+        region: Region,
+        georeference: Georeference,
+        paths: Mapping[str, str] | None = None,
+        *,
+        behind: bool = False,
+    ) -> None:
         self.region = region
         self.writers: dict[str, GeoTiffWriter] = {}  # kind -> writer
         self.keys: dict[str, str] = {}  # kind -> Processing key
@@ -43,10 +50,20 @@ class OutputSet:
         try:
             for spec in specs:
                 self.writers[spec.kind] = GeoTiffWriter(
-                    (paths or {}).get(spec.key, spec.path), region.width, region.height, np.dtype(spec.dtype),
-                    spec.nodata, placed.geotransform, placed.projection, description=spec.description,
-                    metadata=dict(spec.metadata), color_table=spec.color_table, category_names=spec.category_names,
-                    overview_resampling=spec.overview_resampling, gcps=gcps, gcp_projection=placed.gcp_projection,
+                    (paths or {}).get(spec.key, spec.path),
+                    region.width,
+                    region.height,
+                    np.dtype(spec.dtype),
+                    spec.nodata,
+                    placed.geotransform,
+                    placed.projection,
+                    description=spec.description,
+                    metadata=dict(spec.metadata),
+                    color_table=spec.color_table,
+                    category_names=spec.category_names,
+                    overview_resampling=spec.overview_resampling,
+                    gcps=gcps,
+                    gcp_projection=placed.gcp_projection,
                 )
                 self.keys[spec.kind] = spec.key
         except BaseException:

@@ -20,8 +20,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -87,12 +88,12 @@ class Georeference:
     gcp_projection: str = ""
 
     @classmethod
-    def of(cls, reader: RasterReader) -> "Georeference":
+    def of(cls, reader: RasterReader) -> Georeference:
         gcps = tuple((g.GCPPixel, g.GCPLine, g.GCPX, g.GCPY, g.GCPZ) for g in reader.gcps)
         transform = tuple(reader.geotransform) if reader.geotransform is not None else None
         return cls(transform, reader.projection, gcps, reader.gcp_projection)
 
-    def for_region(self, region: Region) -> "Georeference":
+    def for_region(self, region: Region) -> Georeference:
         """The georeference of a region-sized raster whose pixel (0, 0) is the region's top-left pixel."""
         transform = self.geotransform
         if transform is not None:
@@ -190,14 +191,17 @@ def resolve_bands(reader: RasterReader, model: LoadedModel, config: InferenceCon
     in_channels = model.in_channels
     if config.bands is not None:
         if in_channels is not None and len(config.bands) != in_channels:
-            raise ParameterError("BANDS", list(config.bands), f"select exactly {in_channels} bands (the model's in_channels)")
+            raise ParameterError(
+                "BANDS", list(config.bands), f"select exactly {in_channels} bands (the model's in_channels)"
+            )
         return tuple(config.bands)
     data_bands = reader.data_bands()
     wanted = in_channels or len(data_bands)
     if len(data_bands) < max(wanted, 1):
         alpha = " and an alpha band" if len(data_bands) < reader.band_count else ""
         raise ParameterError(
-            "INPUT", f"{reader.path} ({len(data_bands)} data band(s){alpha})",
+            "INPUT",
+            f"{reader.path} ({len(data_bands)} data band(s){alpha})",
             f"have at least {max(wanted, 1)} data bands (the model's in_channels), or choose them with BANDS",
         )
     return data_bands[:wanted]
@@ -205,14 +209,17 @@ def resolve_bands(reader: RasterReader, model: LoadedModel, config: InferenceCon
 
 def resolve_outputs(paths: Mapping[str, str | None], input_path: str, model: LoadedModel) -> dict[str, str]:
     """The output paths made absolute and checked (see :func:`~..io.output_files.check_outputs`), GeoTIFF only."""
-    outputs = check_outputs(paths, rasters={"INPUT": input_path},
-                            files={"MODEL": model.source, "CHECKPOINT": model.checkpoint})
+    outputs = check_outputs(
+        paths, rasters={"INPUT": input_path}, files={"MODEL": model.source, "CHECKPOINT": model.checkpoint}
+    )
     for key, path in outputs.items():
         check_extension(key, path, OUTPUT_EXTENSIONS)
     return outputs
 
 
-def probe_model(model: LoadedModel, device: torch.device, bands: int, config: InferenceConfig) -> tuple[int, int, str, float]:
+def probe_model(
+    model: LoadedModel, device: torch.device, bands: int, config: InferenceConfig
+) -> tuple[int, int, str, float]:
     """Run one zero tile: ``(classes, batch size, how the batch was chosen, seconds of the pass)``.
 
     Checks that the tile fits in memory and is accepted, that the output is ``(B, C, H, W)`` logits, and that
@@ -233,7 +240,9 @@ def probe_model(model: LoadedModel, device: torch.device, bands: int, config: In
     else:
         batch_size = auto_batch_size(device, tile)
     if config.num_classes is not None and config.num_classes != num_classes:
-        raise ParameterError("NUM_CLASSES", config.num_classes, f"match the model's {num_classes} output classes (or be 0)")
+        raise ParameterError(
+            "NUM_CLASSES", config.num_classes, f"match the model's {num_classes} output classes (or be 0)"
+        )
     if num_classes > 255:
         raise ModelLoadError(f"MODEL has {num_classes} classes; the uint8 class raster holds at most 255.")
     return num_classes, batch_size, note, seconds
@@ -286,8 +295,9 @@ def check_free_space(specs: Sequence[OutputSpec], width: int, height: int) -> No
         free = shutil.disk_usage(folder).free
         if free < size:
             raise ParameterError(
-                "OUTPUT", folder, f"have room for the outputs: about {size / 2**20:.0f} MiB needed, "
-                f"{free / 2**20:.0f} MiB free"
+                "OUTPUT",
+                folder,
+                f"have room for the outputs: about {size / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free",
             )
 
 
@@ -305,8 +315,9 @@ def _parse_colour(value: object, index: int) -> tuple[int, int, int, int]:
     raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]')
 
 
-def describe_outputs(paths: Mapping[str, str], model: LoadedModel, config: InferenceConfig,
-                     num_classes: int) -> tuple[OutputSpec, ...]:
+def describe_outputs(
+    paths: Mapping[str, str], model: LoadedModel, config: InferenceConfig, num_classes: int
+) -> tuple[OutputSpec, ...]:
     """Data type, nodata, band description and metadata of each output (the ``MC_*`` items record the run)."""
     tile, step = config.model_input_shape, config.step_shape
     metadata = {
@@ -326,17 +337,47 @@ def describe_outputs(paths: Mapping[str, str], model: LoadedModel, config: Infer
         return tuple((k, str(v)) for k, v in {**metadata, **(extra or {})}.items())
 
     colours = tuple(_parse_colour(c, i) for i, c in enumerate(model.class_colors or ())) or None
-    specs = [OutputSpec("OUTPUT", "classes", paths["OUTPUT"], "uint8", CLASS_NODATA, "class index", items(),
-                        "NEAREST", colours, tuple(model.class_names) if model.class_names else None)]
+    specs = [
+        OutputSpec(
+            "OUTPUT",
+            "classes",
+            paths["OUTPUT"],
+            "uint8",
+            CLASS_NODATA,
+            "class index",
+            items(),
+            "NEAREST",
+            colours,
+            tuple(model.class_names) if model.class_names else None,
+        )
+    ]
     if paths.get("OUTPUT_UNCERTAINTY"):
         maximum = uncertainty_maximum(config.uncertainty_mode, num_classes)
-        specs.append(OutputSpec(
-            "OUTPUT_UNCERTAINTY", "uncertainty", paths["OUTPUT_UNCERTAINTY"], "float32", UNCERTAINTY_NODATA,
-            UNCERTAINTY_DESCRIPTIONS[config.uncertainty_mode],
-            items({"MC_UNCERTAINTY_MODE": config.uncertainty_mode, "MC_UNCERTAINTY_MAX": f"{maximum:.6f}"}), "AVERAGE"))
+        specs.append(
+            OutputSpec(
+                "OUTPUT_UNCERTAINTY",
+                "uncertainty",
+                paths["OUTPUT_UNCERTAINTY"],
+                "float32",
+                UNCERTAINTY_NODATA,
+                UNCERTAINTY_DESCRIPTIONS[config.uncertainty_mode],
+                items({"MC_UNCERTAINTY_MODE": config.uncertainty_mode, "MC_UNCERTAINTY_MAX": f"{maximum:.6f}"}),
+                "AVERAGE",
+            )
+        )
     if paths.get("OUTPUT_CONFIDENCE"):
-        specs.append(OutputSpec("OUTPUT_CONFIDENCE", "confidence", paths["OUTPUT_CONFIDENCE"], "float32",
-                                UNCERTAINTY_NODATA, "confidence max_c mean p (calibration)", items(), "AVERAGE"))
+        specs.append(
+            OutputSpec(
+                "OUTPUT_CONFIDENCE",
+                "confidence",
+                paths["OUTPUT_CONFIDENCE"],
+                "float32",
+                UNCERTAINTY_NODATA,
+                "confidence max_c mean p (calibration)",
+                items(),
+                "AVERAGE",
+            )
+        )
     return tuple(specs)
 
 
@@ -365,14 +406,24 @@ def plan_run(
         bands = resolve_bands(reader, model, config)
         reader.select_bands(bands)
         model.normalization.apply(np.zeros((len(bands), 1, 1), np.float32))  # checks mean/std length early
-        outputs = resolve_outputs(paths if config.export_uncertainty_map else {**paths, "OUTPUT_UNCERTAINTY": None},
-                                  input_path, model)
+        outputs = resolve_outputs(
+            paths if config.export_uncertainty_map else {**paths, "OUTPUT_UNCERTAINTY": None}, input_path, model
+        )
         num_classes, batch_size, note, probe_seconds = probe_model(model, device, len(bands), config)
         warn_about_input(reader, model, caution)
         specs = describe_outputs(outputs, model, config, num_classes)
         check_free_space(specs, reader.width, reader.height)
-        plan = RunPlan(input_path, (reader.height, reader.width), tuple(bands), Georeference.of(reader), config,
-                       num_classes, batch_size, specs, (note,) if note else ())
+        plan = RunPlan(
+            input_path,
+            (reader.height, reader.width),
+            tuple(bands),
+            Georeference.of(reader),
+            config,
+            num_classes,
+            batch_size,
+            specs,
+            (note,) if note else (),
+        )
     finally:
         reader.close()
     return plan, PlanReport(probe_seconds)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from torch import nn
 
-from ..models.compatibility import check_mc_compatibility
 from ..config import InferenceConfig
-from .engine import RunResult, run_inference
 from ..errors import ParameterError
+from ..models.compatibility import check_mc_compatibility
 from ..models.loading import LoadedModel, as_loaded_model
+from .engine import RunResult, run_inference
 
 __all__ = [
     "MCDropoutInferenceProcessor",
@@ -38,7 +39,9 @@ class MCCompatibilityWarning(UserWarning):
 class _InferenceProcessor:
     uncertainty_suffix = "_uncertainty"
 
-    def __init__(self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None) -> None:
+    def __init__(
+        self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None
+    ) -> None:
         self.model = as_loaded_model(model)
         self.config = config
         self.output_uncertainty_dir = output_uncertainty_dir
@@ -97,10 +100,16 @@ class _InferenceProcessor:
         if uncertainty_path is None:
             uncertainty_path = default_uncertainty
         result = run_inference(
-            self.model, self.config, os.fspath(image_path), output_path,
+            self.model,
+            self.config,
+            os.fspath(image_path),
+            output_path,
             uncertainty_path if self.config.export_uncertainty_map else None,
             confidence_path=os.fspath(confidence_path) if confidence_path else None,
-            progress=progress, is_cancelled=is_cancelled, log=log, warn=warn,
+            progress=progress,
+            is_cancelled=is_cancelled,
+            log=log,
+            warn=warn,
         )
         self.last_result = result
         paths = {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
@@ -159,13 +168,28 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
-            loaded, n_samples=n_samples, mc_dropout=True, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
-            export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
-            model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
-            batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
-            cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
+            loaded,
+            n_samples=n_samples,
+            mc_dropout=True,
+            tta_mode=tta_mode,
+            uncertainty_mode=uncertainty_mode,
+            export_uncertainty_map=export_uncertainty_map,
+            num_classes=num_classes,
+            model_input_shape=model_input_shape,
+            step_shape=step_shape,
+            tile_weight=tile_weight,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            bands=bands,
+            panel_width=panel_width,
+            cache_prefix=cache_prefix,
+            memory_format=memory_format,
+            autocast=autocast,
         )
-        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
+        super().__init__(
+            loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
+        )
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
@@ -204,10 +228,26 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
-            loaded, {"tta_mode": "d4"}, n_samples=1, mc_dropout=False, tta_mode=tta_mode, uncertainty_mode=uncertainty_mode,
-            export_uncertainty_map=export_uncertainty_map, num_classes=num_classes,
-            model_input_shape=model_input_shape, step_shape=step_shape, tile_weight=tile_weight, seed=seed,
-            batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
-            cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
+            loaded,
+            {"tta_mode": "d4"},
+            n_samples=1,
+            mc_dropout=False,
+            tta_mode=tta_mode,
+            uncertainty_mode=uncertainty_mode,
+            export_uncertainty_map=export_uncertainty_map,
+            num_classes=num_classes,
+            model_input_shape=model_input_shape,
+            step_shape=step_shape,
+            tile_weight=tile_weight,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            bands=bands,
+            panel_width=panel_width,
+            cache_prefix=cache_prefix,
+            memory_format=memory_format,
+            autocast=autocast,
         )
-        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
+        super().__init__(
+            loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
+        )

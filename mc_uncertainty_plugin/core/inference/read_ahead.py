@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,9 @@ class ReadAhead:
     manager: leaving it waits for a read in flight (the file must not close under it).
     """
 
-    def __init__(self, reader: RasterReader, batches: Sequence[Batch], normalization: Normalization,
-                 tile_shape: tuple[int, int]) -> None:
+    def __init__(
+        self, reader: RasterReader, batches: Sequence[Batch], normalization: Normalization, tile_shape: tuple[int, int]
+    ) -> None:
         self.reader = reader
         self.batches = list(batches)
         self.normalization = normalization
@@ -49,7 +51,7 @@ class ReadAhead:
         self._next = 0
         self._pending: Future[LoadedBatch] | None = self._pool.submit(self._load, 0) if self.batches else None
 
-    def __enter__(self) -> "ReadAhead":
+    def __enter__(self) -> ReadAhead:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -69,7 +71,10 @@ class ReadAhead:
 
     def _load(self, index: int) -> LoadedBatch:
         batch = self.batches[index]
-        if index > 0 and (self.batches[index - 1].panel, self.batches[index - 1].grid_row) != (batch.panel, batch.grid_row):
+        if index > 0 and (self.batches[index - 1].panel, self.batches[index - 1].grid_row) != (
+            batch.panel,
+            batch.grid_row,
+        ):
             self.reader.release_cache()
         windows, tiles, valids = [], [], []
         for window in batch.windows:

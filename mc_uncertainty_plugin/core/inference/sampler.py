@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
 from ..errors import InferenceCancelled, ModelLoadError
+from ..models.dropout import DropoutLayer, MCDropoutHooks, ScriptedDropoutMode, derive_seed
 from ..models.prefix_cache import PrefixCache, PrefixCacheError
 from .transforms import Transform
 
@@ -60,7 +61,9 @@ def select_segmentation_output(output: Any) -> torch.Tensor:
     return maps[0]
 
 
-def softmax_terms(logits: torch.Tensor, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def softmax_terms(
+    logits: torch.Tensor, *, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(e, s, H)`` with ``p = e / s`` the class probabilities of one pass and ``H`` their entropy (or None).
 
     Softmax over the class axis, written out: ``y = max(z - max_c z, -87)``, ``e = exp(y)`` ``(B, C, H, W)``,
@@ -169,7 +172,7 @@ class EnsembleSampler:
         self._run_stack: contextlib.ExitStack | None = None
 
     # -- a run: hooks and cache wrappers installed once, not per batch ---------------------------------------
-    def __enter__(self) -> "EnsembleSampler":
+    def __enter__(self) -> EnsembleSampler:
         stack = contextlib.ExitStack()
         try:
             if self.layers and not self.scripted:
@@ -204,7 +207,7 @@ class EnsembleSampler:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 
-    def _sample_logits(self, x: torch.Tensor, keys: list[tuple[int, ...]]) -> torch.Tensor:
+    def _sample_logits(self, x: torch.Tensor, keys: Sequence[tuple[int, ...]]) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])
         if not self.layers:
             return self._forward(x, size)
@@ -234,8 +237,11 @@ class EnsembleSampler:
         self.pass_seconds[kind] = (count + 1, total + time.perf_counter() - start)
         return logits
 
-    def _pass(self, xt: torch.Tensor, keys: list[tuple[int, ...]], cache: PrefixCache | None, t: int) -> torch.Tensor:
+    def _pass(
+        self, xt: torch.Tensor, keys: Sequence[tuple[int, ...]], cache: PrefixCache | None, t: int
+    ) -> torch.Tensor:
         """One stochastic pass; with the prefix cache, pass 0 records and later passes replay the prefix."""
+
         def full() -> torch.Tensor:
             return self._timed("full", lambda: self._sample_logits(xt, keys))
 
@@ -247,8 +253,9 @@ class EnsembleSampler:
             if t == 1 and self.cache_status == "unverified":
                 cache.verify(full, lambda: logits)
                 self.cache_status = "on"
-                self.execution_path += (f" ({cache.last_replayed} module call(s) replayed, "
-                                        f"{cache.last_recomputed} recomputed per pass)")
+                self.execution_path += (
+                    f" ({cache.last_replayed} module call(s) replayed, {cache.last_recomputed} recomputed per pass)"
+                )
             return logits
         except PrefixCacheError as exc:
             self.cache_status = "off"
@@ -309,8 +316,9 @@ class EnsembleSampler:
                     cache.clear()
         return self._reduce(prob_sum, entropy_sum, vote_sum)
 
-    def _reduce(self, prob_sum: torch.Tensor | None, entropy_sum: torch.Tensor | None,
-                vote_sum: torch.Tensor | None) -> TileAccumulators:
+    def _reduce(
+        self, prob_sum: torch.Tensor | None, entropy_sum: torch.Tensor | None, vote_sum: torch.Tensor | None
+    ) -> TileAccumulators:
         """Means over the ``N`` passes, and the tile's own mutual information ``H[p̄] - mean H[p_n]``.
 
         With one pass per tile (no active dropout and no TTA) the mutual information is 0 by definition; it is

@@ -7,8 +7,8 @@ tile there is one window, padded by the reader and cropped back by the merger.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

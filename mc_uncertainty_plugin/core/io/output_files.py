@@ -22,7 +22,7 @@ import socket
 import stat
 import time
 import uuid
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..errors import ParameterError, RasterIOError
 
@@ -75,7 +75,7 @@ def remove_stale_temporaries(folder: str, now: float | None = None) -> list[str]
     """
     now = time.time() if now is None else now
     here = host_tag()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -154,7 +154,7 @@ def _archive_behind(path: str) -> str | None:
         prefix = next((p for p in _ARCHIVE_PREFIXES if inner.startswith(p)), None)
         if prefix is None:
             break
-        inner = inner[len(prefix):]
+        inner = inner[len(prefix) :]
         if prefix == "/vsisubfile/" and "," in inner:
             inner = inner.split(",", 1)[1]
         if inner.startswith("{") and "}" in inner:
@@ -250,8 +250,9 @@ def check_outputs(
             files an input consists of (same real file: symlinks, hard links, VRT sources, archives), or is the
             same file as another output. The message names the output's key and the clash.
     """
-    protected = [(key, _identity(name)) for key, source in (rasters or {}).items() if source
-                 for name in input_files(str(source))]
+    protected = [
+        (key, _identity(name)) for key, source in (rasters or {}).items() if source for name in input_files(str(source))
+    ]
     protected += [(key, _identity(str(path))) for key, path in (files or {}).items() if path and os.path.isfile(path)]
     checked: dict[str, str] = {}
     identities: list[tuple[str, tuple[str, tuple[int, int] | None]]] = []

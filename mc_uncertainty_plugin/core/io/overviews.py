@@ -15,7 +15,7 @@ memory does not grow with the raster.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class OverviewPyramid:
     def add(self, row: int, col: int, data: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """Feed full-resolution rows ``data`` at ``(row, col)``; yields ``(level, row, col, pixels)`` to write."""
         if not self.aligned(col, self.levels):
-            raise ValueError(f"column {col} is not a multiple of {2 ** self.levels}.")
+            raise ValueError(f"column {col} is not a multiple of {2**self.levels}.")
         if self.average:
             valid = data != self.nodata
             if data.dtype.kind == "f":

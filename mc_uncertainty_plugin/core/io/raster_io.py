@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from osgeo import gdal
@@ -81,7 +82,8 @@ class RasterReader:
     def data_bands(self) -> tuple[int, ...]:
         """Band numbers that hold data: every band but an alpha band (which is the dataset's mask, not data)."""
         return tuple(
-            number for number in range(1, self.band_count + 1)
+            number
+            for number in range(1, self.band_count + 1)
             if self._dataset.GetRasterBand(number).GetColorInterpretation() != gdal.GCI_AlphaBand
         )
 
@@ -109,8 +111,9 @@ class RasterReader:
         """(min, max) of the finite, non-nodata values of a read of at most ``samples`` x ``samples`` pixels."""
         scale = max(1.0, max(self.width, self.height) / samples)
         try:
-            values = band.ReadAsArray(buf_xsize=max(1, int(self.width / scale)),
-                                      buf_ysize=max(1, int(self.height / scale)))
+            values = band.ReadAsArray(
+                buf_xsize=max(1, int(self.width / scale)), buf_ysize=max(1, int(self.height / scale))
+            )
         except RuntimeError:
             values = None
         if values is None:
@@ -121,7 +124,7 @@ class RasterReader:
             keep &= values != np.asarray(nodata).astype(values.dtype)
         return (float(values[keep].min()), float(values[keep].max())) if keep.any() else None
 
-    def select_bands(self, bands: Sequence[int]) -> "RasterReader":
+    def select_bands(self, bands: Sequence[int]) -> RasterReader:
         """Read only ``bands`` (1-based, in this order) from now on; the dataset stays open. Returns ``self``."""
         selected = tuple(bands)
         for band in selected:
@@ -144,8 +147,10 @@ class RasterReader:
         except RuntimeError:
             raw = None
         if raw is None:
-            raise RasterIOError(f"INPUT: reading pixels {window.col},{window.row} of '{self.path}' failed: "
-                                f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}.")
+            raise RasterIOError(
+                f"INPUT: reading pixels {window.col},{window.row} of '{self.path}' failed: "
+                f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}."
+            )
         raw = raw.reshape(len(self.bands), window.height, window.width)
         valid = np.ones((window.height, window.width), dtype=bool)
         for index, (kind, nodata) in enumerate(self._mask_plan):
@@ -155,8 +160,10 @@ class RasterReader:
                 valid &= raw[index] != np.asarray(nodata).astype(raw.dtype)
             elif kind == "maskband":
                 try:
-                    mask = ds.GetRasterBand(self.bands[index]).GetMaskBand().ReadAsArray(
-                        window.col, window.row, window.width, window.height
+                    mask = (
+                        ds.GetRasterBand(self.bands[index])
+                        .GetMaskBand()
+                        .ReadAsArray(window.col, window.row, window.width, window.height)
                     )
                 except RuntimeError:
                     mask = None
@@ -300,8 +307,9 @@ class GeoTiffWriter:
         except RuntimeError:
             empty_overviews = False
         if empty_overviews:
-            self._pyramid = OverviewPyramid(width, height, len(levels), overview_resampling == "AVERAGE",
-                                            float(nodata), self.dtype)
+            self._pyramid = OverviewPyramid(
+                width, height, len(levels), overview_resampling == "AVERAGE", float(nodata), self.dtype
+            )
             self._overview_rows = [_BlockRows(h, self.BLOCK) for _, h in self._pyramid.sizes[1:]]
         self.done = False
 
@@ -346,8 +354,9 @@ class GeoTiffWriter:
         except RuntimeError:
             err = 1
         if err != 0:
-            raise RasterIOError(f"writing '{self.path}' failed: {gdal.GetLastErrorMsg() or 'GDAL error'} "
-                                "(is the disk full?).")
+            raise RasterIOError(
+                f"writing '{self.path}' failed: {gdal.GetLastErrorMsg() or 'GDAL error'} (is the disk full?)."
+            )
 
     # -- completion ----------------------------------------------------------------------------------------
     def overview_levels(self) -> list[int]:

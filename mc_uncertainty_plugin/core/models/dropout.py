@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def find_dropout_layers(model: nn.Module) -> list[DropoutLayer]:
         if kind is None:
             continue
         try:
-            p = float(getattr(module, "p"))
+            p = float(module.p)
         except (AttributeError, TypeError, RuntimeError):
             continue
         if p > 0:
@@ -148,7 +148,7 @@ class MCDropoutHooks:
 
         return hook
 
-    def __enter__(self) -> "MCDropoutHooks":
+    def __enter__(self) -> MCDropoutHooks:
         self._thread = threading.get_ident()
         self._handles = [layer.module.register_forward_hook(self._hook(layer)) for layer in self.layers]
         return self
@@ -167,7 +167,7 @@ class ScriptedDropoutMode:
         self.layers = [layer for layer in layers if layer.scripted]
         self._flags: list[bool] = []
 
-    def __enter__(self) -> "ScriptedDropoutMode":
+    def __enter__(self) -> ScriptedDropoutMode:
         self._flags = [layer.module.training for layer in self.layers]
         for layer in self.layers:
             layer.module.train(True)

@@ -18,8 +18,9 @@ import math
 import os
 import pickle
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class Normalization:
     max_pixel_value: float = 255.0
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "Normalization":
+    def from_config(cls, section: Mapping[str, Any] | None) -> Normalization:
         if not section:
             return cls()
         if not isinstance(section, Mapping):
@@ -158,7 +159,7 @@ def _resolve_target(target: Any, allowed_prefixes: Sequence[str]) -> type:
 def _explicit_parameters(cls: type) -> set[str]:
     return {
         name
-        for name, p in inspect.signature(cls.__init__).parameters.items()
+        for name, p in inspect.signature(cls).parameters.items()
         if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     }
 
@@ -174,10 +175,11 @@ def _inject_decoder_dropout(model: nn.Module, p: float) -> str:
         raise ModelLoadError(
             f"MODEL: decoder_dropout is not supported by {type(model).__name__} (no segmentation_head)."
         )
-    model.mc_decoder_dropout = nn.Dropout2d(p)
+    dropout = nn.Dropout2d(p)
+    model.mc_decoder_dropout = dropout  # a registered submodule: found by the dropout search, moved with the model
 
     def apply_dropout(module: nn.Module, args: tuple) -> tuple:
-        return (model.mc_decoder_dropout(args[0]),) + tuple(args[1:])
+        return (dropout(args[0]),) + tuple(args[1:])
 
     head.register_forward_pre_hook(apply_dropout)
     return f"decoder_dropout={p}: inserted Dropout2d before segmentation_head of {type(model).__name__}"
@@ -232,7 +234,9 @@ def _read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
             "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth')."
         ) from None
     except Exception as exc:
-        raise ModelLoadError(f"CHECKPOINT: cannot read '{path}' (truncated or not a PyTorch checkpoint): {exc}") from None
+        raise ModelLoadError(
+            f"CHECKPOINT: cannot read '{path}' (truncated or not a PyTorch checkpoint): {exc}"
+        ) from None
     if isinstance(content, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = content.get(key)
@@ -251,7 +255,7 @@ def _match_prefix(state: Mapping[str, torch.Tensor], expected: set[str]) -> dict
     best = dict(state)
     best_hits = len(expected & set(best))
     for prefix in ("model.", "module.", "net.", "model.module."):
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         hits = len(expected & set(stripped))
         if hits > best_hits:
             best, best_hits = stripped, hits
@@ -265,6 +269,7 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
+
         def listing(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
 
@@ -325,8 +330,9 @@ def _no_stage(_name: str) -> None:
     pass
 
 
-def _load_from_config(path: str, checkpoint: str | None, allowed: Sequence[str],
-                      stage: Callable[[str], None] = _no_stage) -> LoadedModel:
+def _load_from_config(
+    path: str, checkpoint: str | None, allowed: Sequence[str], stage: Callable[[str], None] = _no_stage
+) -> LoadedModel:
     config = Interpolator(read_config(path, "MODEL"))  # only the sections read below are interpolated
     section = config.get("model")
     if not isinstance(section, Mapping):
@@ -374,7 +380,9 @@ def _load_torchscript(path: str) -> LoadedModel:
             "state_dict give a YAML config as MODEL and this file as CHECKPOINT."
         ) from None
     module.eval()
-    sidecar = next((os.path.splitext(path)[0] + s for s in CONFIG_SUFFIXES if os.path.isfile(os.path.splitext(path)[0] + s)), None)
+    sidecar = next(
+        (os.path.splitext(path)[0] + s for s in CONFIG_SUFFIXES if os.path.isfile(os.path.splitext(path)[0] + s)), None
+    )
     config = Interpolator(read_config(sidecar, "MODEL") if sidecar else {})
     names, colors = _class_metadata(config)
     section = config.get("model")

@@ -22,7 +22,8 @@ Works on eager ``nn.Module``s; TorchScript modules cannot be patched and run ful
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -58,10 +59,16 @@ def _signature(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         items = [_signature(v) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value)) else (type(value).__name__, tuple(items))
+        return (
+            None
+            if any(i is None and v is not None for i, v in zip(items, value))
+            else (type(value).__name__, tuple(items))
+        )
     if isinstance(value, dict):
-        items = {k: _signature(v) for k, v in value.items()}
-        return None if any(items[k] is None and value[k] is not None for k in value) else tuple(sorted(items.items()))
+        entries = {k: _signature(v) for k, v in value.items()}
+        return (
+            None if any(entries[k] is None and value[k] is not None for k in value) else tuple(sorted(entries.items()))
+        )
     return None
 
 
@@ -105,7 +112,8 @@ class PrefixCache:
         self.model = model
         dropout_names = [layer.name for layer in dropout_layers]
         self.stochastic = {
-            name for name, _ in model.named_modules()
+            name
+            for name, _ in model.named_modules()
             if any(d == name or d.startswith(name + ".") or name == "" for d in dropout_names)
         }
         self.modules = [(name, m) for name, m in model.named_modules() if name and name not in self.stochastic]
@@ -121,7 +129,7 @@ class PrefixCache:
         return bool(self.modules) and not isinstance(self.model, torch.jit.ScriptModule)
 
     # -- installation ---------------------------------------------------------------------------------------
-    def __enter__(self) -> "PrefixCache":
+    def __enter__(self) -> PrefixCache:
         with _INSTALL_LOCK:
             for name, module in self.modules:
                 if "forward" in module.__dict__:
@@ -171,7 +179,7 @@ class PrefixCache:
         return cached_forward
 
     # -- passes ---------------------------------------------------------------------------------------------
-    def pass_(self, network_input: torch.Tensor, recording: bool) -> "_Pass":
+    def pass_(self, network_input: torch.Tensor, recording: bool) -> _Pass:
         """Context for one forward pass over ``network_input``; the first pass over an input records."""
         return _Pass(self, network_input, recording)
 
@@ -185,7 +193,9 @@ class PrefixCache:
                 if tensor._version != version:
                     raise PrefixCacheError(f"the output of {name}#{number} was modified in place by a later layer.")
 
-    def verify(self, run_full: Callable[[], torch.Tensor], run_cached: Callable[[], torch.Tensor], tolerance: float = 1e-5) -> float:
+    def verify(
+        self, run_full: Callable[[], torch.Tensor], run_cached: Callable[[], torch.Tensor], tolerance: float = 1e-5
+    ) -> float:
         """Max abs difference between a full pass and a replayed pass with the same masks; raises if above."""
         full = run_full()
         cached = run_cached()

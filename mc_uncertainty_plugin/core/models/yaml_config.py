@@ -94,8 +94,10 @@ def read_config(path: str, parameter: str = "MODEL") -> dict:
     except OSError as exc:
         raise ParameterError(parameter, path, f"be a readable file ({exc.strerror})") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ModelLoadError(f"{parameter}: '{path}' is over {MAX_CONFIG_BYTES // 2**20} MiB; a model config is a "
-                             "few kilobytes (weights belong in CHECKPOINT).")
+        raise ModelLoadError(
+            f"{parameter}: '{path}' is over {MAX_CONFIG_BYTES // 2**20} MiB; a model config is a "
+            "few kilobytes (weights belong in CHECKPOINT)."
+        )
     try:
         content = _parse(data.decode("utf-8"), parameter, path)
     except UnicodeDecodeError as exc:
@@ -103,7 +105,9 @@ def read_config(path: str, parameter: str = "MODEL") -> dict:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise ModelLoadError(f"{parameter}: '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
+        raise ModelLoadError(
+            f"{parameter}: '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}."
+        ) from None
     except RecursionError:
         raise ModelLoadError(f"{parameter}: '{path}' nests too deeply.") from None
     if not isinstance(content, dict):
@@ -151,8 +155,10 @@ class Interpolator:
                 size += len(piece)
                 self._produced += len(piece)
                 if size > MAX_STRING_CHARS or self._produced > MAX_INTERPOLATED_CHARS:
-                    raise ModelLoadError(f"{self.parameter}: interpolated values grow beyond "
-                                         f"{min(size, self._produced):,} characters; refused.")
+                    raise ModelLoadError(
+                        f"{self.parameter}: interpolated values grow beyond "
+                        f"{min(size, self._produced):,} characters; refused."
+                    )
                 pieces.append(piece)
             position = match.end()
         pieces.append(value[position:])
@@ -161,7 +167,9 @@ class Interpolator:
     def _lookup(self, reference: str) -> Any:
         reference = reference.strip()
         if ":" in reference or not reference:
-            raise ModelLoadError(f"{self.parameter}: interpolation ${{{reference}}} is not supported (only ${{section.key}}).")
+            raise ModelLoadError(
+                f"{self.parameter}: interpolation ${{{reference}}} is not supported (only ${{section.key}})."
+            )
         if reference in self._done:
             return self._done[reference]
         if reference in self._resolving:

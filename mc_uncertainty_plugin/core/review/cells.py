@@ -25,6 +25,7 @@ CLASS_NODATA = 255  # the class value the segmentation writes for nodata
 
 # -- placements and cells along one axis -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class PlacementAxis:
     """Placements and cells along one axis of ``size`` pixels.
@@ -84,6 +85,7 @@ class PlacementAxis:
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
+
 
 def _open(key: str, path: str) -> gdal.Dataset:
     if not os.path.exists(path) and not path.startswith("/vsi"):
@@ -154,8 +156,10 @@ class _Band:
     def _read(self, band: gdal.Band, col: int, row: int, cols: int, rows: int) -> np.ndarray:
         array = read_window(band, col, row, cols, rows)
         if array is None:
-            raise RasterIOError(f"{self.key}: reading pixels {col},{row} ({cols} x {rows}) of '{self.path}' "
-                                f"failed: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}.")
+            raise RasterIOError(
+                f"{self.key}: reading pixels {col},{row} ({cols} x {rows}) of '{self.path}' "
+                f"failed: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}."
+            )
         return array
 
     def read(self, col: int, row: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,17 +194,20 @@ def _check_classes(key: str, path: str, values: np.ndarray, valid: np.ndarray) -
     labels = values[labelled]
     wrong = (labels < 0) | (labels > CLASS_NODATA) | (labels != np.floor(labels))
     if wrong.any():
-        raise ParameterError(key, path, f"hold class indices 0..254 (255 or its nodata = none); it has "
-                                        f"{labels[wrong][0]!r}")
+        raise ParameterError(
+            key, path, f"hold class indices 0..254 (255 or its nodata = none); it has {labels[wrong][0]!r}"
+        )
     return labelled
 
 
-def _cell_reduce(array: np.ndarray, rows: np.ndarray, cols: np.ndarray, ufunc: np.ufunc = np.add,
-                 dtype: type | None = None) -> np.ndarray:
+def _cell_reduce(
+    array: np.ndarray, rows: np.ndarray, cols: np.ndarray, ufunc: np.ufunc = np.add, dtype: type | None = None
+) -> np.ndarray:
     """``ufunc`` over each cell of ``array`` ``(h, w)``, cells starting at ``rows`` / ``cols`` (local offsets):
     along each pixel row's segments first (contiguous, ten times faster than down the columns first), then over
     the cell's rows. ``dtype`` is the accumulator (float64 sums of float32 values)."""
-    return ufunc.reduceat(ufunc.reduceat(array, cols, axis=1, dtype=dtype), rows, axis=0)
+    inner = ufunc.reduceat(array, cols, axis=1, dtype=dtype)  # type: ignore[attr-defined]  # (not in numpy's stubs)
+    return ufunc.reduceat(inner, rows, axis=0)  # type: ignore[attr-defined]
 
 
 class CellReader:
@@ -214,9 +221,12 @@ class CellReader:
         if classes_path is not None:
             self.classes = _Band("CLASSES", classes_path)
             if not _same_grid(dataset, self.classes.dataset):
-                raise ParameterError("CLASSES", classes_path,
-                                     f"have the grid of UNCERTAINTY ({_describe_grid(dataset)}); "
-                                     f"it has {_describe_grid(self.classes.dataset)}")
+                raise ParameterError(
+                    "CLASSES",
+                    classes_path,
+                    f"have the grid of UNCERTAINTY ({_describe_grid(dataset)}); "
+                    f"it has {_describe_grid(self.classes.dataset)}",
+                )
 
     def release(self, start: int, stop: int) -> None:
         """Called after reading rows ``[start, stop)``: lets both inputs drop their cached blocks."""
@@ -224,11 +234,12 @@ class CellReader:
             if band is not None:
                 band.release(start, stop)
 
-    def cells(self, rows: PlacementAxis, cols: PlacementAxis, row_cells: tuple[int, int],
-              col_chunks: list[tuple[int, int]]) -> CellStats:
+    def cells(
+        self, rows: PlacementAxis, cols: PlacementAxis, row_cells: tuple[int, int], col_chunks: list[tuple[int, int]]
+    ) -> CellStats:
         """Read cell rows ``[row_cells)`` chunk by chunk and reduce them to per-cell statistics."""
         r0, r1 = int(rows.bounds[row_cells[0]]), int(rows.bounds[row_cells[1]])
-        row_starts = rows.bounds[row_cells[0]:row_cells[1]] - r0
+        row_starts = rows.bounds[row_cells[0] : row_cells[1]] - r0
         shape = (len(row_starts), cols.cells)
         total, valid, peak = np.zeros(shape), np.zeros(shape, np.int64), np.full(shape, -np.inf)
         counts: dict[int, np.ndarray] = {}
@@ -252,8 +263,7 @@ class CellReader:
                 labelled = _check_classes("CLASSES", self.classes.path, raw, raw_ok)
                 for label in np.flatnonzero(np.bincount(raw[labelled].astype(np.int64), minlength=1)):
                     per_cell = counts.setdefault(int(label), np.zeros(shape, np.int64))
-                    per_cell[:, lo:hi] = _cell_reduce(labelled & (raw == label), row_starts, col_starts,
-                                                      dtype=np.int64)
+                    per_cell[:, lo:hi] = _cell_reduce(labelled & (raw == label), row_starts, col_starts, dtype=np.int64)
         classes = None
         if self.classes is not None:
             classes = np.zeros((shape[0], max(counts, default=-1) + 1, shape[1]), np.int64)

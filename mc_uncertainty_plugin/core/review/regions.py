@@ -81,8 +81,10 @@ class ReviewConfig:
     max_read_pixels: int = 1 << 22
 
     def __post_init__(self) -> None:
-        for key, path, optional in (("UNCERTAINTY", self.uncertainty_path, False),
-                                    ("CLASSES", self.classes_path, True)):
+        for key, path, optional in (
+            ("UNCERTAINTY", self.uncertainty_path, False),
+            ("CLASSES", self.classes_path, True),
+        ):
             if optional and path is None:
                 continue
             if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -90,8 +92,11 @@ class ReviewConfig:
         object.__setattr__(self, "uncertainty_path", str(self.uncertainty_path))
         if self.classes_path is not None:
             object.__setattr__(self, "classes_path", str(self.classes_path))
-        for key, value in (("PATCH_SIZE", self.patch_size), ("COUNT", self.count),
-                           ("max_read_pixels", self.max_read_pixels)):
+        for key, value in (
+            ("PATCH_SIZE", self.patch_size),
+            ("COUNT", self.count),
+            ("max_read_pixels", self.max_read_pixels),
+        ):
             if not _is_int(value) or value < 1:
                 raise ParameterError(key, value, "be an integer >= 1")
         stride = max(1, self.patch_size // 4) if self.stride is None else self.stride
@@ -161,12 +166,12 @@ def _row_candidates(cells: list[CellStats], cols: PlacementAxis, area: int) -> d
     total = sum((c.total for c in cells), np.zeros(cols.cells))  # fixed order: top to bottom
     valid = sum((c.valid for c in cells), np.zeros(cols.cells, np.int64))
     peak = np.maximum.reduce([c.peak for c in cells])
+    histograms = [c.classes for c in cells if c.classes is not None]
     classes = None
-    if cells[0].classes is not None:
-        depth = max(c.classes.shape[0] for c in cells)
-        classes = np.zeros((depth, cols.cells), np.int64)
-        for c in cells:
-            classes[: c.classes.shape[0]] += c.classes
+    if histograms:
+        classes = np.zeros((max(h.shape[0] for h in histograms), cols.cells), np.int64)
+        for histogram in histograms:
+            classes[: histogram.shape[0]] += histogram
     n = len(cols.starts)
     w_total, w_valid, w_peak = np.zeros(n), np.zeros(n, np.int64), np.full(n, -np.inf)
     w_classes = None if classes is None else np.zeros((classes.shape[0], n), np.int64)
@@ -177,7 +182,7 @@ def _row_candidates(cells: list[CellStats], cols: PlacementAxis, area: int) -> d
         w_total += np.where(inside, total[index], 0.0)
         w_valid += np.where(inside, valid[index], 0)
         w_peak = np.maximum(w_peak, np.where(inside, peak[index], -np.inf))
-        if w_classes is not None:
+        if w_classes is not None and classes is not None:
             w_classes += np.where(inside, classes[:, index], 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = w_total / w_valid
@@ -185,8 +190,15 @@ def _row_candidates(cells: list[CellStats], cols: PlacementAxis, area: int) -> d
         dominant = np.full(n, -1, np.int64)
     else:
         dominant = np.where(w_classes.sum(axis=0) > 0, np.argmax(w_classes, axis=0), -1)
-    return {"mean": mean, "peak": w_peak, "fraction": w_valid / area, "dominant": dominant,
-            "ix": np.arange(n, dtype=np.int64), "iy": np.zeros(n, np.int64), "valid": w_valid}
+    return {
+        "mean": mean,
+        "peak": w_peak,
+        "fraction": w_valid / area,
+        "dominant": dominant,
+        "ix": np.arange(n, dtype=np.int64),
+        "iy": np.zeros(n, np.int64),
+        "valid": w_valid,
+    }
 
 
 def _ranked(pool: dict[str, np.ndarray]) -> np.ndarray:
@@ -199,8 +211,9 @@ class _Pool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data = {name: np.zeros(0, np.float64 if name in ("mean", "peak", "fraction") else np.int64)
-                     for name in _FIELDS}
+        self.data = {
+            name: np.zeros(0, np.float64 if name in ("mean", "peak", "fraction") else np.int64) for name in _FIELDS
+        }
         self.parts: list[dict[str, np.ndarray]] = []
         self.waiting = 0
         self.eligible = 0
@@ -237,8 +250,16 @@ def _select(pool: dict[str, np.ndarray], rows: PlacementAxis, cols: PlacementAxi
 
 # -- the search --------------------------------------------------------------------------------------------------
 
-def _scan(inputs: CellReader, config: ReviewConfig, rows: PlacementAxis, cols: PlacementAxis, pool: _Pool,
-          progress: Callable[[float], None] | None, is_cancelled: Callable[[], bool] | None) -> None:
+
+def _scan(
+    inputs: CellReader,
+    config: ReviewConfig,
+    rows: PlacementAxis,
+    cols: PlacementAxis,
+    pool: _Pool,
+    progress: Callable[[float], None] | None,
+    is_cancelled: Callable[[], bool] | None,
+) -> None:
     """Stream the rasters by bands of cell rows; every completed row of placements goes into ``pool``."""
     area = rows.length * cols.length
     stored: dict[int, CellStats] = {}  # cell row -> its statistics, as a one-row CellStats
@@ -250,8 +271,9 @@ def _scan(inputs: CellReader, config: ReviewConfig, rows: PlacementAxis, cols: P
         band = inputs.cells(rows, cols, (lo, hi), list(cols.chunks(max(1, config.max_read_pixels // height))))
         inputs.release(int(rows.bounds[lo]), int(rows.bounds[hi]))
         for i in range(hi - lo):
-            stored[lo + i] = CellStats(band.total[i], band.valid[i], band.peak[i],
-                                       None if band.classes is None else band.classes[i])
+            stored[lo + i] = CellStats(
+                band.total[i], band.valid[i], band.peak[i], None if band.classes is None else band.classes[i]
+            )
         while pending < len(rows.starts) and rows.stop[pending] <= hi:
             needed = range(int(rows.first[pending]), int(rows.stop[pending]))
             candidates = _row_candidates([stored[r] for r in needed], cols, area)
@@ -287,8 +309,9 @@ def find_review_regions(
         InferenceCancelled: ``is_cancelled`` returned True.
     """
     inputs = CellReader(config.uncertainty_path, config.classes_path)
-    rows = PlacementAxis.build(inputs.height, config.patch_size, config.stride)
-    cols = PlacementAxis.build(inputs.width, config.patch_size, config.stride)
+    stride = int(config.stride or 1)  # set by ReviewConfig (P // 4 when not given)
+    rows = PlacementAxis.build(inputs.height, config.patch_size, stride)
+    cols = PlacementAxis.build(inputs.width, config.patch_size, stride)
     placements = len(rows.starts) * len(cols.starts)
     overlaps = rows.max_overlapping() * cols.max_overlapping()
     pool = _Pool(min(placements, (config.count - 1) * overlaps + 1))
@@ -311,7 +334,12 @@ def find_review_regions(
     )
     dataset = inputs.uncertainty.dataset
     return ReviewResult(
-        patches=patches, width=inputs.width, height=inputs.height,
-        geotransform=dataset.GetGeoTransform(can_return_null=True), projection=dataset.GetProjection() or "",
-        placements=placements, eligible=pool.eligible, has_classes=inputs.classes is not None,
+        patches=patches,
+        width=inputs.width,
+        height=inputs.height,
+        geotransform=dataset.GetGeoTransform(can_return_null=True),
+        projection=dataset.GetProjection() or "",
+        placements=placements,
+        eligible=pool.eligible,
+        has_classes=inputs.classes is not None,
     )

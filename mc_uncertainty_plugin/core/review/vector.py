@@ -76,8 +76,12 @@ def _spatial_reference(wkt: str) -> osr.SpatialReference | None:
 
 def _polygon(patch: ReviewPatch, gt: tuple[float, ...]) -> ogr.Geometry:
     ring = ogr.Geometry(ogr.wkbLinearRing)
-    corners = ((patch.col, patch.row), (patch.col + patch.width, patch.row),
-               (patch.col + patch.width, patch.row + patch.height), (patch.col, patch.row + patch.height))
+    corners = (
+        (patch.col, patch.row),
+        (patch.col + patch.width, patch.row),
+        (patch.col + patch.width, patch.row + patch.height),
+        (patch.col, patch.row + patch.height),
+    )
     for col, row in corners + corners[:1]:
         ring.AddPoint_2D(gt[0] + col * gt[1] + row * gt[2], gt[3] + col * gt[4] + row * gt[5])
     polygon = ogr.Geometry(ogr.wkbPolygon)
@@ -86,12 +90,17 @@ def _polygon(patch: ReviewPatch, gt: tuple[float, ...]) -> ogr.Geometry:
 
 
 def _fill(dataset: gdal.Dataset, result: ReviewResult, layer_name: str, driver: str) -> None:
-    layer = dataset.CreateLayer(layer_name, _spatial_reference(result.projection), ogr.wkbPolygon,
-                                options=_LAYER_OPTIONS.get(driver, []))
+    layer = dataset.CreateLayer(
+        layer_name, _spatial_reference(result.projection), ogr.wkbPolygon, options=_LAYER_OPTIONS.get(driver, [])
+    )
     if layer is None:
         raise RasterIOError(f"cannot create the layer: {gdal.GetLastErrorMsg()}.")
-    fields = [("rank", ogr.OFTInteger), ("mean_uncertainty", ogr.OFTReal), ("max_uncertainty", ogr.OFTReal),
-              ("valid_fraction", ogr.OFTReal)]
+    fields = [
+        ("rank", ogr.OFTInteger),
+        ("mean_uncertainty", ogr.OFTReal),
+        ("max_uncertainty", ogr.OFTReal),
+        ("valid_fraction", ogr.OFTReal),
+    ]
     if result.has_classes:
         fields.append(("dominant_class", ogr.OFTInteger))
     for name, kind in fields:
