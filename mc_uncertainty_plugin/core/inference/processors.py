@@ -1,4 +1,4 @@
-"""The processors of PRODUCT.md: thin front ends that build an :class:`InferenceConfig` and run the engine.
+"""The processors of the core API: thin front ends that hold an :class:`InferenceConfig` and run the engine.
 
 ``MCDropoutInferenceProcessor`` keeps dropout sampling at inference (T passes per window, optionally times the
 K test-time transforms); ``MultiClassInferenceProcessor`` runs the deterministic network, with optional TTA.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Callable
 
 from torch import nn
@@ -118,21 +117,55 @@ class _InferenceProcessor:
         return paths
 
 
-_CONFIG_DEFAULTS = {f.name: f.default for f in fields(InferenceConfig)}
+_CONFIG_FIELDS = {f.name: f.default for f in fields(InferenceConfig)}
 
 
-def _config(model: LoadedModel, builtin: dict[str, Any] | None = None, **given: Any) -> InferenceConfig:
-    """An :class:`InferenceConfig` from the arguments given; ``None`` falls back to the model config's
-    ``inference_processor:`` section, then to ``builtin``, then to the :class:`InferenceConfig` defaults."""
-    defaults = {**_CONFIG_DEFAULTS, **(builtin or {})}
-    settings = {}
-    for name, value in given.items():
-        if value is None:
-            value = model.inference_defaults.get(name, defaults.get(name))
-        settings[name] = value
-    if settings.get("bands") is not None:
-        settings["bands"] = tuple(settings["bands"])
-    return InferenceConfig(**settings)
+def _config(
+    model: LoadedModel,
+    config: InferenceConfig | None,
+    settings: dict[str, Any],
+    fixed: dict[str, Any],
+    builtin: dict[str, Any],
+    owner: str,
+) -> InferenceConfig:
+    """The run's :class:`InferenceConfig`.
+
+    From ``config`` when given (keywords in ``settings`` override its fields); else from ``settings``, where a
+    setting left out (or ``None``) comes from the model config's ``inference_processor:`` section, then from
+    ``builtin``, then from the :class:`InferenceConfig` defaults. ``fixed`` settings define the method.
+    """
+    if config is not None and not isinstance(config, InferenceConfig):
+        raise TypeError(f"{owner}: config must be an InferenceConfig (give settings as keywords), got {config!r}.")
+    unknown = sorted(set(settings) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"{owner} got unknown setting(s) {', '.join(unknown)}; the settings are the fields of "
+            f"InferenceConfig: {', '.join(_CONFIG_FIELDS)}."
+        )
+    given = {name: value for name, value in settings.items() if value is not None}
+    if config is not None:
+        return replace(config, **given, **fixed)
+    values = {}
+    for name, default in {**_CONFIG_FIELDS, **builtin}.items():
+        values[name] = given.get(name, model.inference_defaults.get(name, default))
+    if values.get("bands") is not None:
+        values["bands"] = tuple(values["bands"])
+    return InferenceConfig(**{**values, **fixed})
+
+
+_PROCESSOR_ARGUMENTS = """
+    Args:
+        model: a :class:`~mc_uncertainty_plugin.core.LoadedModel` (:func:`~mc_uncertainty_plugin.core.load_model`)
+            or a bare ``torch.nn.Module`` (ImageNet normalisation).
+        config: every setting of the run as one frozen :class:`~mc_uncertainty_plugin.core.InferenceConfig`
+            (each setting is documented there, once). Or leave it out and give settings as keywords of the same
+            names (``n_samples=10, uncertainty_mode="mutual_information", model_input_shape=(512, 512) ...``);
+            settings left out come from the model config's ``inference_processor:`` section, then the defaults.
+        output_uncertainty_dir: folder of the uncertainty raster when :meth:`process` is given ``output_dir``
+            (default: the same folder).
+        **settings: fields of :class:`~mc_uncertainty_plugin.core.InferenceConfig`; with ``config``, they
+            override its values.
+"""
 
 
 class MCDropoutInferenceProcessor(_InferenceProcessor):
@@ -142,54 +175,21 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
     every pass would be identical and mutual information is zero everywhere.
     """
 
+    __doc__ = (__doc__ or "") + _PROCESSOR_ARGUMENTS
     uncertainty_suffix = "_mc_uncertainty"
 
     def __init__(
         self,
         model: LoadedModel | nn.Module,
-        n_samples: int | None = None,
-        uncertainty_mode: str | None = None,
-        export_uncertainty_map: bool | None = None,
-        num_classes: int | None = None,
-        model_input_shape: Sequence[int] | str | None = None,
-        step_shape: Sequence[int] | str | None = None,
-        output_uncertainty_dir: str | None = None,
-        seed: int | None = None,
+        config: InferenceConfig | None = None,
         *,
-        tta_mode: str | None = None,
-        tile_weight: str | None = None,
-        batch_size: int | None = None,
-        device: str | None = None,
-        bands: Sequence[int] | None = None,
-        panel_width: int = 8192,
-        cache_prefix: bool = True,
-        memory_format: str | None = None,
-        autocast: str | None = None,
+        output_uncertainty_dir: str | None = None,
+        **settings: Any,
     ) -> None:
         loaded = as_loaded_model(model)
-        config = _config(
-            loaded,
-            n_samples=n_samples,
-            mc_dropout=True,
-            tta_mode=tta_mode,
-            uncertainty_mode=uncertainty_mode,
-            export_uncertainty_map=export_uncertainty_map,
-            num_classes=num_classes,
-            model_input_shape=model_input_shape,
-            step_shape=step_shape,
-            tile_weight=tile_weight,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            bands=bands,
-            panel_width=panel_width,
-            cache_prefix=cache_prefix,
-            memory_format=memory_format,
-            autocast=autocast,
-        )
-        super().__init__(
-            loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        )
+        run_config = _config(loaded, config, settings, {"mc_dropout": True}, {}, type(self).__name__)
+        folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
+        super().__init__(loaded, run_config, folder)
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
@@ -203,51 +203,19 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
     entropy of the single deterministic pass (mutual information 0).
     """
 
+    __doc__ = (__doc__ or "") + _PROCESSOR_ARGUMENTS
     uncertainty_suffix = "_uncertainty"
 
     def __init__(
         self,
         model: LoadedModel | nn.Module,
-        tta_mode: str | None = None,
-        uncertainty_mode: str | None = None,
-        export_uncertainty_map: bool | None = None,
-        num_classes: int | None = None,
-        model_input_shape: Sequence[int] | str | None = None,
-        step_shape: Sequence[int] | str | None = None,
-        output_uncertainty_dir: str | None = None,
-        seed: int | None = None,
+        config: InferenceConfig | None = None,
         *,
-        tile_weight: str | None = None,
-        batch_size: int | None = None,
-        device: str | None = None,
-        bands: Sequence[int] | None = None,
-        panel_width: int = 8192,
-        cache_prefix: bool = True,
-        memory_format: str | None = None,
-        autocast: str | None = None,
+        output_uncertainty_dir: str | None = None,
+        **settings: Any,
     ) -> None:
         loaded = as_loaded_model(model)
-        config = _config(
-            loaded,
-            {"tta_mode": "d4"},
-            n_samples=1,
-            mc_dropout=False,
-            tta_mode=tta_mode,
-            uncertainty_mode=uncertainty_mode,
-            export_uncertainty_map=export_uncertainty_map,
-            num_classes=num_classes,
-            model_input_shape=model_input_shape,
-            step_shape=step_shape,
-            tile_weight=tile_weight,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            bands=bands,
-            panel_width=panel_width,
-            cache_prefix=cache_prefix,
-            memory_format=memory_format,
-            autocast=autocast,
-        )
-        super().__init__(
-            loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        )
+        fixed = {"mc_dropout": False, "n_samples": 1}
+        run_config = _config(loaded, config, settings, fixed, {"tta_mode": "d4"}, type(self).__name__)
+        folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
+        super().__init__(loaded, run_config, folder)
