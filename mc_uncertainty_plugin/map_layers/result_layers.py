@@ -37,9 +37,9 @@ from qgis.core import (
 
 from .styling import (
     read_class_legend,
+    scale_maximum,
     style_class_layer,
     style_uncertainty_layer,
-    uncertainty_maximum,
     uncertainty_stretch,
 )
 
@@ -237,7 +237,7 @@ def style_result_layer(layer: QgsRasterLayer, role: str, stretch: bool = False) 
         if stretch:
             style_uncertainty_layer(layer, *uncertainty_stretch(layer))
         else:
-            style_uncertainty_layer(layer, uncertainty_maximum(layer.source()))
+            style_uncertainty_layer(layer, scale_maximum(layer.source()))
     elif role == CLASSES:
         style_class_layer(layer, read_class_legend(layer.source()))
     else:

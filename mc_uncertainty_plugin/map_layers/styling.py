@@ -14,7 +14,6 @@ Processing post-processors (:mod:`.result_layers`), the task (:mod:`.task`) and 
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass
 
@@ -32,12 +31,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from ..core.io.conventions import CLASS_NODATA, DEFAULT_CLASS_COLORS, default_class_color
+
 __all__ = [
     "CLASS_NODATA",
     "DEFAULT_CLASS_COLORS",
     "ClassLegend",
     "viridis_ramp",
-    "uncertainty_maximum",
+    "scale_maximum",
     "uncertainty_mode",
     "uncertainty_stretch",
     "read_class_legend",
@@ -46,7 +47,6 @@ __all__ = [
     "style_class_layer",
 ]
 
-CLASS_NODATA = 255  # the core's class nodata value
 _VIRIDIS_STOPS = (
     "#440154",
     "#482878",
@@ -58,19 +58,6 @@ _VIRIDIS_STOPS = (
     "#6ece58",
     "#b5de2b",
     "#fde725",
-)
-# Colour-blind-friendly qualitative palette (matplotlib's tab10) for models whose config gives no class_colors.
-DEFAULT_CLASS_COLORS = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
 )
 _MAXIMUM_KEY = "MC_UNCERTAINTY_MAX"  # written by the core: ln C (1 - 1/C for variation_ratio)
 _CLASS_COUNT_KEY = "MC_NUM_CLASSES"
@@ -107,7 +94,7 @@ def _metadata(path: str) -> dict[str, str]:
     return (dataset.GetMetadata() or {}) if dataset is not None else {}
 
 
-def uncertainty_maximum(uncertainty_path: str, num_classes: int | None = None) -> float | None:
+def scale_maximum(uncertainty_path: str, num_classes: int | None = None) -> float | None:
     """Top of an uncertainty raster's scale: its ``MC_UNCERTAINTY_MAX`` metadata, else ln C from its
     ``MC_NUM_CLASSES`` or from ``num_classes``; None when unknown."""
     metadata = _metadata(uncertainty_path)
@@ -139,15 +126,6 @@ def uncertainty_stretch(layer: QgsRasterLayer, low: float = 0.02, high: float = 
 def uncertainty_mode(uncertainty_path: str) -> str | None:
     """The measure an uncertainty raster holds (``MC_UNCERTAINTY_MODE``: entropy, mutual_information), or None."""
     return _metadata(uncertainty_path).get(_MODE_KEY) or None
-
-
-def default_class_color(index: int) -> str:
-    """Colour of class ``index`` when the config gives none: tab10, then evenly spread hues."""
-    if index < len(DEFAULT_CLASS_COLORS):
-        return DEFAULT_CLASS_COLORS[index]
-    hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps keep neighbours apart
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.9)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def read_class_legend(class_path: str, num_classes: int | None = None) -> ClassLegend:

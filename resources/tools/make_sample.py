@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -372,9 +373,12 @@ def evaluate(model, rgb: np.ndarray, labels: np.ndarray, norm: dict, n_samples: 
     torch.manual_seed(seed)
     probs = torch.stack([model(x).softmax(1)[0] for _ in range(n_samples)])  # (T, C, H, W)
     model.eval()
+    sys.path.insert(0, str(REPO_ROOT))
+    from mc_uncertainty_plugin.core import mutual_information, predictive_entropy
+
     p_mean = probs.mean(0)
-    entropy = -(p_mean * p_mean.clamp_min(1e-12).log()).sum(0).numpy()
-    mi = entropy + (probs * probs.clamp_min(1e-12).log()).sum(1).mean(0).numpy()
+    entropy = predictive_entropy(probs.numpy())
+    mi = mutual_information(probs.numpy())
     mc_pred = p_mean.argmax(0).numpy()
     ood = np.zeros(labels.shape, bool)
     xoff, yoff, xs, ys = OOD_WINDOW

@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from mc_uncertainty_plugin.core.io.conventions import CLASS_NODATA, DEFAULT_CLASS_COLORS  # noqa: E402
+
 __all__ = ["write_preview", "read_class_style", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 1024  # longest side of a panel in pixels; larger rasters are read decimated
-CLASS_NODATA = 255
-_FALLBACK_COLORS = [
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-]
 
 
 def read_class_style(model_yaml: str | Path) -> tuple[list[str] | None, list[str] | None]:
@@ -103,7 +94,7 @@ def _class_style(ds: gdal.Dataset, n: int, names: Sequence[str] | None, colors: 
         if table is not None and table.GetCount() >= n:
             colors = ["#{:02x}{:02x}{:02x}".format(*table.GetColorEntry(i)[:3]) for i in range(n)]
     if colors is None:
-        colors = [_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i in range(n)]
+        colors = [DEFAULT_CLASS_COLORS[i % len(DEFAULT_CLASS_COLORS)] for i in range(n)]
     if names is None:
         raster_names = band.GetCategoryNames()
         if raster_names and len(raster_names) >= n:

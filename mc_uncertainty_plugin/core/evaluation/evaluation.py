@@ -43,6 +43,8 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import InferenceCancelled, ParameterError
+from ..io.conventions import CLASS_NODATA, MAX_CLASSES
+from ..io.raster_io import open_raster
 from . import metrics
 
 __all__ = [
@@ -58,9 +60,7 @@ __all__ = [
     "evaluate_uncertainty",
 ]
 
-CLASS_NODATA = 255
 DEFAULT_PAVPU_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
-_MAX_LABELS = 255  # class indices 0 .. 254; 255 is nodata
 
 
 class ReferenceResampledWarning(UserWarning):
@@ -370,15 +370,6 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 # -- rasters ---------------------------------------------------------------------------------------------------
 
 
-def _open(key: str, path: str) -> gdal.Dataset:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
-        raise ParameterError(key, path, "be an existing raster file")
-    dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-    if dataset is None or dataset.RasterCount < 1:
-        raise ParameterError(key, path, "be a raster GDAL can read")
-    return dataset
-
-
 def _geotransform(dataset: gdal.Dataset) -> tuple[float, ...] | None:
     return dataset.GetGeoTransform(can_return_null=True)
 
@@ -477,10 +468,10 @@ class _EvaluationRasters:
 
     def __init__(self, config: EvaluationConfig) -> None:
         self.config = config
-        self.classes = _open("CLASSES", config.classes_path)
+        self.classes = open_raster("CLASSES", config.classes_path)
         self.width, self.height = self.classes.RasterXSize, self.classes.RasterYSize
-        self.uncertainty = _open("UNCERTAINTY", config.uncertainty_path)
-        self.confidence = _open("CONFIDENCE", config.confidence_path) if config.confidence_path else None
+        self.uncertainty = open_raster("UNCERTAINTY", config.uncertainty_path)
+        self.confidence = open_raster("CONFIDENCE", config.confidence_path) if config.confidence_path else None
         for key, dataset, path in (
             ("UNCERTAINTY", self.uncertainty, config.uncertainty_path),
             ("CONFIDENCE", self.confidence, config.confidence_path),
@@ -491,7 +482,7 @@ class _EvaluationRasters:
                     path,
                     f"have the grid of CLASSES ({_describe_grid(self.classes)}); it has {_describe_grid(dataset)}",
                 )
-        reference = _open("REFERENCE", config.reference_path)
+        reference = open_raster("REFERENCE", config.reference_path)
         self.reference, self.reference_resampled = _reference_on_grid(self.classes, reference, config.reference_path)
         self._source_reference = reference  # keeps the warped VRT's source alive
         self.nodata = {name: ds.GetRasterBand(1).GetNoDataValue() for name, ds in self._datasets().items()}
@@ -564,7 +555,7 @@ class _EvaluationRasters:
             while names and not names[-1]:
                 names.pop()
             if names:
-                return names[:_MAX_LABELS]
+                return names[:MAX_CLASSES]
         return []
 
     def declared_class_count(self) -> int:
@@ -579,7 +570,7 @@ def _check_labels(key: str, path: str, values: np.ndarray, valid: np.ndarray) ->
     labels = values[valid]
     if labels.size == 0:
         return
-    bad = (labels < 0) | (labels >= _MAX_LABELS)
+    bad = (labels < 0) | (labels >= MAX_CLASSES)
     if np.issubdtype(labels.dtype, np.floating):
         bad |= labels != np.floor(labels)
     if bad.any():
@@ -602,7 +593,7 @@ class _Accumulator:
         self.bins = config.uncertainty_bins
         self.calibration_bins = config.calibration_bins
         self.patch = config.pavpu_patch_size
-        self.confusion = np.zeros(_MAX_LABELS * _MAX_LABELS, dtype=np.int64)
+        self.confusion = np.zeros(MAX_CLASSES * MAX_CLASSES, dtype=np.int64)
         self.hist_correct = np.zeros(self.bins, dtype=np.int64)
         self.hist_wrong = np.zeros(self.bins, dtype=np.int64)
         self.cal_counts = np.zeros(self.calibration_bins, dtype=np.int64)
@@ -615,7 +606,7 @@ class _Accumulator:
         valid = block.valid
         correct = valid & (block.classes == block.reference)
         self.confusion += np.bincount(
-            (block.reference[valid] * _MAX_LABELS + block.classes[valid]).ravel(), minlength=_MAX_LABELS * _MAX_LABELS
+            (block.reference[valid] * MAX_CLASSES + block.classes[valid]).ravel(), minlength=MAX_CLASSES * MAX_CLASSES
         )
         bins = metrics.bin_index(block.uncertainty[valid], self.lo, self.hi, self.bins)
         is_correct = correct[valid]
@@ -740,7 +731,7 @@ def _result(
     hi: float,
     notes: tuple[str, ...],
 ) -> EvaluationResult:
-    full = acc.confusion.reshape(_MAX_LABELS, _MAX_LABELS)
+    full = acc.confusion.reshape(MAX_CLASSES, MAX_CLASSES)
     n_pixels = int(full.sum())
     if n_pixels == 0:
         raise ParameterError(

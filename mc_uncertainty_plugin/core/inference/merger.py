@@ -12,13 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.conventions import CLASS_NODATA, UNCERTAINTY_NODATA
 from .tiling import Window
 from .uncertainty import argmax_and_max, uncertainty_from_accumulators
 
 __all__ = ["FinishedRows", "StreamingMerger", "CLASS_NODATA", "UNCERTAINTY_NODATA"]
-
-CLASS_NODATA = 255
-UNCERTAINTY_NODATA = -1.0
 
 
 @dataclass

@@ -29,11 +29,11 @@ import torch
 
 from ..config import InferenceConfig
 from ..errors import ModelLoadError, ParameterError
+from ..io.conventions import CLASS_NODATA, UNCERTAINTY_NODATA, parse_colour
 from ..io.output_files import check_extension, check_outputs
 from ..io.raster_io import RasterReader
 from ..models.loading import LoadedModel
 from .device import auto_batch_size, check_tile_fits, gpu_batch_size
-from .merger import CLASS_NODATA, UNCERTAINTY_NODATA
 from .sampler import select_segmentation_output
 from .tiling import TileGrid, Window
 from .uncertainty import uncertainty_maximum
@@ -301,18 +301,11 @@ def check_free_space(specs: Sequence[OutputSpec], width: int, height: int) -> No
             )
 
 
-def _parse_colour(value: object, index: int) -> tuple[int, int, int, int]:
-    if isinstance(value, (list, tuple)) and len(value) in (3, 4):
-        rgba = [int(v) for v in value] + [255] * (4 - len(value))
-        return rgba[0], rgba[1], rgba[2], rgba[3]
-    text = str(value).strip().lstrip("#")
-    if len(text) in (6, 8):
-        try:
-            parts = [int(text[i : i + 2], 16) for i in range(0, len(text), 2)]
-            return parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else 255
-        except ValueError:
-            pass
-    raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]')
+def _colour(value: object, index: int) -> tuple[int, int, int, int]:
+    try:
+        return parse_colour(value, f"class_colors[{index}]")
+    except ValueError:
+        raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]') from None
 
 
 def describe_outputs(
@@ -336,7 +329,7 @@ def describe_outputs(
     def items(extra: Mapping[str, Any] | None = None) -> tuple[tuple[str, str], ...]:
         return tuple((k, str(v)) for k, v in {**metadata, **(extra or {})}.items())
 
-    colours = tuple(_parse_colour(c, i) for i, c in enumerate(model.class_colors or ())) or None
+    colours = tuple(_colour(c, i) for i, c in enumerate(model.class_colors or ())) or None
     specs = [
         OutputSpec(
             "OUTPUT",

@@ -25,11 +25,30 @@ from .overviews import OverviewPyramid
 if TYPE_CHECKING:  # a window of the tile grid: any object with row, col, height and width
     from ..inference.tiling import Window
 
-__all__ = ["RasterReader", "GeoTiffWriter"]
+__all__ = ["open_raster", "RasterReader", "GeoTiffWriter"]
 
 _COMPRESSION_THREADS = 2  # GDAL worker threads compressing output blocks and computing overviews
 
 _GDAL_TYPES = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.float32): gdal.GDT_Float32}
+
+
+def open_raster(parameter: str, path: str) -> gdal.Dataset:
+    """Open ``path`` read-only as a raster (any GDAL source: a file, a VRT, ``/vsizip/…``, ``/vsicurl/…``).
+
+    Raises:
+        ParameterError: naming ``parameter``: the file does not exist, GDAL cannot read it, or it has no band.
+    """
+    if not os.path.exists(path) and not path.startswith("/vsi"):
+        raise ParameterError(parameter, path, "be an existing raster file")
+    try:
+        dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    except RuntimeError:
+        dataset = None
+    if dataset is None:
+        raise ParameterError(parameter, path, "be a raster GDAL can read")
+    if dataset.RasterCount < 1:
+        raise ParameterError(parameter, path, "have at least one raster band")
+    return dataset
 
 
 class RasterReader:
@@ -45,20 +64,11 @@ class RasterReader:
 
     def __init__(self, path: str, bands: Sequence[int] | None = None) -> None:
         self.path = str(path)
-        if not os.path.exists(self.path) and not self.path.startswith("/vsi"):
-            raise ParameterError("INPUT", self.path, "be an existing raster file")
-        try:
-            dataset = gdal.OpenEx(self.path, gdal.OF_RASTER | gdal.OF_READONLY)
-        except RuntimeError:
-            dataset = None
-        if dataset is None:
-            raise ParameterError("INPUT", self.path, "be a raster GDAL can read")
+        dataset = open_raster("INPUT", self.path)
         self._dataset = dataset
         self.width = dataset.RasterXSize
         self.height = dataset.RasterYSize
         self.band_count = dataset.RasterCount
-        if self.band_count < 1:
-            raise ParameterError("INPUT", self.path, "have at least one raster band")
         self.geotransform = dataset.GetGeoTransform(can_return_null=True)
         self.projection = dataset.GetProjection() or ""
         self.gcps = tuple(dataset.GetGCPs() or ()) if self.geotransform is None else ()

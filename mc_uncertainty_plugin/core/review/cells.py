@@ -9,7 +9,6 @@ counts, maxima and class counts (:class:`CellStats`); every pixel read goes thro
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,10 +16,10 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import ParameterError, RasterIOError
+from ..io.conventions import CLASS_NODATA
+from ..io.raster_io import open_raster
 
 __all__ = ["CLASS_NODATA", "PlacementAxis", "CellStats", "CellReader", "read_window"]
-
-CLASS_NODATA = 255  # the class value the segmentation writes for nodata
 
 
 # -- placements and cells along one axis -------------------------------------------------------------------------
@@ -87,18 +86,6 @@ class PlacementAxis:
 # -- reading -----------------------------------------------------------------------------------------------------
 
 
-def _open(key: str, path: str) -> gdal.Dataset:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
-        raise ParameterError(key, path, "be an existing raster file")
-    try:
-        dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-    except RuntimeError:
-        dataset = None
-    if dataset is None or dataset.RasterCount < 1:
-        raise ParameterError(key, path, "be a raster GDAL can read")
-    return dataset
-
-
 def read_window(band: gdal.Band, col: int, row: int, cols: int, rows: int) -> np.ndarray | None:
     """``(rows, cols)`` pixels of ``band`` (None on a GDAL error). Every read of the inputs goes through here."""
     try:
@@ -137,7 +124,7 @@ class _Band:
 
     def __init__(self, key: str, path: str) -> None:
         self.key, self.path = key, path
-        self.dataset = _open(key, path)
+        self.dataset = open_raster(key, path)
         self.band = self.dataset.GetRasterBand(1)
         flags = self.band.GetMaskFlags()
         self.nodata = self.band.GetNoDataValue() if flags & gdal.GMF_NODATA else None
