@@ -4,57 +4,41 @@
   the session cache (:mod:`mc_uncertainty_plugin.core.models.cache`) or loads it, naming and timing each stage
   ("Loading PyTorch…", "Building the model…", "Reading weights…"); a model loaded by an earlier run of the
   session is reused as long as its files are unchanged, and the log says so.
-- :func:`build_processor`: the core processor, its warnings passed on.
-- :func:`run_processor`: the Processing algorithms' whole run: weighted progress stages, the core's errors as
-  ``QgsProcessingException`` with the same one-line message, and loading, naming, grouping and styling of the
-  outputs when the Toolbox loads them.
+- :func:`build_processor`: the core processor of a method, its warnings passed on.
+- :func:`run_segmentation`: one run of a :class:`SegmentationRequest`, reported through :class:`BridgeCallbacks`:
+  the Processing algorithms (:mod:`.processing_provider.segmentation_run`) and the desktop task
+  (:mod:`.gui.task`) both call it, so both honour every setting the same way (the trusted ``_target_`` prefixes,
+  the configured Python environment, the session's models).
 """
 
 from __future__ import annotations
 
 import os
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from qgis.core import (
-    QgsProcessingContext,
-    QgsProcessingFeedback,
-    QgsProcessingUtils,
-    QgsSettings,
-)
+from qgis.core import QgsSettings
 
 from . import python_env
 from .i18n import tr
-from .map_layers.result_layers import (
-    CLASSES,
-    UNCERTAINTY,
-    Method,
-    ResultGroup,
-    ResultLayerPostProcessor,
-    RunDetails,
-    result_names,
-)
-from .processing_provider.parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues
-from .processing_provider.run_guards import cancel_on_interrupt, processing_error
-from .progress import EtaLog, StagedFeedback, StageTimer, format_seconds
+from .progress import EtaLog, StageTimer, format_seconds
 
 __all__ = [
     "ALLOWED_TARGETS_KEY",
     "MissingDependencies",
     "allowed_target_prefixes",
     "dependency_problem",
-    "require_torch",
-    "require_dependencies",
     "session_model",
+    "PROCESSOR_CLASSES",
     "build_processor",
-    "run_processor",
+    "SegmentationRequest",
+    "BridgeCallbacks",
+    "run_segmentation",
 ]
 
-# Share of the progress bar: loading a model takes seconds, inference up to hours.
-_STAGES = (("Loading the model", 3.0), ("Inference (tiles x passes)", 97.0))
 ALLOWED_TARGETS_KEY = "mc_uncertainty_plugin/allowed_targets"
 LOADING_TORCH = "Loading PyTorch…"
 _LOAD_STAGES = {"build": "Building the model…", "weights": "Reading weights…"}
@@ -80,28 +64,6 @@ def dependency_problem(model_path: str | None = None) -> str | None:
         return python_env.missing_torch_message()
     missing = python_env.missing_model_modules(model_path) if model_path else []
     return python_env.missing_modules_message(missing) if missing else None
-
-
-def require_torch() -> None:
-    """Make torch importable or raise the install instructions.
-
-    Raises:
-        QgsProcessingException: torch cannot be imported even from the configured environment.
-    """
-    problem = dependency_problem()
-    if problem:
-        raise processing_error(problem)
-
-
-def require_dependencies(model_path: str) -> None:
-    """torch, and segmentation-models-pytorch when the model config needs it, or the install instructions.
-
-    Raises:
-        QgsProcessingException: a needed package cannot be imported even from the configured environment.
-    """
-    problem = dependency_problem(model_path)
-    if problem:
-        raise processing_error(problem)
 
 
 def _loading_options() -> tuple[str, ...]:
@@ -172,115 +134,85 @@ def session_model(
         timer.end()  # the stage that failed, if loading failed
 
 
-def build_processor(processor_name: str, model: Any, kwargs: dict[str, Any], warn: Callable[[str], None]) -> Any:
-    """``mc_uncertainty_plugin.core.<processor_name>(model, **kwargs)``; its ``UserWarning`` s go to ``warn``."""
-    from . import core
+PROCESSOR_CLASSES = {"mc_dropout": "MCDropoutInferenceProcessor", "tta": "MultiClassInferenceProcessor"}
 
-    processor_class: Callable[..., Any] = getattr(core, processor_name)
+
+def build_processor(method: str, model: Any, settings: dict[str, Any], warn: Callable[[str], None]) -> Any:
+    """The core processor of ``method`` (``mc_dropout`` or ``tta``) for ``model`` with ``settings`` (fields of
+    :class:`~mc_uncertainty_plugin.core.InferenceConfig`); its ``UserWarning`` s go to ``warn``."""
+    from .core.inference import processors
+
+    if method not in PROCESSOR_CLASSES:
+        raise ValueError(f"method must be one of {', '.join(PROCESSOR_CLASSES)}, got {method!r}.")
+    processor_class = getattr(processors, PROCESSOR_CLASSES[method])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        processor = processor_class(model, **kwargs)
+        processor = processor_class(model, **settings)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             warn(str(warning.message))
     return processor
 
 
-def run_processor(
-    processor_name: str,
-    processor_kwargs: dict[str, Any],
-    values: CommonValues,
-    method: Method,
-    context: QgsProcessingContext,
-    feedback: QgsProcessingFeedback,
-    stretch: bool = False,
-) -> dict[str, str | None]:
-    """Load (or reuse) the model, build the core processor ``processor_name`` and run it once.
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """One segmentation run, as both routes (Processing and the desktop task) ask for it.
 
-    Args:
-        processor_name: class exported by ``mc_uncertainty_plugin.core``, e.g. ``"MCDropoutInferenceProcessor"``.
-        processor_kwargs: its algorithm-specific keyword arguments (added to ``values.processor_kwargs``).
-        values: the parameters read by :func:`~.parameters.read_common_values`.
-        method: names the result layers and their group (:data:`~.result_layers.MC_DROPOUT`, ``TTA``).
-        context: the Processing context (layers to load on completion).
-        feedback: progress, cancellation and log.
-        stretch: stretch the loaded uncertainty layer's colours to the data (2–98 %).
+    Attributes:
+        method: ``mc_dropout`` or ``tta``.
+        input_path: a GDAL source.
+        model_path: model config YAML or TorchScript file; ``checkpoint_path``: its weights, or None.
+        output_path: the class raster; ``uncertainty_path`` / ``confidence_path``: None = the core's default
+            (beside the class raster) / not written.
+        settings: fields of :class:`~mc_uncertainty_plugin.core.InferenceConfig`; left out (or None), the model
+            config's ``inference_processor:`` values apply, then the defaults.
+    """
 
-    Returns:
-        ``{"OUTPUT": class raster, "OUTPUT_UNCERTAINTY": uncertainty raster or None, "OUTPUT_CONFIDENCE": ...}``.
+    method: str
+    input_path: str
+    model_path: str
+    output_path: str
+    checkpoint_path: str | None = None
+    uncertainty_path: str | None = None
+    confidence_path: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BridgeCallbacks:
+    """How a route follows a run: ``log`` / ``warn`` lines, ``stage`` (a start-up stage begins: its label),
+    ``progress`` of the inference (0..100), ``is_cancelled`` (polled), ``model_ready`` (loading is over)."""
+
+    log: Callable[[str], None]
+    warn: Callable[[str], None]
+    stage: Callable[[str], None]
+    progress: Callable[[float], None]
+    is_cancelled: Callable[[], bool]
+    model_ready: Callable[[], None] = lambda: None
+
+
+def run_segmentation(request: SegmentationRequest, callbacks: BridgeCallbacks, timer: StageTimer) -> dict[str, Any]:
+    """Load (or reuse) the model, build the processor and run it once; returns the core's paths
+    (``{"segmentation": …, "uncertainty": …, "confidence": …}``).
 
     Raises:
-        QgsProcessingException: torch is missing, a parameter is bad, the run failed or was cancelled.
+        MissingDependencies: torch (or segmentation-models-pytorch) cannot be imported.
+        McUncertaintyError: a parameter, the model or the run failed (``InferenceCancelled`` when cancelled).
     """
-    from .core.errors import McUncertaintyError
-
-    stages = StagedFeedback(feedback, _STAGES)
-    timer = StageTimer(stages.feedback.setProgressText, feedback.pushInfo)
-    started = time.monotonic()
-    stages.start(0)
-    try:
-        with session_model(
-            values.model_path, values.checkpoint_path, values.processor_kwargs.get("device"), timer, feedback.pushInfo
-        ) as model:
-            processor = build_processor(
-                processor_name, model, {**values.processor_kwargs, **processor_kwargs}, feedback.pushWarning
-            )
-            loaded = time.monotonic()
-            stages.start(1)
-            with cancel_on_interrupt(feedback):
-                paths = processor.process(
-                    values.input_path,
-                    os.path.dirname(values.output_path),
-                    output_path=values.output_path,
-                    uncertainty_path=values.uncertainty_path,
-                    confidence_path=values.confidence_path,
-                    progress=EtaLog(stages.set_progress, feedback.pushInfo),
-                    is_cancelled=feedback.isCanceled,
-                    log=feedback.pushInfo,
-                    warn=feedback.pushWarning,
-                )
-    except MissingDependencies as error:
-        raise processing_error(str(error)) from None
-    except McUncertaintyError as error:
-        raise processing_error(str(error)) from None
-    stages.set_progress(100.0)
-    finished = time.monotonic()
-    feedback.pushInfo(
-        f"Total {format_seconds(finished - started)}: model {format_seconds(loaded - started)}, "
-        f"inference and writing {format_seconds(finished - loaded)}."
-    )
-
-    segmentation_path = paths["segmentation"]
-    uncertainty_path = paths.get("uncertainty")
-    _arrange_result_layers(segmentation_path, uncertainty_path, values, method, context, stretch)
-    return {OUTPUT: segmentation_path, OUTPUT_UNCERTAINTY: uncertainty_path, OUTPUT_CONFIDENCE: paths.get("confidence")}
-
-
-def _arrange_result_layers(
-    segmentation_path: str,
-    uncertainty_path: str | None,
-    values: CommonValues,
-    method: Method,
-    context: QgsProcessingContext,
-    stretch: bool,
-) -> None:
-    """When the class raster is loaded on completion (Toolbox, batch, runAndLoadResults): load a default-path
-    uncertainty raster with it, and give both outputs a post-processor that styles, names and groups them."""
-    names = result_names(
-        values.input_name, method, RunDetails.from_outputs(segmentation_path, uncertainty_path, stretch)
-    )
-    group = ResultGroup.new(names.group)
-    if (
-        uncertainty_path
-        and values.uncertainty_path is None
-        and context.willLoadLayerOnCompletion(segmentation_path)
-        and not context.willLoadLayerOnCompletion(uncertainty_path)
-    ):
-        project = context.layerToLoadOnCompletionDetails(segmentation_path).project or context.project()
-        details = QgsProcessingContext.LayerDetails(
-            tr("Uncertainty raster"), project, OUTPUT_UNCERTAINTY, QgsProcessingUtils.LayerHint.Raster
+    settings = dict(request.settings)
+    with session_model(
+        request.model_path, request.checkpoint_path, settings.get("device"), timer, callbacks.log
+    ) as model:
+        processor = build_processor(request.method, model, settings, callbacks.warn)
+        callbacks.model_ready()
+        return processor.process(
+            request.input_path,
+            os.path.dirname(os.path.abspath(request.output_path)),
+            output_path=request.output_path,
+            uncertainty_path=request.uncertainty_path,
+            confidence_path=request.confidence_path,
+            progress=EtaLog(callbacks.progress, callbacks.log),
+            is_cancelled=callbacks.is_cancelled,
+            log=callbacks.log,
+            warn=callbacks.warn,
         )
-        context.addLayerToLoadOnCompletion(uncertainty_path, details)
-    ResultLayerPostProcessor.attach(context, segmentation_path, CLASSES, names.classes, group, stretch)
-    if uncertainty_path:
-        ResultLayerPostProcessor.attach(context, uncertainty_path, UNCERTAINTY, names.uncertainty, group, stretch)

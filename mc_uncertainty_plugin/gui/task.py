@@ -1,7 +1,7 @@
 """A ``QgsTask`` that runs the core in the background, for GUI code outside Processing.
 
 ``run()`` executes in a worker thread of ``QgsApplication.taskManager()``: it gets the model through the same
-bridge as the Processing algorithms (:func:`.core_runner.session_model`: stages named and timed in the log, a
+bridge as the Processing algorithms (:func:`..bridge.run_segmentation`: stages named and timed in the log, a
 model of an earlier run reused) and calls the core with ``progress`` → ``setProgress`` and ``is_cancelled`` →
 ``isCanceled``. ``finished()`` runs on the main thread: it loads both outputs, styled, into a new layer group of
 the project (:func:`.result_layers.add_result_layers`).
@@ -23,11 +23,11 @@ from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils, QgsProject, QgsRasterLayer, QgsTask
 
-from ..bridge import MissingDependencies, build_processor, session_model
+from ..bridge import BridgeCallbacks, MissingDependencies, SegmentationRequest, run_segmentation
 from ..core.errors import InferenceCancelled, McUncertaintyError, ParameterError  # no torch import
 from ..i18n import tr
 from ..map_layers.result_layers import MC_DROPOUT, TTA, add_result_layers
-from ..progress import EtaLog, StageTimer, format_seconds
+from ..progress import StageTimer, format_seconds
 
 __all__ = [
     "LOG_TAG",
@@ -40,10 +40,7 @@ __all__ = [
 ]
 
 LOG_TAG = "MC Uncertainty"  # the Log Messages panel tab
-_PROCESSORS = {
-    MC_DROPOUT.key: ("MCDropoutInferenceProcessor", MC_DROPOUT),
-    TTA.key: ("MultiClassInferenceProcessor", TTA),
-}
+_METHODS = {MC_DROPOUT.key: MC_DROPOUT, TTA.key: TTA}
 BANDS_HINT = (
     'Choose them in the dialog\'s "Input bands" field, in model order (e.g. 1,1,1 feeds a 1-band layer to '
     "a 3-band model)."
@@ -78,8 +75,8 @@ class TaskRequest:
     stretch: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in _PROCESSORS:
-            raise ValueError(f"method must be one of {', '.join(_PROCESSORS)}, got {self.method!r}.")
+        if self.method not in _METHODS:
+            raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {self.method!r}.")
 
 
 def output_paths(folder: str, input_name: str, method: str) -> tuple[str, str]:
@@ -107,7 +104,7 @@ class McUncertaintyTask(QgsTask):
     """
 
     def __init__(self, request: TaskRequest, project: QgsProject | None = None) -> None:
-        method = _PROCESSORS[request.method][1]
+        method = _METHODS[request.method]
         super().__init__(f"{method.title} uncertainty: {request.input_name}", QgsTask.CanCancel)
         self.request = request
         self.project = project if project is not None else QgsProject.instance()  # read on the main thread
@@ -155,25 +152,18 @@ class McUncertaintyTask(QgsTask):
             self.stage_seconds = dict(timer.seconds)
 
     def _run_core(self, request: TaskRequest, timer: StageTimer) -> bool:
-        processor_name, _method = _PROCESSORS[request.method]
-        options = dict(request.options)
+        run = SegmentationRequest(
+            request.method,
+            request.input_path,
+            request.model_path,
+            request.output_path,
+            request.checkpoint_path,
+            request.uncertainty_path,
+            settings=dict(request.options),
+        )
+        callbacks = BridgeCallbacks(self._log, self._warn, self._show_stage, self.setProgress, self.isCanceled)
         try:
-            with session_model(
-                request.model_path, request.checkpoint_path, options.get("device"), timer, self._log
-            ) as model:
-                processor = build_processor(processor_name, model, options, self._warn)
-                if self.isCanceled():
-                    return False
-                self.paths = processor.process(
-                    request.input_path,
-                    os.path.dirname(os.path.abspath(request.output_path)),
-                    output_path=request.output_path,
-                    uncertainty_path=request.uncertainty_path,
-                    progress=EtaLog(self.setProgress, self._log),
-                    is_cancelled=self.isCanceled,
-                    log=self._log,
-                    warn=self._warn,
-                )
+            self.paths = run_segmentation(run, callbacks, timer)
         except InferenceCancelled:
             return False
         except ParameterError as error:
@@ -187,7 +177,7 @@ class McUncertaintyTask(QgsTask):
 
     def finished(self, result: bool) -> None:  # noqa: FBT001
         """Main thread: add the styled layers to the project, or report why there are none."""
-        method = _PROCESSORS[self.request.method][1]
+        method = _METHODS[self.request.method]
         if result and self.paths:
             try:
                 self.layers = add_result_layers(

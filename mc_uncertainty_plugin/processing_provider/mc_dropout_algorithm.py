@@ -69,7 +69,6 @@ class McDropoutAlgorithm(SegmentationAlgorithm):
     UNCERTAINTY_SUFFIX = "_mc_uncertainty"
     WITH_N_SAMPLES = True
     TTA_DEFAULT = "none"
-    PROCESSOR = "MCDropoutInferenceProcessor"
     METHOD = MC_DROPOUT
 
     def extra_processor_kwargs(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:

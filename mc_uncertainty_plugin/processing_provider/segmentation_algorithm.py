@@ -12,11 +12,11 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QWidget
 
 from .. import python_env
-from ..bridge import run_processor
 from ..i18n import tr
 from ..icons import ICON_PATH, plugin_icon
 from ..map_layers.result_layers import Method
 from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values
+from .segmentation_run import run_processor
 
 __all__ = ["SegmentationAlgorithm", "offer_install_on_main_thread"]
 
@@ -51,7 +51,6 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
     UNCERTAINTY_SUFFIX = ""
     WITH_N_SAMPLES = False
     TTA_DEFAULT = "none"
-    PROCESSOR = ""  # class name in mc_uncertainty_plugin.core
     METHOD: Method
 
     def name(self) -> str:
@@ -115,12 +114,5 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
     ) -> dict[str, Any]:
         values = read_common_values(self, parameters, context)
         stretch = self.parameterAsBoolean(parameters, STRETCH_UNCERTAINTY, context)
-        return run_processor(
-            self.PROCESSOR,
-            self.extra_processor_kwargs(parameters, context),
-            values,
-            self.METHOD,
-            context,
-            feedback,
-            stretch=stretch,
-        )
+        settings = self.extra_processor_kwargs(parameters, context)
+        return run_processor(self.METHOD, settings, values, context, feedback, stretch=stretch)

@@ -45,5 +45,4 @@ class TtaAlgorithm(SegmentationAlgorithm):
     UNCERTAINTY_SUFFIX = "_uncertainty"
     WITH_N_SAMPLES = False
     TTA_DEFAULT = "d4"
-    PROCESSOR = "MultiClassInferenceProcessor"
     METHOD = TTA

@@ -113,3 +113,34 @@ def test_a_model_failing_mid_run_gives_a_processing_error_not_a_traceback(
             },
         )
     assert not list(tmp_path.glob("c*.tif"))
+
+
+def test_the_desktop_task_honours_the_allowlist_setting_as_processing_does(
+    mc_plugin: Any, raster_path: str, tmp_path: Path, clean_setting: QgsSettings, clean_project: Any
+) -> None:
+    """Both routes go through one bridge: a setting honoured by Processing is honoured by the task too."""
+    from test_qgis_task import start
+
+    from mc_uncertainty_plugin.gui.task import McUncertaintyTask, TaskRequest
+
+    model = tmp_path / "tv.yaml"
+    model.write_text(TORCHVISION_MODEL, encoding="utf-8")
+
+    def task_run(name: str) -> McUncertaintyTask:
+        request = TaskRequest(
+            raster_path,
+            "scene",
+            str(model),
+            str(tmp_path / f"{name}.tif"),
+            method="tta",
+            options={"model_input_shape": "64", "step_shape": "64", "tta_mode": "none"},
+        )
+        task = McUncertaintyTask(request)
+        start(task).wait()
+        return task
+
+    refused = task_run("refused")
+    assert refused.error and "not allowed" in refused.error and not (tmp_path / "refused.tif").exists()
+    clean_setting.setValue(ALLOWED_TARGETS_KEY, "torchvision.ops.")
+    trusted = task_run("trusted")
+    assert trusted.error is None and Path(trusted.paths["segmentation"]).is_file()
