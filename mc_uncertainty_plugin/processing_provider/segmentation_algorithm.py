@@ -15,7 +15,8 @@ from .. import python_env
 from ..i18n import tr
 from ..icons import ICON_PATH, plugin_icon
 from ..map_layers.result_layers import Method
-from .parameters import STRETCH_UNCERTAINTY, add_common_parameters, compose_help, read_common_values
+from .parameters import STRETCH_UNCERTAINTY, compose_help, read_common_values
+from .segmentation_parameters import add_common_parameters
 from .segmentation_run import run_processor
 
 __all__ = ["SegmentationAlgorithm", "offer_install_on_main_thread"]
