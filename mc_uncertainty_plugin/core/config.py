@@ -1,6 +1,7 @@
 """The run configuration: one frozen dataclass, validated on construction.
 
-Field names follow the Python API of PRODUCT.md; error messages name the Processing keys users see.
+Field names are the settings of the Python API (docs/contract.md); error messages name the Processing keys users
+see.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class InferenceConfig:
             of 256; results do not depend on it.
         cache_prefix: run the deterministic prefix of the network once per tile batch (results are equal;
             False forces T full passes, for comparison).
-        memory_format: ``auto`` (channels_last for convolutional networks on CPU, where ``make bench`` measured
-            it 6-30 % faster; contiguous on GPU), ``channels_last`` or ``contiguous``. Results equal to float
+        memory_format: ``auto`` (channels_last for convolutional networks on CPU, where it is faster: see the
+            README's benchmark; contiguous on GPU), ``channels_last`` or ``contiguous``. Results equal to float
             rounding.
         autocast: ``off`` (default, float32), ``bfloat16`` or ``float16``: mixed precision, opt-in only; it
             changes probabilities by about 1e-2 and may flip a class where two are nearly tied.

@@ -35,7 +35,7 @@ What it writes
     metadata of both rasters (``OOD_WINDOW=xoff,yoff,xsize,ysize`` in pixels).
 
 ``model.yaml``
-    Trainer-style model config (see PRODUCT.md): ``segmentation_models_pytorch.FPN`` with the timm encoder
+    Trainer-style model config (see docs/contract.md): ``segmentation_models_pytorch.FPN`` with the timm encoder
     ``tu-mobilenetv2_050``, small decoder, ``decoder_dropout: 0.2``, the normalization used in training,
     class names and colours, ``checkpoint_path: model.pth``.
 

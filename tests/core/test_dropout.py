@@ -219,3 +219,28 @@ def test_variation_ratio_expected_entropy_and_confidence_against_the_enumeration
     assert np.all(np.abs(got["expected_entropy"] - exact_expected_entropy) < 5 * math.log(classes) / math.sqrt(n))
     assert np.all(np.abs(confidence - exact_mean.max(axis=1)) < 5 * 0.5 / math.sqrt(n))
     assert exact_vr.max() > 0.1  # the check is not vacuous
+
+
+class TwinDropouts(nn.Module):
+    """Two dropout layers of the same shape on the same input: only the layer index tells their masks apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Dropout2d(0.5)
+        self.second = nn.Dropout2d(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.first(x), self.second(x)], dim=1)
+
+
+def test_two_dropout_layers_of_the_same_shape_draw_different_masks():
+    net = TwinDropouts().eval()
+    x = torch.ones(2, 64, 3, 3)
+    with torch.no_grad(), MCDropoutHooks(find_dropout_layers(net), seed=4) as hooks:
+        hooks.set_keys([(0, 0, 0, 0), (0, 32, 0, 0)])
+        out = net(x)
+    first, second = out[:, :64], out[:, 64:]
+    assert not torch.equal(first, second)  # a key without the layer index would give the same 64-channel mask
+    assert not torch.equal(first[0], first[1])  # and another window another mask
+    kept = (first[0, :, 0, 0] > 0).float().mean().item()
+    assert 0.25 < kept < 0.75  # Dropout2d(0.5): about half the channels kept

@@ -29,7 +29,7 @@ def deeplab():
 
 
 def segformer_injected():
-    """A transformer encoder (MiT): the issue names Segformer among the models torch.fx cannot trace."""
+    """A transformer encoder (MiT): Segformer is among the models torch.fx cannot trace."""
     net = smp.Segformer("mit_b0", encoder_weights=None, classes=3)
     _inject_decoder_dropout(net, 0.3)
     return net
@@ -126,3 +126,42 @@ def test_engine_logs_the_execution_path(tmp_path):
     )
     assert any(line.startswith("Execution: deterministic prefix once per tile batch") for line in lines)
     assert read_raster(str(tmp_path / "o_mc_uncertainty.tif")).max() > 0
+
+
+class CountsItsCalls(nn.Module):
+    """Upstream of the dropout, but not deterministic: its output changes with every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x + self.calls
+
+
+class CounterBeforeDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counter = CountsItsCalls()
+        self.conv = nn.Conv2d(3, 16, 1)
+        self.drop = nn.Dropout2d(0.5)  # 16 channels: some are kept in every pass
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.conv(self.counter(x))))
+
+
+def test_a_prefix_module_that_is_not_deterministic_is_refused():
+    """Replaying the counter's first output would hide that every full pass sees another value: the first
+    batch's check of a replayed pass against a full pass catches it, and the run falls back to full passes."""
+    torch.manual_seed(3)
+    net = CounterBeforeDropout().eval()
+    x = np.random.default_rng(5).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    cached = sampler(net, True)
+    cached(x, [(0, 0)])
+    assert cached.cache_status == "off"
+    assert "prefix cache refused: replayed pass differs from a full pass" in cached.execution_path
+    calls = net.counter.calls
+    cached(x, [(0, 0)])
+    assert net.counter.calls - calls == 4  # T full passes from then on: the counter runs every time

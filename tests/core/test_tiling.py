@@ -68,3 +68,20 @@ def test_gaussian_sigma_is_an_eighth_of_the_tile():
 def test_unknown_weight_is_an_error_naming_the_parameter():
     with pytest.raises(ParameterError, match="TILE_WEIGHT"):
         tile_weight_map("cosine", (4, 4))
+
+
+def test_pyramid_weights_known_answer():
+    """``min(dy, dx)`` with ``d = min(i + 1, n - i) / ceil(n / 2)``: for n = 4, d = [1, 2, 2, 1] / 2; for n = 5,
+    d = [1, 2, 3, 2, 1] / 3."""
+    third, half = 1 / 3, 1 / 2
+    expected = np.array(
+        [
+            [third, half, half, half, third],
+            [third, 2 * third, 1.0, 2 * third, third],
+            [third, 2 * third, 1.0, 2 * third, third],
+            [third, half, half, half, third],
+        ],
+        dtype=np.float32,
+    )
+    np.testing.assert_allclose(tile_weight_map("pyramid", (4, 5)), expected, rtol=1e-6)
+    np.testing.assert_array_equal(tile_weight_map("mean", (2, 3)), np.ones((2, 3), np.float32))

@@ -1,4 +1,4 @@
-"""The provider, its algorithm and the parameter contract of PRODUCT.md, as QGIS sees them."""
+"""The provider, its algorithms and the parameter contract of docs/contract.md, as QGIS sees them."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from qgis.core import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# key: (class, default, optional, advanced) -- the table of PRODUCT.md
+# key: (class, default, optional, advanced) -- the parameter table of docs/contract.md
 EXPECTED_PARAMETERS = {
     "INPUT": (QgsProcessingParameterRasterLayer, None, False, False),
     "MODEL": (QgsProcessingParameterFile, None, False, False),

@@ -140,8 +140,8 @@ class _Stages:
 
 def _writes_behind(device: torch.device) -> bool:
     """Write finished rows from a worker thread while the model runs on the next ones: on a GPU, where the CPU
-    would otherwise wait for the device. On CPU the compression competes with the model for the same cores:
-    measured no faster there (8 paired Unet runs on 2 cores: median 6.62 s behind vs 6.37 s in line)."""
+    would otherwise wait for the device. On CPU the compression competes with the model for the same cores and
+    was no faster (the README's benchmark section)."""
     return device.type != "cpu"
 
 

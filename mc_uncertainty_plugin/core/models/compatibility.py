@@ -1,4 +1,4 @@
-"""What MC dropout can and cannot do with a given network (the spec's compatibility table, as behaviour).
+"""What MC dropout can and cannot do with a given network (the README's compatibility table, as behaviour).
 
 | model | verdict |
 |---|---|

@@ -97,13 +97,12 @@ class _PassState:
 class PrefixCache:
     """Memoises deterministic module calls of ``model`` between the passes over one input tensor.
 
-    Usage::
+    Usage (what :class:`~..inference.sampler.EnsembleSampler` does)::
 
         with PrefixCache(model, dropout_layers) as cache:
             for each batch and transform (input xt):
-                cache.start(xt)
                 for t in range(T):
-                    with cache.pass_(recording=(t == 0)):
+                    with cache.pass_(xt, recording=(t == 0)):
                         out = model(xt)
                 cache.clear()
     """
