@@ -366,6 +366,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 12288])
     parser.add_argument("--models", nargs="*", help="only these models (name prefixes: FPN, Unet, DeepLabV3+)")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-first-window", action="store_true", help="leave out the time to first window")
     parser.add_argument(
         "--first-window-only",
         action="store_true",
@@ -379,9 +380,10 @@ def main() -> None:
             f"# make bench — {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"CPU only\n"
         )
-        print("## Time to first window\n")
-        rows = first_window(work)
-        print("\n" + "\n".join(rows) + "\n")
+        if not args.skip_first_window:
+            print("## Time to first window\n")
+            rows = first_window(work)
+            print("\n" + "\n".join(rows) + "\n")
         if args.first_window_only:
             return
         if not args.skip_speed:

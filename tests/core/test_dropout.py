@@ -196,6 +196,7 @@ def test_torchscript_dropout_is_found_and_sampled(tmp_path):
     np.testing.assert_array_equal(again, first)
 
 
+@pytest.mark.slow
 def test_variation_ratio_expected_entropy_and_confidence_against_the_enumeration(tmp_path):
     net = PerPixelDropoutNet(p=0.5, seed=3).eval()
     outcomes = enumerate_masks(net, PIXELS)

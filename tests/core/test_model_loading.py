@@ -221,6 +221,7 @@ def test_a_state_dict_given_as_model_explains_what_to_do(tmp_path, fpn):
         load_model(str(tmp_path / "weights.pt"))
 
 
+@pytest.mark.slow
 def test_encoder_weights_imagenet_is_never_downloaded(tmp_path):
     # no checkpoint: random weights, and no network access attempted (HF/torch hub disabled in the child)
     config = write_config(tmp_path, FPN_YAML)

@@ -233,6 +233,7 @@ def test_evaluate_writes_its_three_files_together(evaluated, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mcu-")]
 
 
+@pytest.mark.slow
 def test_a_child_killed_while_publishing_never_leaves_a_mixed_pair(scene, tmp_path):
     """kill -9 at the worst moment (between the two renames) leaves the old pair or nothing of the new one."""
     out = tmp_path / "out"

@@ -66,6 +66,7 @@ def test_channels_last_gives_the_results_of_contiguous(tmp_path, build):
     assert all(p.is_contiguous() for p in net.parameters())
 
 
+@pytest.mark.slow
 def test_autocast_is_opt_in_recorded_and_close_to_float32(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((80, 96)))
     net = small_fpn().eval()

@@ -38,6 +38,7 @@ def outputs_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_nothing_that_looks_complete_and_the_next_run_cleans_up(tmp_path):
     image = write_geotiff(tmp_path / "in.tif", random_image((256, 256)))
     out = tmp_path / "out"

@@ -26,6 +26,7 @@ def _clean_env(config_root: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
     config_root = tmp_path / "qgis"

@@ -44,6 +44,7 @@ def qgis_process(env: dict[str, str], *arguments: str, cwd: Path, timeout: float
     return subprocess.run([QGIS_PROCESS, *arguments], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_seed_beyond_32_bits_runs_as_given(deployed, raster_path, torchscript_model, tmp_path):
     seed = 2**40 + 3
     run = qgis_process(
@@ -75,6 +76,7 @@ def test_a_seed_beyond_32_bits_runs_as_given(deployed, raster_path, torchscript_
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_numbers_are_refused_as_given_and_the_error_is_printed_once(
     deployed, raster_path, torchscript_model, tmp_path, argument, message
 ):
@@ -97,6 +99,7 @@ def test_bad_numbers_are_refused_as_given_and_the_error_is_printed_once(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_cleanly_with_a_failing_exit_status(deployed, raster_path, tmp_path):
     """SIGINT mid-run: the run stops at the next pass, removes its temporaries and exits non-zero."""
     config = tmp_path / "sleepy.yaml"

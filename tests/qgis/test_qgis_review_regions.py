@@ -225,6 +225,7 @@ def test_modeler_chain_from_mc_dropout(
     assert all(row["dominant_class"] in (0, 1, 2) and row["valid_fraction"] == 1.0 for row in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 def test_qgis_process_runs_the_deployed_algorithm(rasters: tuple[str, str], tmp_path: Path) -> None:
     config_root = tmp_path / "qgis"

@@ -208,7 +208,8 @@ class EnsembleSampler:
             return self._forward(x, size)
         if not self.scripted:
             hooks = self._hooks  # installed for the run by __enter__
-            assert hooks is not None
+            if hooks is None:
+                raise RuntimeError("the dropout hooks are not installed: run the sampler inside `with sampler:`.")
             hooks.set_keys(keys)
             try:
                 return self._forward(x, size)
