@@ -228,7 +228,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.errors import McUncertaintyError
-        from ..core.evaluation.evaluation import EvaluationConfig
+        from ..core.evaluation.config import EvaluationConfig
         from ..core.evaluation.report import evaluate_to_files
 
         html_path = self.parameterAsFileOutput(parameters, OUTPUT_HTML, context)

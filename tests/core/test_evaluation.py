@@ -1,4 +1,4 @@
-"""Known-answer tests of the evaluation (core/evaluation: evaluation.py, metrics.py, report.py).
+"""Known-answer tests of the evaluation (core/evaluation/).
 
 Every expected value is computed here independently of the streamed, binned implementation: by hand for tiny
 rasters, or by brute force over the pixels (all pairs for AUROC, sorting for AURC / AUSE, one threshold per
@@ -22,12 +22,9 @@ from core_fixtures import GEOTRANSFORM, write_geotiff
 
 from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.evaluation import metrics
-from mc_uncertainty_plugin.core.evaluation.evaluation import (
-    EvaluationConfig,
-    ReferenceResampledWarning,
-    evaluate_uncertainty,
-    parse_class_names,
-)
+from mc_uncertainty_plugin.core.evaluation.config import EvaluationConfig, parse_class_names
+from mc_uncertainty_plugin.core.evaluation.evaluation import evaluate_uncertainty
+from mc_uncertainty_plugin.core.evaluation.rasters import ReferenceResampledWarning
 from mc_uncertainty_plugin.core.evaluation.report import write_evaluation_outputs
 
 # -- helpers ---------------------------------------------------------------------------------------------------

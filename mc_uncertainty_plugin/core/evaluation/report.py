@@ -25,7 +25,9 @@ import numpy as np
 
 from ..errors import MissingDependencyError, RasterIOError
 from ..io.output_files import check_outputs, publish_together, temporary_path
-from .evaluation import EvaluationConfig, EvaluationResult, evaluate_uncertainty
+from .config import EvaluationConfig
+from .evaluation import evaluate_uncertainty
+from .result import EvaluationResult
 
 __all__ = [
     "plot_reliability",
