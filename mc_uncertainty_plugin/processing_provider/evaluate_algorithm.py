@@ -1,7 +1,7 @@
 """Processing algorithm ``mc_uncertainty:evaluate``: can the uncertainty be trusted? Metrics and plots against
 reference labels, written as an HTML report, a PNG summary and a JSON file.
 
-Thin: reads the parameters, makes one core call (:func:`mc_uncertainty_plugin.core.evaluation.report.evaluate_to_files`)
+Thin: reads the parameters, makes one core call (:func:`mc_uncertainty_plugin.core.evaluation.outputs.evaluate_to_files`)
 and returns the paths and the key numbers; the core's errors become ``QgsProcessingException`` with the same
 message and its warnings (a resampled reference) go to the log.
 """
@@ -229,7 +229,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
     ) -> dict[str, Any]:
         from ..core.errors import McUncertaintyError
         from ..core.evaluation.config import EvaluationConfig
-        from ..core.evaluation.report import evaluate_to_files
+        from ..core.evaluation.outputs import evaluate_to_files
 
         html_path = self.parameterAsFileOutput(parameters, OUTPUT_HTML, context)
         png_path = self.parameterAsFileOutput(parameters, OUTPUT_PNG, context)

@@ -24,8 +24,8 @@ from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.evaluation import metrics
 from mc_uncertainty_plugin.core.evaluation.config import EvaluationConfig, parse_class_names
 from mc_uncertainty_plugin.core.evaluation.evaluation import evaluate_uncertainty
+from mc_uncertainty_plugin.core.evaluation.outputs import write_evaluation_outputs
 from mc_uncertainty_plugin.core.evaluation.rasters import ReferenceResampledWarning
-from mc_uncertainty_plugin.core.evaluation.report import write_evaluation_outputs
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
