@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InferenceCancelled, ParameterError
+from ..errors import EvaluationCancelled, ParameterError
 from ..io.conventions import MAX_CLASSES
 from . import metrics
 from .accumulation import EvaluationCounts
@@ -72,9 +72,11 @@ def evaluate_uncertainty(
         The numbers and curves.
 
     Raises:
-        ParameterError: an input is missing or unreadable, on another grid without georeferencing, holds invalid
-            labels or probabilities, or no pixel is valid in all of CLASSES, UNCERTAINTY and REFERENCE.
-        InferenceCancelled: ``is_cancelled`` returned True.
+        ParameterError: an input is missing or not a raster GDAL can open, on another grid without
+            georeferencing, holds invalid labels or probabilities, or no pixel is valid in all of CLASSES,
+            UNCERTAINTY and REFERENCE.
+        RasterIOError: reading the pixels of an input failed midway (the message names its key).
+        EvaluationCancelled: ``is_cancelled`` returned True.
 
     Warns:
         ReferenceResampledWarning: REFERENCE was on another grid and was resampled onto that of CLASSES.
@@ -108,7 +110,7 @@ def _warn_if_resampled(rasters: EvaluationRasters) -> tuple[str, ...]:
 
 def _stop_if_cancelled(is_cancelled: Callable[[], bool] | None) -> None:
     if is_cancelled is not None and is_cancelled():
-        raise InferenceCancelled("Evaluation cancelled.")
+        raise EvaluationCancelled("Evaluation cancelled.")
 
 
 def _uncertainty_range(

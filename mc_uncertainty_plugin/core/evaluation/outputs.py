@@ -92,7 +92,7 @@ def evaluate_to_files(
         The result and the paths written (see :func:`write_evaluation_outputs`).
 
     Raises:
-        ParameterError, RasterIOError, InferenceCancelled: as the evaluation and the writing raise them.
+        ParameterError, RasterIOError, EvaluationCancelled: as the evaluation and the writing raise them.
     """
     outputs = {"OUTPUT_HTML": html_path, "OUTPUT_PNG": png_path, "OUTPUT_JSON": json_path}
     check_outputs(outputs, rasters=config.raster_paths())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from ..errors import ParameterError
+from ..errors import ParameterError, RasterIOError
 from ..io.conventions import CLASS_NODATA, MAX_CLASSES
 from ..io.raster_io import open_raster
 from .config import EvaluationConfig
@@ -88,7 +88,7 @@ def reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str)
 
     Raises:
         ParameterError: the grids differ and one of them has no georeferencing to resample by, CLASSES is
-            rotated, or GDAL cannot resample REFERENCE.
+            rotated, or GDAL cannot resample REFERENCE (e.g. no transformation between the two CRS).
     """
     if same_grid(classes, reference):
         return reference, False
@@ -115,7 +115,10 @@ def reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str)
         resampleAlg="near",
         dstNodata=nodata if nodata is not None else CLASS_NODATA,
     )
-    warped = gdal.Warp("", reference, options=options)
+    try:
+        warped = gdal.Warp("", reference, options=options)
+    except RuntimeError:  # GDAL's Python exceptions may be on for the whole process
+        warped = None
     if warped is None:
         raise ParameterError("REFERENCE", path, f"be resamplable onto the grid of CLASSES ({gdal.GetLastErrorMsg()})")
     return warped, True
@@ -226,14 +229,22 @@ class EvaluationRasters:
         return datasets
 
     def _read(self, name: str, row: int, rows: int) -> np.ndarray:
-        """``(rows, W)`` values of input ``name`` from row ``row``, in the band's data type."""
-        dataset = self._datasets()[name]
-        array = dataset.GetRasterBand(1).ReadAsArray(0, row, self.width, rows)
+        """``(rows, W)`` values of input ``name`` from row ``row``, in the band's data type.
+
+        Raises:
+            RasterIOError: GDAL cannot read those rows (a damaged file, a lost network source ...); the message
+                names the raster's key, its path and the rows.
+        """
+        dataset = self._datasets()[name]  # no band kept in a local: a band outliving its dataset crashes GDAL
+        try:
+            array = dataset.GetRasterBand(1).ReadAsArray(0, row, self.width, rows)
+        except RuntimeError:  # GDAL's Python exceptions may be on for the whole process
+            array = None
         if array is None:
-            raise ParameterError(
-                name.upper(),
-                dataset.GetDescription(),
-                f"be readable (rows {row}..{row + rows - 1}: {gdal.GetLastErrorMsg() or 'GDAL error'})",
+            path = getattr(self.config, f"{name}_path")
+            raise RasterIOError(
+                f"{name.upper()}: reading rows {row}..{row + rows - 1} of '{path}' failed: "
+                f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}."
             )
         return array
 
