@@ -14,7 +14,10 @@ __all__ = [
     "ParameterError",
     "ModelLoadError",
     "RasterIOError",
+    "Cancelled",
     "InferenceCancelled",
+    "EvaluationCancelled",
+    "ReviewCancelled",
     "InferenceError",
     "MissingDependencyError",
 ]
@@ -52,8 +55,23 @@ class InferenceError(McUncertaintyError):
     """The model failed on a window during the run (after the start-up checks passed); nothing is left written."""
 
 
-class InferenceCancelled(McUncertaintyError):
-    """The run was cancelled by the user; no output was left behind."""
+class Cancelled(McUncertaintyError):
+    """The user cancelled a run (its ``is_cancelled`` callback returned True); no output was left behind.
+
+    Catch this to handle every kind of cancelled run at once; the subclasses say which run it was.
+    """
+
+
+class InferenceCancelled(Cancelled):
+    """The segmentation run (inference) was cancelled by the user; no output was left behind."""
+
+
+class EvaluationCancelled(Cancelled):
+    """The evaluation against reference labels was cancelled by the user; no report file was left behind."""
+
+
+class ReviewCancelled(Cancelled):
+    """The search for regions to review was cancelled by the user; no vector file was left behind."""
 
 
 class MissingDependencyError(McUncertaintyError, ImportError):

@@ -57,11 +57,19 @@ class TaskDialog(QDialog):
         super().__init__(parent)
         self.layer = layer
         self.project = project if project is not None else QgsProject.instance()
-        settings = QgsSettings()
         self.setWindowTitle(tr("MC uncertainty on the active layer"))
+        settings = QgsSettings()
         form = QFormLayout(self)
         form.addRow(tr("Input"), QLabel(layer.name()))
+        self._add_model_rows(form, settings)
+        self._add_sampling_rows(form, settings)
+        self._add_output_rows(form)
+        self._add_buttons(form)
+        self._connect_updates()
+        self._update()
 
+    def _add_model_rows(self, form: QFormLayout, settings: QgsSettings) -> None:
+        """Method, model and checkpoint; method and model as last time."""
         self.method = QComboBox()
         self.method.addItem(tr("MC Dropout (T stochastic passes)"), MC_DROPOUT.key)
         self.method.addItem(tr("TTA (flips and rotations, d4)"), TTA.key)
@@ -79,6 +87,8 @@ class TaskDialog(QDialog):
         self.checkpoint.setToolTip(tr("Optional: weights for a YAML model; empty takes the config's checkpoint_path."))
         form.addRow(tr("Checkpoint (optional)"), self.checkpoint)
 
+    def _add_sampling_rows(self, form: QFormLayout, settings: QgsSettings) -> None:
+        """Passes T (as last time), uncertainty measure, input bands and the colour stretch."""
         self.n_samples = QSpinBox()
         self.n_samples.setRange(1, 1000)
         self.n_samples.setValue(int(settings.value(_SETTINGS + "n_samples", 10)))
@@ -91,7 +101,7 @@ class TaskDialog(QDialog):
         form.addRow(tr("Uncertainty"), self.mode)
 
         self.bands = QLineEdit()
-        count = layer.bandCount()
+        count = self.layer.bandCount()
         self.bands.setPlaceholderText(tr("empty: the first bands the model takes (the layer has {})").format(count))
         self.bands.setToolTip(
             tr(
@@ -110,9 +120,11 @@ class TaskDialog(QDialog):
         )
         form.addRow("", self.stretch)
 
+    def _add_output_rows(self, form: QFormLayout) -> None:
+        """The output folder (see the module docstring for its default), then the notes :meth:`_update` fills."""
         self.folder = QgsFileWidget()
         self.folder.setStorageMode(QgsFileWidget.GetDirectory)
-        self.folder.setFilePath(default_output_folder(self.project, layer.source()))
+        self.folder.setFilePath(default_output_folder(self.project, self.layer.source()))
         self.folder.setToolTip(
             tr(
                 "Where the two GeoTIFFs are written: the saved project's folder, else the "
@@ -127,21 +139,26 @@ class TaskDialog(QDialog):
         self.bands_note.setWordWrap(True)
         form.addRow("", self.bands_note)
 
+    def _add_buttons(self, form: QFormLayout) -> None:
+        """OK (enabled by :meth:`_update` once the form is complete) and Cancel."""
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         form.addRow(self.buttons)
 
+    def _connect_updates(self) -> None:
+        """Re-check the form whenever the method, the model, the folder or the bands change."""
         self.method.currentIndexChanged.connect(self._update)
         self.model.fileChanged.connect(self._update)
         self.folder.fileChanged.connect(self._update)
         self.bands.textChanged.connect(self._update)
-        self._update()
 
     def _bands(self) -> tuple[int, ...] | None:
         return parse_bands(self.bands.text(), self.layer.bandCount())
 
     def _update(self, *_args: Any) -> None:
+        """Enable T for MC Dropout only, show the notes that apply, enable OK when model, folder and bands are
+        valid."""
         self.n_samples.setEnabled(self.method.currentData() == MC_DROPOUT.key)
         folder = self.folder.filePath()
         temporary = bool(folder) and is_temporary_folder(folder)

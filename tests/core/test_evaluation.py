@@ -1,4 +1,4 @@
-"""Known-answer tests of the evaluation (core/evaluation: evaluation.py, metrics.py, report.py).
+"""Known-answer tests of the evaluation (core/evaluation/).
 
 Every expected value is computed here independently of the streamed, binned implementation: by hand for tiny
 rasters, or by brute force over the pixels (all pairs for AUROC, sorting for AURC / AUSE, one threshold per
@@ -19,16 +19,15 @@ from typing import Any
 import numpy as np
 import pytest
 from core_fixtures import GEOTRANSFORM, write_geotiff
+from osgeo import gdal, osr
 
+from mc_uncertainty_plugin.core import Cancelled, EvaluationCancelled, InferenceCancelled, RasterIOError
 from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.evaluation import metrics
-from mc_uncertainty_plugin.core.evaluation.evaluation import (
-    EvaluationConfig,
-    ReferenceResampledWarning,
-    evaluate_uncertainty,
-    parse_class_names,
-)
-from mc_uncertainty_plugin.core.evaluation.report import write_evaluation_outputs
+from mc_uncertainty_plugin.core.evaluation.config import EvaluationConfig, parse_class_names
+from mc_uncertainty_plugin.core.evaluation.evaluation import evaluate_uncertainty
+from mc_uncertainty_plugin.core.evaluation.outputs import evaluate_to_files, write_evaluation_outputs
+from mc_uncertainty_plugin.core.evaluation.rasters import ReferenceResampledWarning
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
@@ -398,6 +397,26 @@ def test_reference_on_another_grid_is_resampled_with_a_warning(tmp_path: Path) -
     assert partial.accuracy == pytest.approx(np.mean(classes[2:, 3:] == part))
 
 
+@pytest.mark.parametrize("gdal_exceptions", [False, True])
+def test_a_reference_gdal_cannot_resample_is_a_clear_error(tmp_path: Path, gdal_exceptions: bool) -> None:
+    """A reference in a local CRS that has no transformation to the CRS of CLASSES: GDAL's own reason is shown,
+    whether GDAL's Python exceptions are on or off."""
+    reference, classes, uncertainty = scene((6, 5), seed=13, ties=True)
+    config = write_inputs(tmp_path, classes, uncertainty, reference)
+    local_path = write_geotiff(tmp_path / "local.tif", reference.astype(np.uint8), epsg=None)
+    dataset = gdal.Open(local_path, gdal.GA_Update)
+    dataset.SetProjection('LOCAL_CS["site grid",UNIT["metre",1]]')
+    dataset = None
+    config["reference_path"] = local_path
+    previous = gdal.GetUseExceptions()
+    gdal.UseExceptions() if gdal_exceptions else gdal.DontUseExceptions()
+    try:
+        with pytest.raises(ParameterError, match=r"^REFERENCE must be resamplable onto the grid of CLASSES \(.+\)"):
+            evaluate_uncertainty(EvaluationConfig(**config))
+    finally:
+        gdal.UseExceptions() if previous else gdal.DontUseExceptions()
+
+
 def test_same_grid_gives_no_warning(tmp_path: Path) -> None:
     reference, classes, uncertainty = scene((5, 6), seed=9, ties=True)
     with warnings.catch_warnings():
@@ -425,6 +444,66 @@ def test_bad_inputs_name_their_parameter(tmp_path: Path) -> None:
     labels = write_geotiff(tmp_path / "labels.tif", np.array([[0, 260]], dtype=np.uint16))
     with pytest.raises(ParameterError, match=r"^REFERENCE must hold class indices 0\.\.254.*260"):
         evaluate_uncertainty(EvaluationConfig(**{**config, "reference_path": labels}))
+
+
+def _damaged_classes(path: Path, height: int, damaged_strip: int) -> str:
+    """A DEFLATE GeoTIFF of 16-row strips whose strip ``damaged_strip`` holds bytes that do not decode: GDAL opens
+    it, and fails only when reading those rows."""
+    data = (np.arange(height * 8).reshape(height, 8) % 3).astype(np.uint8)
+    dataset = gdal.GetDriverByName("GTiff").Create(
+        str(path), 8, height, 1, gdal.GDT_Byte, ["COMPRESS=DEFLATE", "BLOCKYSIZE=16"]
+    )
+    dataset.SetGeoTransform(list(GEOTRANSFORM))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    dataset.SetProjection(srs.ExportToWkt())
+    dataset.GetRasterBand(1).WriteArray(data)
+    dataset = None
+    dataset = gdal.Open(str(path))  # kept while its band is used (a band outliving its dataset crashes GDAL)
+    band = dataset.GetRasterBand(1)
+    offset = int(band.GetMetadataItem(f"BLOCK_OFFSET_0_{damaged_strip}", "TIFF"))
+    size = int(band.GetMetadataItem(f"BLOCK_SIZE_0_{damaged_strip}", "TIFF"))
+    band = dataset = None
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * size)
+    return str(path)
+
+
+@pytest.mark.parametrize("gdal_exceptions", [False, True])
+def test_a_raster_that_fails_to_read_midway_is_a_raster_io_error_naming_its_key(
+    tmp_path: Path, gdal_exceptions: bool
+) -> None:
+    """A read failure is an I/O error, not a bad parameter; with GDAL's exceptions on or off alike."""
+    reference, classes, uncertainty = scene((64, 8), seed=11, ties=True)
+    config = write_inputs(tmp_path, classes, uncertainty, reference, block_rows=16)
+    config["classes_path"] = _damaged_classes(tmp_path / "damaged.tif", 64, damaged_strip=2)
+    previous = gdal.GetUseExceptions()
+    gdal.UseExceptions() if gdal_exceptions else gdal.DontUseExceptions()
+    try:
+        with pytest.raises(RasterIOError, match=r"^CLASSES: reading rows 32\.\.47 of '.*damaged\.tif' failed: .+"):
+            evaluate_uncertainty(EvaluationConfig(**config))
+    finally:
+        gdal.UseExceptions() if previous else gdal.DontUseExceptions()
+
+
+def test_a_cancelled_evaluation_raises_evaluation_cancelled_and_writes_nothing(tmp_path: Path) -> None:
+    reference, classes, uncertainty = scene((64, 8), seed=12, ties=True)
+    config = EvaluationConfig(**write_inputs(tmp_path, classes, uncertainty, reference, block_rows=16))
+    polls: list[int] = []
+
+    def cancel_in_the_second_pass() -> bool:  # 4 polls in the range pass, then one per block
+        polls.append(1)
+        return len(polls) > 5
+
+    outputs = [str(tmp_path / "out" / name) for name in ("r.html", "r.png", "r.json")]
+    (tmp_path / "out").mkdir()
+    # (no ``as excinfo``: a traceback kept past the test would keep the datasets open after QGIS exits)
+    with pytest.raises(EvaluationCancelled, match="Evaluation cancelled"):
+        evaluate_to_files(config, *outputs, is_cancelled=cancel_in_the_second_pass)
+    assert len(polls) == 6
+    assert issubclass(EvaluationCancelled, Cancelled) and not issubclass(EvaluationCancelled, InferenceCancelled)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from core_fixtures import SmallConvNet, random_image, read_raster, write_geotiff
 from osgeo import gdal
 
 from mc_uncertainty_plugin.core import EvaluationConfig, MCDropoutInferenceProcessor, ParameterError, RasterIOError
-from mc_uncertainty_plugin.core.evaluation.report import evaluate_to_files
+from mc_uncertainty_plugin.core.evaluation.outputs import evaluate_to_files
 from mc_uncertainty_plugin.core.io import output_files
 from mc_uncertainty_plugin.core.io.output_files import (
     STALE_AFTER_SECONDS,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from core_fixtures import write_geotiff
 
-from mc_uncertainty_plugin.core.errors import InferenceCancelled, ParameterError
+from mc_uncertainty_plugin.core import Cancelled, InferenceCancelled, ReviewCancelled
+from mc_uncertainty_plugin.core.errors import ParameterError
 from mc_uncertainty_plugin.core.review import cells as review_cells
 from mc_uncertainty_plugin.core.review.regions import ReviewConfig, find_review_regions
 
@@ -239,8 +240,9 @@ def test_progress_and_cancel(tmp_path: Path) -> None:
     seen: list[float] = []
     find_review_regions(ReviewConfig(u_path, patch_size=16, max_read_pixels=500), progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 100.0 and len(seen) > 3
-    with pytest.raises(InferenceCancelled):
+    with pytest.raises(ReviewCancelled):
         find_review_regions(ReviewConfig(u_path, patch_size=16), is_cancelled=lambda: True)
+    assert issubclass(ReviewCancelled, Cancelled) and not issubclass(ReviewCancelled, InferenceCancelled)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from core_fixtures import GEOTRANSFORM, write_geotiff
 from osgeo import gdal, ogr, osr
 
-from mc_uncertainty_plugin.core.errors import InferenceCancelled, ParameterError, RasterIOError
+from mc_uncertainty_plugin.core.errors import ParameterError, RasterIOError, ReviewCancelled
 from mc_uncertainty_plugin.core.io.output_files import host_tag
 from mc_uncertainty_plugin.core.review import vector as review_vector
 from mc_uncertainty_plugin.core.review.regions import ReviewConfig
@@ -174,7 +174,7 @@ def test_a_failed_or_cancelled_write_leaves_nothing(tmp_path: Path, monkeypatch:
         review_regions_to_file(ReviewConfig(u_path, patch_size=16), str(output))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.tif"]
     monkeypatch.undo()
-    with pytest.raises(InferenceCancelled):
+    with pytest.raises(ReviewCancelled):
         review_regions_to_file(ReviewConfig(u_path, patch_size=16), str(output), is_cancelled=lambda: True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.tif"]
     seen: list[float] = []

@@ -45,7 +45,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InferenceCancelled, ParameterError
+from ..errors import ParameterError, ReviewCancelled
 from .cells import CLASS_NODATA, CellReader, CellStats, PlacementAxis
 
 __all__ = [
@@ -266,7 +266,7 @@ def _scan(
     pending = 0  # next row of placements (index into rows.starts) to complete
     for lo, hi in rows.chunks(max(1, config.max_read_pixels // inputs.width)):
         if is_cancelled is not None and is_cancelled():
-            raise InferenceCancelled("The search for regions to review was cancelled.")
+            raise ReviewCancelled("The search for regions to review was cancelled.")
         height = int(rows.bounds[hi] - rows.bounds[lo])
         band = inputs.cells(rows, cols, (lo, hi), list(cols.chunks(max(1, config.max_read_pixels // height))))
         inputs.release(int(rows.bounds[lo]), int(rows.bounds[hi]))
@@ -306,7 +306,7 @@ def find_review_regions(
     Raises:
         ParameterError: a raster is missing or unreadable, CLASSES is on another grid or holds non-class values.
         RasterIOError: reading failed midway.
-        InferenceCancelled: ``is_cancelled`` returned True.
+        ReviewCancelled: ``is_cancelled`` returned True.
     """
     inputs = CellReader(config.uncertainty_path, config.classes_path)
     stride = int(config.stride or 1)  # set by ReviewConfig (P // 4 when not given)

@@ -35,7 +35,7 @@ from typing import Callable
 
 from osgeo import gdal, ogr, osr
 
-from ..errors import InferenceCancelled, ParameterError, RasterIOError
+from ..errors import ParameterError, RasterIOError, ReviewCancelled
 from ..io.output_files import check_extension, check_outputs, publish_together, remove_stale_temporaries, temporary_path
 from .regions import ReviewConfig, ReviewPatch, ReviewResult, find_review_regions
 
@@ -175,13 +175,13 @@ def review_regions_to_file(
     Raises:
         ParameterError: bad settings or inputs, or OUTPUT is an input file or has an unsupported extension
             (checked before reading any pixel).
-        RasterIOError, InferenceCancelled: as reading and writing raise them; no output is left then.
+        RasterIOError, ReviewCancelled: as reading and writing raise them; no output is left then.
     """
     path = check_output(output_path, {"UNCERTAINTY": config.uncertainty_path, "CLASSES": config.classes_path})
     scaled = (lambda percent: progress(0.95 * percent)) if progress is not None else None
     result = find_review_regions(config, progress=scaled, is_cancelled=is_cancelled)
     if is_cancelled is not None and is_cancelled():
-        raise InferenceCancelled("The search for regions to review was cancelled.")
+        raise ReviewCancelled("The search for regions to review was cancelled.")
     written = write_review_layer(result, path)
     if progress is not None:
         progress(100.0)
