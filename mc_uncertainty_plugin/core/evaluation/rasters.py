@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal
 
 from ..errors import ParameterError, RasterIOError
 from ..io.conventions import CLASS_NODATA, MAX_CLASSES
+from ..io.grids import describe_grid, same_grid
 from ..io.raster_io import open_raster
 from .config import EvaluationConfig
 
@@ -27,8 +28,6 @@ __all__ = [
     "ReferenceResampledWarning",
     "RowBlock",
     "EvaluationRasters",
-    "same_grid",
-    "describe_grid",
     "reference_on_grid",
 ]
 
@@ -38,41 +37,6 @@ class ReferenceResampledWarning(UserWarning):
 
 
 # -- grids -------------------------------------------------------------------------------------------------------
-
-
-def _geotransform(dataset: gdal.Dataset) -> tuple[float, ...] | None:
-    """The 6 GDAL geotransform coefficients, or None without georeferencing."""
-    return dataset.GetGeoTransform(can_return_null=True)
-
-
-def _same_crs(a: str, b: str) -> bool:
-    """Two WKT CRS are the same; a raster without a CRS is taken to share the other's."""
-    if not a or not b:
-        return True
-    srs_a, srs_b = osr.SpatialReference(), osr.SpatialReference()
-    srs_a.ImportFromWkt(a)
-    srs_b.ImportFromWkt(b)
-    return bool(srs_a.IsSame(srs_b))
-
-
-def same_grid(base: gdal.Dataset, other: gdal.Dataset) -> bool:
-    """Same size and, when both are georeferenced, the same geotransform (to 1e-6 pixel) and CRS."""
-    if (base.RasterXSize, base.RasterYSize) != (other.RasterXSize, other.RasterYSize):
-        return False
-    gt_a, gt_b = _geotransform(base), _geotransform(other)
-    if gt_a is None or gt_b is None:
-        return True
-    tolerance = 1e-6 * max(abs(gt_a[1]), abs(gt_a[5]), 1e-12)
-    if not np.allclose(gt_a, gt_b, rtol=0.0, atol=tolerance):
-        return False
-    return _same_crs(base.GetProjection() or "", other.GetProjection() or "")
-
-
-def describe_grid(dataset: gdal.Dataset) -> str:
-    """``"W x H px, origin (x, y), pixel dx x dy"`` (or ``no georeferencing``), for messages."""
-    gt = _geotransform(dataset)
-    where = "no georeferencing" if gt is None else f"origin ({gt[0]:g}, {gt[3]:g}), pixel {gt[1]:g} x {gt[5]:g}"
-    return f"{dataset.RasterXSize} x {dataset.RasterYSize} px, {where}"
 
 
 def reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str) -> tuple[gdal.Dataset, bool]:
@@ -92,8 +56,8 @@ def reference_on_grid(classes: gdal.Dataset, reference: gdal.Dataset, path: str)
     """
     if same_grid(classes, reference):
         return reference, False
-    gt = _geotransform(classes)
-    if gt is None or _geotransform(reference) is None:
+    gt = classes.GetGeoTransform(can_return_null=True)
+    if gt is None or reference.GetGeoTransform(can_return_null=True) is None:
         raise ParameterError(
             "REFERENCE",
             path,

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal
 
 from ..errors import ParameterError, RasterIOError
 from ..io.conventions import CLASS_NODATA
+from ..io.grids import describe_grid, same_grid
 from ..io.raster_io import open_raster
 
 __all__ = ["CLASS_NODATA", "PlacementAxis", "CellStats", "CellReader", "read_window"]
@@ -92,31 +93,6 @@ def read_window(band: gdal.Band, col: int, row: int, cols: int, rows: int) -> np
         return band.ReadAsArray(col, row, cols, rows)
     except RuntimeError:
         return None
-
-
-def _describe_grid(dataset: gdal.Dataset) -> str:
-    gt = dataset.GetGeoTransform(can_return_null=True)
-    where = "no georeferencing" if gt is None else f"origin ({gt[0]:g}, {gt[3]:g}), pixel {gt[1]:g} x {gt[5]:g}"
-    return f"{dataset.RasterXSize} x {dataset.RasterYSize} px, {where}"
-
-
-def _same_grid(base: gdal.Dataset, other: gdal.Dataset) -> bool:
-    """Same size and, when both are georeferenced, the same geotransform (to 1e-6 pixel) and CRS."""
-    if (base.RasterXSize, base.RasterYSize) != (other.RasterXSize, other.RasterYSize):
-        return False
-    gt_a, gt_b = base.GetGeoTransform(can_return_null=True), other.GetGeoTransform(can_return_null=True)
-    if gt_a is None or gt_b is None:
-        return True
-    tolerance = 1e-6 * max(abs(gt_a[1]), abs(gt_a[5]), 1e-12)
-    if not np.allclose(gt_a, gt_b, rtol=0.0, atol=tolerance):
-        return False
-    wkt_a, wkt_b = base.GetProjection() or "", other.GetProjection() or ""
-    if not wkt_a or not wkt_b:
-        return True
-    srs_a, srs_b = osr.SpatialReference(), osr.SpatialReference()
-    srs_a.ImportFromWkt(wkt_a)
-    srs_b.ImportFromWkt(wkt_b)
-    return bool(srs_a.IsSame(srs_b))
 
 
 class _Band:
@@ -207,12 +183,12 @@ class CellReader:
         self.classes = None
         if classes_path is not None:
             self.classes = _Band("CLASSES", classes_path)
-            if not _same_grid(dataset, self.classes.dataset):
+            if not same_grid(dataset, self.classes.dataset):
                 raise ParameterError(
                     "CLASSES",
                     classes_path,
-                    f"have the grid of UNCERTAINTY ({_describe_grid(dataset)}); "
-                    f"it has {_describe_grid(self.classes.dataset)}",
+                    f"have the grid of UNCERTAINTY ({describe_grid(dataset)}); "
+                    f"it has {describe_grid(self.classes.dataset)}",
                 )
 
     def release(self, start: int, stop: int) -> None:
