@@ -54,8 +54,17 @@ def open_raster(parameter: str, path: str) -> gdal.Dataset:
 class RasterReader:
     """Reads windows of selected bands as float32 together with a validity mask.
 
-    A pixel is invalid (nodata) when any selected band is masked by GDAL (nodata value, alpha band, internal
-    or external mask) or is not finite (NaN / inf holes in float imagery).
+    Which pixels are nodata (the rule of GDAL's dataset mask and rasterio's ``dataset_mask``):
+
+    - a per-dataset mask (an internal or external ``.msk`` mask, an alpha band, ``NODATA_VALUES`` metadata)
+      decides where there is one: nodata where it is 0;
+    - otherwise a pixel is nodata only when *every* selected band is nodata there (equals its nodata value, or is
+      0 in its own mask band). A band without nodata value or mask is never nodata, so one band without one
+      keeps every pixel. A 0 in one band beside valid values in the others is data (e.g. a dark pixel of one
+      Landsat band whose nodata value is 0), fed to the model as read;
+    - a pixel where any selected band is not finite (NaN, ±inf) is nodata, whatever the rule above says: the
+      model cannot take NaN (one would spread through every convolution over it), and any value put in its
+      place would be data the raster does not hold.
 
     Args:
         path: any GDAL-readable raster.
@@ -77,12 +86,16 @@ class RasterReader:
 
     @staticmethod
     def _plan_mask(band: gdal.Band) -> tuple[str, float | None]:
+        """How a band says where it is nodata: ``none``, ``dataset`` (its mask band is the dataset's: a
+        per-dataset mask, an alpha band), ``nodata`` (a value) or ``band`` (a mask band of its own)."""
         flags = band.GetMaskFlags()
         if flags & gdal.GMF_ALL_VALID:
             return "none", None
+        if flags & gdal.GMF_PER_DATASET:
+            return "dataset", None
         if flags & gdal.GMF_NODATA:
             return "nodata", band.GetNoDataValue()
-        return "maskband", None
+        return "band", None
 
     @property
     def has_crs(self) -> bool:
@@ -162,24 +175,7 @@ class RasterReader:
                 f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}."
             )
         raw = raw.reshape(len(self.bands), window.height, window.width)
-        valid = np.ones((window.height, window.width), dtype=bool)
-        for index, (kind, nodata) in enumerate(self._mask_plan):
-            if kind == "nodata" and nodata is not None:
-                if isinstance(nodata, float) and math.isnan(nodata):
-                    continue  # NaN is caught by the finiteness test below
-                valid &= raw[index] != np.asarray(nodata).astype(raw.dtype)
-            elif kind == "maskband":
-                try:
-                    mask = (
-                        ds.GetRasterBand(self.bands[index])
-                        .GetMaskBand()
-                        .ReadAsArray(window.col, window.row, window.width, window.height)
-                    )
-                except RuntimeError:
-                    mask = None
-                if mask is None:
-                    raise RasterIOError(f"INPUT: reading the mask of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
-                valid &= mask > 0
+        valid = self._valid(raw, window)
         data = raw.astype(np.float32, copy=False)
         if np.issubdtype(raw.dtype, np.floating):
             valid &= np.isfinite(data).all(axis=0)
@@ -189,6 +185,41 @@ class RasterReader:
         out[:, : window.height, : window.width] = np.where(valid, data, 0.0)
         out_valid[: window.height, : window.width] = valid
         return out, out_valid
+
+    def _valid(self, raw: np.ndarray, window: Window) -> np.ndarray:
+        """``(h, w) bool``: False where the selected bands are nodata (the class docstring's rule; finiteness is
+        checked by the caller)."""
+        shape = (window.height, window.width)
+        for index, (kind, _) in enumerate(self._mask_plan):
+            if kind == "dataset":  # the dataset's mask decides
+                return self._read_mask(index, window) > 0
+        all_nodata: np.ndarray | None = None
+        for index, (kind, nodata) in enumerate(self._mask_plan):
+            if kind == "none" or (kind == "nodata" and nodata is None):
+                return np.ones(shape, dtype=bool)  # this band is valid everywhere: so is every pixel
+            if kind == "nodata":
+                if isinstance(nodata, float) and math.isnan(nodata):
+                    band_nodata = np.isnan(raw[index])
+                else:
+                    band_nodata = raw[index] == np.asarray(nodata).astype(raw.dtype)
+            else:
+                band_nodata = self._read_mask(index, window) == 0
+            all_nodata = band_nodata if all_nodata is None else all_nodata & band_nodata
+        return np.ones(shape, dtype=bool) if all_nodata is None else ~all_nodata
+
+    def _read_mask(self, index: int, window: Window) -> np.ndarray:
+        """The mask band of selected band ``index`` over ``window`` (0 = nodata)."""
+        try:
+            mask = (
+                self._dataset.GetRasterBand(self.bands[index])
+                .GetMaskBand()
+                .ReadAsArray(window.col, window.row, window.width, window.height)
+            )
+        except RuntimeError:
+            mask = None
+        if mask is None:
+            raise RasterIOError(f"INPUT: reading the mask of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
+        return mask
 
     def release_cache(self) -> None:
         """Drop cached input blocks (called after each row of windows; keeps memory flat on big rasters)."""
