@@ -268,12 +268,13 @@ class _BlockRows:
 
 
 class GeoTiffWriter:
-    """A single-band tiled, compressed GeoTIFF written under a temporary name.
+    """A tiled, compressed GeoTIFF of one or more bands, written under a temporary name.
 
     Rows may arrive in any row-contiguous pieces per column panel; they are buffered into whole block rows
-    so that every compressed block is written once. Overviews are computed from the rows as they are written
-    (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the coarsest
-    level). :meth:`finish` closes the temporary file; :meth:`moves` lists the renames that publish it (a run
+    so that every compressed block is written once. Overviews are computed from the rows as they are written,
+    band by band (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the
+    coarsest level). Several bands are stored band-interleaved (``INTERLEAVE=BAND``): each band's blocks are
+    compressed and written on their own, never read back to add another band. :meth:`finish` closes the temporary file; :meth:`moves` lists the renames that publish it (a run
     publishes all its outputs in one :func:`~.output_files.publish_together`); :meth:`commit` finishes and
     publishes this file alone; :meth:`abort` deletes the temporary file. All are safe to call twice.
     """
@@ -296,11 +297,14 @@ class GeoTiffWriter:
         overview_resampling: str = "NEAREST",
         gcps: Sequence[gdal.GCP] = (),
         gcp_projection: str = "",
+        bands: int = 1,
+        band_descriptions: Sequence[str] | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.temp_path = temporary_path(self.path)
         self.dtype = np.dtype(dtype)
         self.width, self.height = width, height
+        self.bands = int(bands)
         self._resampling = overview_resampling
         self._category_names = list(category_names) if category_names else None
         driver = gdal.GetDriverByName("GTiff")
@@ -313,9 +317,9 @@ class GeoTiffWriter:
             "BIGTIFF=IF_SAFER",
             f"NUM_THREADS={_COMPRESSION_THREADS}",  # blocks are compressed by GDAL worker threads, beside the model
             "ZLEVEL=1",
-        ]
+        ] + (["INTERLEAVE=BAND"] if self.bands > 1 else [])
         try:
-            dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
+            dataset = driver.Create(self.temp_path, width, height, self.bands, _GDAL_TYPES[self.dtype], options)
         except RuntimeError:
             dataset = None
         if dataset is None:
@@ -326,9 +330,13 @@ class GeoTiffWriter:
             dataset.SetProjection(projection)
         if gcps and geotransform is None:  # georeferenced by ground control points only: carry them over
             dataset.SetGCPs(list(gcps), gcp_projection)
+        for number in range(1, self.bands + 1):
+            dataset.GetRasterBand(number).SetNoDataValue(float(nodata))
         band = dataset.GetRasterBand(1)
-        band.SetNoDataValue(float(nodata))
-        if description:
+        if band_descriptions:
+            for number, text in enumerate(band_descriptions[: self.bands], start=1):
+                dataset.GetRasterBand(number).SetDescription(str(text))
+        elif description:
             band.SetDescription(description)
         if metadata:
             dataset.SetMetadata({str(k): str(v) for k, v in metadata.items()})
@@ -339,49 +347,61 @@ class GeoTiffWriter:
             band.SetColorTable(table)
             band.SetColorInterpretation(gdal.GCI_PaletteIndex)
         self._dataset = dataset
-        self._rows = _BlockRows(height, self.BLOCK)
+        self._rows = [_BlockRows(height, self.BLOCK) for _ in range(self.bands)]
         levels = self.overview_levels()
-        self._pyramid: OverviewPyramid | None = None
-        self._overview_rows: list[_BlockRows] = []
+        self._pyramids: list[OverviewPyramid] = []  # one per band; empty: BuildOverviews at the end
+        self._overview_rows: list[list[_BlockRows]] = []  # [band][level]
         try:  # empty overview bands, filled while writing
             empty_overviews = bool(levels) and dataset.BuildOverviews("NONE", levels) == 0
         except RuntimeError:
             empty_overviews = False
         if empty_overviews:
-            self._pyramid = OverviewPyramid(
-                width, height, len(levels), overview_resampling == "AVERAGE", float(nodata), self.dtype
-            )
-            self._overview_rows = [_BlockRows(h, self.BLOCK) for _, h in self._pyramid.sizes[1:]]
+            average = overview_resampling == "AVERAGE"
+            self._pyramids = [
+                OverviewPyramid(width, height, len(levels), average, float(nodata), self.dtype)
+                for _ in range(self.bands)
+            ]
+            sizes = self._pyramids[0].sizes[1:]
+            self._overview_rows = [[_BlockRows(h, self.BLOCK) for _, h in sizes] for _ in range(self.bands)]
         self.done = False
 
     # -- writing -------------------------------------------------------------------------------------------
     def write(self, row: int, col: int, block: np.ndarray) -> None:
-        """Write ``block`` (``(h, w)``) at ``(row, col)``; rows of one panel must arrive top to bottom."""
-        for ready in self._rows.add(row, col, np.asarray(block, dtype=self.dtype)):
-            self._write_now(*ready)
+        """Write ``block`` at ``(row, col)``: ``(h, w)`` for one band, ``(bands, h, w)`` for several; rows of one
+        panel must arrive top to bottom."""
+        block = np.asarray(block, dtype=self.dtype)
+        planes = [block] if block.ndim == 2 else list(block)
+        if len(planes) != self.bands:
+            raise ValueError(f"'{self.path}' has {self.bands} band(s), got a block of {len(planes)}.")
+        for index, plane in enumerate(planes):
+            for ready in self._rows[index].add(row, col, plane):
+                self._write_now(index, *ready)
 
     def flush(self) -> None:
         """Write buffered rows (end of a column panel)."""
-        for ready in self._rows.flush():
-            self._write_now(*ready)
-        for level, buffer in enumerate(self._overview_rows):
-            for ready in buffer.flush():
-                self._write_band(level, *ready)
+        for index in range(self.bands):
+            for ready in self._rows[index].flush():
+                self._write_now(index, *ready)
+            for level, buffer in enumerate(self._overview_rows[index] if self._overview_rows else ()):
+                for ready in buffer.flush():
+                    self._write_band(index, level, *ready)
 
-    def _write_now(self, row: int, col: int, rows: np.ndarray) -> None:
-        self._write_band(None, row, col, rows)
-        if self._pyramid is None:
+    def _write_now(self, index: int, row: int, col: int, rows: np.ndarray) -> None:
+        self._write_band(index, None, row, col, rows)
+        if not self._pyramids:
             return
-        if not OverviewPyramid.aligned(col, self._pyramid.levels):
-            self._pyramid, self._overview_rows = None, []  # BuildOverviews at the end instead
+        pyramid = self._pyramids[index]
+        if not OverviewPyramid.aligned(col, pyramid.levels):
+            self._pyramids, self._overview_rows = [], []  # BuildOverviews at the end instead
             return
-        for level, ov_row, ov_col, pixels in self._pyramid.add(row, col, rows):
-            for ready in self._overview_rows[level].add(ov_row, ov_col, pixels):
-                self._write_band(level, *ready)
+        for level, ov_row, ov_col, pixels in pyramid.add(row, col, rows):
+            for ready in self._overview_rows[index][level].add(ov_row, ov_col, pixels):
+                self._write_band(index, level, *ready)
 
-    def _write_band(self, level: int | None, row: int, col: int, rows: np.ndarray) -> None:
-        """Write rows to the band (``level`` None) or to one of its overviews, and drop them from GDAL's cache."""
-        band = self._dataset.GetRasterBand(1)
+    def _write_band(self, index: int, level: int | None, row: int, col: int, rows: np.ndarray) -> None:
+        """Write rows to band ``index`` (0-based; ``level`` None) or to one of its overviews, and drop them from
+        GDAL's cache."""
+        band = self._dataset.GetRasterBand(index + 1)
         if level is not None:
             band = band.GetOverview(level)
         try:
@@ -408,6 +428,11 @@ class GeoTiffWriter:
             factor *= 2
         return levels
 
+    @property
+    def overviews_streamed(self) -> bool:
+        """Whether every overview of every band was computed from the rows as written (no ``BuildOverviews``)."""
+        return bool(self._pyramids) and all(pyramid.complete for pyramid in self._pyramids)
+
     def commit(self) -> str:
         """Finish and publish in one step. Returns the final path."""
         self.finish()
@@ -419,8 +444,7 @@ class GeoTiffWriter:
             return
         self.flush()
         dataset = self._dataset
-        streamed = self._pyramid is not None and self._pyramid.complete
-        levels = [] if streamed else self.overview_levels()
+        levels = [] if self.overviews_streamed else self.overview_levels()
         previous = gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
         gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", str(_COMPRESSION_THREADS))  # overviews in threads
         try:
