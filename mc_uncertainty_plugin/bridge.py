@@ -166,6 +166,10 @@ class SegmentationRequest:
             (beside the class raster) / not written.
         settings: fields of :class:`~mc_uncertainty_plugin.core.InferenceConfig`; left out (or None), the model
             config's ``inference_processor:`` values apply, then the defaults.
+        probabilities_path: the per-class probability raster, or None (not written); ``probabilities_dtype``:
+            ``float32`` or ``uint8``.
+        confident_path: the confident class raster, or None (not written); ``confident_threshold``: its
+            threshold, in the units of the uncertainty mode.
     """
 
     method: str
@@ -176,6 +180,10 @@ class SegmentationRequest:
     uncertainty_path: str | None = None
     confidence_path: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    probabilities_path: str | None = None
+    probabilities_dtype: str = "float32"
+    confident_path: str | None = None
+    confident_threshold: Any = 0.5
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,8 @@ class BridgeCallbacks:
 
 def run_segmentation(request: SegmentationRequest, callbacks: BridgeCallbacks, timer: StageTimer) -> dict[str, Any]:
     """Load (or reuse) the model, build the processor and run it once; returns the core's paths
-    (``{"segmentation": …, "uncertainty": …, "confidence": …}``).
+    (``{"segmentation": …, "uncertainty": …}`` and, when written, ``"confidence"``, ``"probabilities"``,
+    ``"confident"``).
 
     Raises:
         MissingDependencies: torch (or segmentation-models-pytorch) cannot be imported.
@@ -211,6 +220,10 @@ def run_segmentation(request: SegmentationRequest, callbacks: BridgeCallbacks, t
             output_path=request.output_path,
             uncertainty_path=request.uncertainty_path,
             confidence_path=request.confidence_path,
+            probabilities_path=request.probabilities_path,
+            probabilities_dtype=request.probabilities_dtype,
+            confident_path=request.confident_path,
+            confident_threshold=request.confident_threshold,
             progress=EtaLog(callbacks.progress, callbacks.log),
             is_cancelled=callbacks.is_cancelled,
             log=callbacks.log,

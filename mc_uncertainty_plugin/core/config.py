@@ -17,6 +17,9 @@ __all__ = [
     "UNCERTAINTY_MODES",
     "TILE_WEIGHTS",
     "TTA_MODES",
+    "TTA_TRANSFORMS",
+    "normalize_tta_mode",
+    "tta_transform_names",
     "DEVICES",
     "MEMORY_FORMATS",
     "AUTOCAST_DTYPES",
@@ -24,9 +27,19 @@ __all__ = [
     "SEED_MAX",
 ]
 
-UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "variation_ratio")
+UNCERTAINTY_MODES = (
+    "entropy",
+    "mutual_information",
+    "expected_entropy",
+    "variation_ratio",
+    "normalized_entropy",
+    "margin",
+)
 TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
-TTA_MODES = ("none", "flip", "d4")
+TTA_MODES = ("none", "flip", "d4")  # the named sets; TTA_MODE also takes any subset of TTA_TRANSFORMS
+# The 8 symmetries of the square, in the order the transforms run (and their dropout keys are numbered).
+TTA_TRANSFORMS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
+_TTA_PRESETS = {"none": TTA_TRANSFORMS[:1], "flip": TTA_TRANSFORMS[:4], "d4": TTA_TRANSFORMS}
 DEVICES = ("auto", "cpu", "cuda")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 AUTOCAST_DTYPES = ("off", "bfloat16", "float16")
@@ -70,6 +83,43 @@ def _choice(value: str, choices: Sequence[str], parameter: str) -> str:
     return value
 
 
+def normalize_tta_mode(value: Any) -> str:
+    """TTA_MODE in its one spelling: ``none``, ``flip``, ``d4``, or a comma-separated subset of
+    :data:`TTA_TRANSFORMS` in their canonical order (``"rot90, identity"`` -> ``"identity,rot90"``; a list of
+    names is taken too).
+
+    A subset equal to a named set is that name (``identity`` -> ``none``, the four shape-keeping transforms ->
+    ``flip``, all eight -> ``d4``), so one set of transforms has one name and gives the same bits.
+
+    Raises:
+        ParameterError: naming TTA_MODE: an unknown or repeated transform, or an empty list.
+    """
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    text = text.strip().lower()
+    if text in _TTA_PRESETS:
+        return text
+    requirement = f"be one of {', '.join(TTA_MODES)} or a comma-separated subset of {','.join(TTA_TRANSFORMS)}"
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in TTA_TRANSFORMS]
+    if not text or unknown:
+        detail = f" (unknown: {', '.join(repr(n) for n in unknown)})" if text and unknown else ""
+        raise ParameterError("TTA_MODE", value, requirement + detail)
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=TTA_TRANSFORMS.index)
+    if repeated:
+        raise ParameterError("TTA_MODE", value, f"name each transform once (repeated: {', '.join(repeated)})")
+    chosen = tuple(name for name in TTA_TRANSFORMS if name in names)
+    for preset, members in _TTA_PRESETS.items():
+        if chosen == members:
+            return preset
+    return ",".join(chosen)
+
+
+def tta_transform_names(mode: str) -> tuple[str, ...]:
+    """The transforms of a TTA_MODE (any spelling :func:`normalize_tta_mode` takes), in canonical order."""
+    normalized = normalize_tta_mode(mode)
+    return _TTA_PRESETS.get(normalized) or tuple(normalized.split(","))
+
+
 SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers
 
 
@@ -98,9 +148,10 @@ class InferenceConfig:
     Attributes:
         n_samples: T, stochastic passes per tile and augmentation (``N_SAMPLES``). 1 for plain TTA.
         mc_dropout: keep dropout sampling during inference (MC dropout) or run the model deterministically.
-        tta_mode: ``none``, ``flip`` or ``d4`` (``TTA_MODE``).
-        uncertainty_mode: ``entropy``, ``mutual_information``, ``expected_entropy`` or ``variation_ratio``
-            (``UNCERTAINTY_MODE``).
+        tta_mode: ``none``, ``flip``, ``d4`` or a comma-separated subset of :data:`TTA_TRANSFORMS`, e.g.
+            ``"identity,hflip,rot90"`` (``TTA_MODE``); stored as :func:`normalize_tta_mode` spells it.
+        uncertainty_mode: ``entropy``, ``mutual_information``, ``expected_entropy``, ``variation_ratio``,
+            ``normalized_entropy`` or ``margin`` (``UNCERTAINTY_MODE``; see :mod:`.inference.uncertainty`).
         export_uncertainty_map: write the uncertainty raster (``EXPORT_UNCERTAINTY_MAP``).
         num_classes: expected number of classes; ``None``/0 takes the model's output channels (``NUM_CLASSES``).
         model_input_shape: tile (H, W) (``MODEL_INPUT_SHAPE``).
@@ -144,7 +195,7 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "n_samples", _integer(self.n_samples, "N_SAMPLES", 1))
-        set_(self, "tta_mode", _choice(str(self.tta_mode).lower(), TTA_MODES, "TTA_MODE"))
+        set_(self, "tta_mode", normalize_tta_mode(self.tta_mode))
         set_(
             self, "uncertainty_mode", _choice(str(self.uncertainty_mode).lower(), UNCERTAINTY_MODES, "UNCERTAINTY_MODE")
         )

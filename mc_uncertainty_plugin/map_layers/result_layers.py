@@ -7,6 +7,10 @@ transforms, the measure), holding the uncertainty layer above the class layer::
         scene — MC uncertainty (mutual information, T = 10)     singleband pseudocolor, viridis, 0 .. ln C
         scene — MC classes (T = 10)                             paletted, class names and colours of the config
 
+and, when they are written, "scene — MC confident classes (T = 10, MI ≤ 0.05)" (paletted like the classes) and
+"scene — MC class probabilities (T = 10)" (singleband gray, one band per class). The margin's layer says
+"margin, low = unsure" and is coloured with viridis reversed.
+
 A run whose names equal an earlier run's gets a number: "scene — MC Dropout (T = 10, MI) #2", and its layers
 "… #2" too. A result group never goes inside another result group: when QGIS would load the outputs into an
 earlier run's group (it loads new layers where the current layer is, and after a run that is the run's group),
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from osgeo import gdal
 from qgis.core import (
@@ -36,16 +41,21 @@ from qgis.core import (
 )
 
 from .styling import (
+    low_means_unsure,
     read_class_legend,
     scale_maximum,
     style_class_layer,
+    style_probability_layer,
     style_uncertainty_layer,
+    uncertainty_mode,
     uncertainty_stretch,
 )
 
 __all__ = [
     "CLASSES",
     "UNCERTAINTY",
+    "CONFIDENT",
+    "PROBABILITIES",
     "Method",
     "MC_DROPOUT",
     "TTA",
@@ -63,6 +73,8 @@ __all__ = [
 
 CLASSES = "classes"
 UNCERTAINTY = "uncertainty"
+CONFIDENT = "confident"
+PROBABILITIES = "probabilities"
 RUN_PROPERTY = "mc_uncertainty/run"  # custom property of a result group: the run it belongs to
 BASE_NAME_PROPERTY = "mc_uncertainty/base_name"  # the group's name without its run number
 NUMBER_PROPERTY = "mc_uncertainty/number"  # the run number (1 = the first run of that name)
@@ -72,12 +84,16 @@ _MODE_LABELS = {
     "mutual_information": "mutual information",
     "expected_entropy": "expected entropy",
     "variation_ratio": "variation ratio",
+    "normalized_entropy": "normalized entropy",
+    "margin": "margin, low = unsure",
 }
 _MODE_SHORT = {
     "entropy": "entropy",
     "mutual_information": "MI",
     "expected_entropy": "expected entropy",
     "variation_ratio": "variation ratio",
+    "normalized_entropy": "normalized entropy",
+    "margin": "margin",
 }
 
 
@@ -109,27 +125,37 @@ class RunDetails:
         n_samples: T, the stochastic passes (MC dropout), or None.
         tta_mode: the transforms (``none``, ``flip``, ``d4``), or None.
         stretched: the uncertainty's colours are stretched to the data (2–98 %) instead of 0 .. maximum.
+        threshold: the confident class raster's threshold, or None.
     """
 
     mode: str | None = None
     n_samples: int | None = None
     tta_mode: str | None = None
     stretched: bool = False
+    threshold: float | None = None
 
     @classmethod
-    def from_outputs(cls, class_path: str | None, uncertainty_path: str | None, stretched: bool = False) -> RunDetails:
-        """Read ``MC_UNCERTAINTY_MODE``, ``MC_N_SAMPLES`` and ``MC_TTA_MODE`` from the written rasters."""
+    def from_outputs(cls, class_path: str | None, *others: str | None, stretched: bool = False) -> RunDetails:
+        """Read ``MC_UNCERTAINTY_MODE``, ``MC_N_SAMPLES``, ``MC_TTA_MODE`` and ``MC_CONFIDENT_THRESHOLD`` from
+        the written rasters (the class raster and any ``others``: uncertainty, confident classes)."""
         metadata: dict[str, str] = {}
-        for path in (class_path, uncertainty_path):
+        for path in (class_path, *others):
             dataset = gdal.Open(path) if path else None
             if dataset is not None:
                 metadata.update(dataset.GetMetadata() or {})
-        try:
-            n_samples: int | None = int(metadata["MC_N_SAMPLES"])
-        except (KeyError, ValueError):
-            n_samples = None
+
+        def number(key: str, kind: type) -> Any:
+            try:
+                return kind(metadata[key])
+            except (KeyError, ValueError):
+                return None
+
         return cls(
-            metadata.get("MC_UNCERTAINTY_MODE") or None, n_samples, metadata.get("MC_TTA_MODE") or None, stretched
+            metadata.get("MC_UNCERTAINTY_MODE") or None,
+            number("MC_N_SAMPLES", int),
+            metadata.get("MC_TTA_MODE") or None,
+            stretched,
+            number("MC_CONFIDENT_THRESHOLD", float),
         )
 
     def sampling(self, method: Method) -> str:
@@ -149,6 +175,8 @@ class ResultNames:
     group: str
     classes: str
     uncertainty: str
+    confident: str = ""
+    probabilities: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,10 +216,16 @@ def result_names(input_name: str, method: Method, details: RunDetails | str | No
         uncertainty = (
             uncertainty[:-1] + f"; {STRETCH_NOTE})" if uncertainty.endswith(")") else f"{uncertainty} ({STRETCH_NOTE})"
         )
+    short = _MODE_SHORT.get(mode, label)
+    kept = ""
+    if details.threshold is not None:
+        kept = f"{short} {'≥' if low_means_unsure(mode) else '≤'} {details.threshold:g}"
     return ResultNames(
-        f"{input_name} — {method.title}" + _parenthesis(sampling, _MODE_SHORT.get(mode, label)),
+        f"{input_name} — {method.title}" + _parenthesis(sampling, short),
         f"{input_name} — {method.short} classes" + _parenthesis(sampling),
         uncertainty,
+        f"{input_name} — {method.short} confident classes" + _parenthesis(sampling, kept),
+        f"{input_name} — {method.short} class probabilities" + _parenthesis(sampling),
     )
 
 
@@ -231,17 +265,22 @@ def _new_result_group(
 
 
 def style_result_layer(layer: QgsRasterLayer, role: str, stretch: bool = False) -> None:
-    """Style a loaded output from what its file says: ``role`` is :data:`CLASSES` or :data:`UNCERTAINTY`;
-    ``stretch`` spreads the uncertainty's colours over its 2–98 % range instead of 0 .. maximum."""
+    """Style a loaded output from what its file says: ``role`` is :data:`CLASSES`, :data:`UNCERTAINTY`,
+    :data:`CONFIDENT` or :data:`PROBABILITIES`; ``stretch`` spreads the uncertainty's colours over its 2–98 %
+    range instead of 0 .. maximum. A margin (low = unsure) is coloured with the ramp reversed."""
     if role == UNCERTAINTY:
+        reverse = low_means_unsure(uncertainty_mode(layer.source()))
         if stretch:
-            style_uncertainty_layer(layer, *uncertainty_stretch(layer))
+            style_uncertainty_layer(layer, *uncertainty_stretch(layer), reverse=reverse)
         else:
-            style_uncertainty_layer(layer, scale_maximum(layer.source()))
-    elif role == CLASSES:
+            style_uncertainty_layer(layer, scale_maximum(layer.source()), reverse=reverse)
+    elif role in (CLASSES, CONFIDENT):
         style_class_layer(layer, read_class_legend(layer.source()))
+    elif role == PROBABILITIES:
+        style_probability_layer(layer)
     else:
-        raise ValueError(f"role must be {CLASSES!r} or {UNCERTAINTY!r}, got {role!r}.")
+        roles = (CLASSES, UNCERTAINTY, CONFIDENT, PROBABILITIES)
+        raise ValueError(f"role must be one of {', '.join(roles)}, got {role!r}.")
 
 
 def _find_run_group(group: QgsLayerTreeGroup, run_id: str) -> QgsLayerTreeGroup | None:
@@ -310,7 +349,7 @@ def add_result_layers(
     Call on the main thread. ``stretch`` stretches the uncertainty's colours to the data (2–98 %). Returns the
     layers added (uncertainty first when there is one).
     """
-    names = result_names(input_name, method, RunDetails.from_outputs(class_path, uncertainty_path, stretch))
+    names = result_names(input_name, method, RunDetails.from_outputs(class_path, uncertainty_path, stretched=stretch))
     outputs = [(uncertainty_path, names.uncertainty, UNCERTAINTY), (class_path, names.classes, CLASSES)]
     layers: list[QgsRasterLayer] = []
     for path, name, role in outputs:

@@ -1,12 +1,15 @@
-"""Renderers for the two outputs, read from the files themselves.
+"""Renderers for the outputs, read from the files themselves.
 
 - Uncertainty raster: singleband pseudocolor, viridis, from 0 to the measure's maximum, ``MC_UNCERTAINTY_MAX``
-  written by the core (ln C for the entropies and mutual information, 1 − 1/C for the variation ratio), so maps
-  stay comparable; or, on request, stretched to the data's 2–98 % range (:func:`uncertainty_stretch`), for maps
-  whose values all sit near 0 (a TTA map is often nearly black on 0 .. ln C).
-- Class raster: paletted, one entry per class 0 .. C-1 with the config's ``class_names`` / ``class_colors``
-  (the core writes them as GDAL category names and colour table), a fixed qualitative palette otherwise;
-  the nodata value 255 is no class and stays transparent.
+  written by the core (ln C for the entropies and mutual information, 1 − 1/C for the variation ratio, 1 for the
+  normalised entropy and the margin), so maps stay comparable; or, on request, stretched to the data's 2–98 %
+  range (:func:`uncertainty_stretch`), for maps whose values all sit near 0 (a TTA map is often nearly black on
+  0 .. ln C). The margin, where *low* means unsure, gets the ramp reversed: unsure pixels are always yellow.
+- Class raster (and the confident class raster): paletted, one entry per class 0 .. C-1 with the config's
+  ``class_names`` / ``class_colors`` (the core writes them as GDAL category names and colour table), a fixed
+  qualitative palette otherwise; the nodata value 255 is no class and stays transparent.
+- Class probability raster: singleband gray on band 1 (the first class), black = 0 .. white = 1 (uint8: 254);
+  its bands are named after the classes, to pick another in the layer's properties.
 
 Nothing here touches a project: these functions take a layer and set its renderer. They are used by the
 Processing post-processors (:mod:`.result_layers`), the task (:mod:`.task`) and ``resources/tools/make_styles.py``.
@@ -19,19 +22,28 @@ from dataclasses import dataclass
 
 from osgeo import gdal
 from qgis.core import (
+    Qgis,
     QgsColorRampShader,
+    QgsContrastEnhancement,
     QgsGradientColorRamp,
     QgsGradientStop,
     QgsPalettedRasterRenderer,
     QgsRasterLayer,
     QgsRasterRange,
     QgsRasterShader,
+    QgsSingleBandGrayRenderer,
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
 )
 from qgis.PyQt.QtGui import QColor
 
-from ..core.io.conventions import CLASS_NODATA, DEFAULT_CLASS_COLORS, default_class_color
+from ..core.io.conventions import (
+    CLASS_NODATA,
+    DEFAULT_CLASS_COLORS,
+    LOW_MEANS_UNSURE,
+    PROBABILITY_SCALE_UINT8,
+    default_class_color,
+)
 
 __all__ = [
     "CLASS_NODATA",
@@ -45,6 +57,8 @@ __all__ = [
     "default_class_color",
     "style_uncertainty_layer",
     "style_class_layer",
+    "style_probability_layer",
+    "low_means_unsure",
 ]
 
 _VIRIDIS_STOPS = (
@@ -128,6 +142,11 @@ def uncertainty_mode(uncertainty_path: str) -> str | None:
     return _metadata(uncertainty_path).get(_MODE_KEY) or None
 
 
+def low_means_unsure(mode: str | None) -> bool:
+    """Whether a low value of the measure means unsure (the margin): its colour ramp is reversed."""
+    return mode in LOW_MEANS_UNSURE
+
+
 def read_class_legend(class_path: str, num_classes: int | None = None) -> ClassLegend:
     """Names and colours of the classes of a class raster written by the core.
 
@@ -161,21 +180,33 @@ def read_class_legend(class_path: str, num_classes: int | None = None) -> ClassL
     return ClassLegend(tuple(labels), tuple(colors), bool(names) or table is not None)
 
 
-def style_uncertainty_layer(layer: QgsRasterLayer, maximum: float | None, minimum: float = 0.0) -> None:
+def style_uncertainty_layer(
+    layer: QgsRasterLayer, maximum: float | None, minimum: float = 0.0, reverse: bool = False
+) -> None:
     """Render band 1 of ``layer`` as singleband pseudocolor, viridis, from ``minimum`` to ``maximum``.
 
     Args:
         layer: the uncertainty raster.
         maximum: top of the colour scale (ln C for entropy); None takes the band's maximum.
         minimum: bottom of the colour scale (0, or the data's 2 % value when stretched).
+        reverse: viridis reversed (yellow at ``minimum``), for a measure where low means unsure (the margin);
+            the legend then marks the ends "unsure" and "sure".
     """
     if maximum is None or maximum <= minimum:
         stats = layer.dataProvider().bandStatistics(1)
         maximum = stats.maximumValue if stats.maximumValue > minimum else minimum + 1.0
     ramp = viridis_ramp()
+    if reverse:
+        ramp.invert()
     steps = 10
     values = [minimum + (maximum - minimum) * i / (steps - 1) for i in range(steps)]
-    items = [QgsColorRampShader.ColorRampItem(v, ramp.color(i / (steps - 1)), f"{v:.3g}") for i, v in enumerate(values)]
+    labels = [f"{v:.3g}" for v in values]
+    if reverse:
+        labels[0], labels[-1] = f"{labels[0]} (unsure)", f"{labels[-1]} (sure)"
+    items = [
+        QgsColorRampShader.ColorRampItem(v, ramp.color(i / (steps - 1)), label)
+        for i, (v, label) in enumerate(zip(values, labels))
+    ]
     color_ramp_shader = QgsColorRampShader(minimum, maximum, ramp.clone(), QgsColorRampShader.Interpolated)
     color_ramp_shader.setColorRampItemList(items)
     shader = QgsRasterShader(minimum, maximum)
@@ -201,5 +232,19 @@ def style_class_layer(layer: QgsRasterLayer, legend: ClassLegend) -> None:
     ]
     renderer = QgsPalettedRasterRenderer(provider, 1, classes)
     renderer.setNodataColor(QColor(0, 0, 0, 0))
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def style_probability_layer(layer: QgsRasterLayer) -> None:
+    """Render band 1 (the first class) of a class probability raster in gray: black = 0, white = 1 (uint8: 254,
+    the scaled 1); nodata stays transparent."""
+    top = float(PROBABILITY_SCALE_UINT8) if layer.dataProvider().dataType(1) == Qgis.Byte else 1.0
+    renderer = QgsSingleBandGrayRenderer(layer.dataProvider(), 1)
+    enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(1))
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    enhancement.setMinimumValue(0.0)
+    enhancement.setMaximumValue(top)
+    renderer.setContrastEnhancement(enhancement)
     layer.setRenderer(renderer)
     layer.triggerRepaint()

@@ -24,9 +24,11 @@ _HELP = "\n".join(
         "• mutual_information (BALD): H[p̄] − mean over t of H[pt], the disagreement between the samples "
         "(epistemic uncertainty);",
         "• expected_entropy: mean over t of H[pt], the noise each sample sees (aleatoric uncertainty);",
-        "• variation_ratio: 1 − the share of the T samples that vote for the most voted class.",
-        "The entropies lie in [0, ln C] for C classes, the variation ratio in [0, 1 − 1/C]: low = confident, "
-        "high = uncertain. The model must contain dropout (for SMP models set decoder_dropout in the config); without "
+        "• variation_ratio: 1 − the share of the T samples that vote for the most voted class;",
+        "• normalized_entropy: H[p̄] / ln C, the entropy on a 0 .. 1 scale whatever C;",
+        "• margin: p̄1 − p̄2, the gap between the two most probable classes — here low = unsure.",
+        "The entropies lie in [0, ln C] for C classes, the variation ratio in [0, 1 − 1/C], normalized_entropy "
+        "and margin in [0, 1]; except for the margin, low = confident, high = uncertain. The model must contain dropout (for SMP models set decoder_dropout in the config); without "
         "it all passes agree (mutual information and variation ratio are 0, entropy is that of one pass) and a warning "
         'is shown. The raster is processed in overlapping tiles ("Tile size", "Tile stride") blended as '
         '"Tile weighting" says; run time grows linearly with T, and with the 4 (flip) or 8 (d4) transforms of '
@@ -45,9 +47,11 @@ _HELP = "\n".join(
         "empty, is written beside the class raster with _mc_uncertainty added to its name (classes.tif: "
         "classes_mc_uncertainty.tif). Both have the input's grid and CRS. Both are loaded in one group named after "
         "the input, T and the measure (a repeated run gets a number): the uncertainty in viridis from 0 to its "
-        'maximum (ln C), the classes with the config\'s class names and colours. "Run as Batch Process…" runs it '
-        "on several rasters. The first run of a session loads PyTorch and the model (the log times each stage); "
-        "later runs on the same model reuse it.",
+        "maximum (ln C), the classes with the config's class names and colours. Optional: the \"Class probability "
+        'raster" (p̄ of every class, one band each) and the "Confident class raster" (the classes with the pixels '
+        'whose uncertainty passes "Uncertainty threshold of the confident class raster" set to nodata). "Run as '
+        'Batch Process…" runs it on several rasters. The first run of a session loads PyTorch and the model (the '
+        "log times each stage); later runs on the same model reuse it.",
     )
 )
 _COMMAND_LINE = (

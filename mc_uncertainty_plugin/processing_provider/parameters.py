@@ -43,10 +43,16 @@ __all__ = [
     "OUTPUT",
     "OUTPUT_UNCERTAINTY",
     "OUTPUT_CONFIDENCE",
+    "OUTPUT_PROBABILITIES",
+    "OUTPUT_CONFIDENT",
+    "CONFIDENT_THRESHOLD",
+    "PROBABILITIES_DATA_TYPE",
     "STRETCH_UNCERTAINTY",
     "TILE_WEIGHTS",
     "UNCERTAINTY_MODES",
     "TTA_MODES",
+    "TTA_TRANSFORMS",
+    "PROBABILITY_DTYPES",
     "TTA_HELP",
     "tta_help",
     "DEVICES",
@@ -54,7 +60,9 @@ __all__ = [
     "CHECKPOINT_FILE_FILTER",
     "tr",
     "NamedEnumParameter",
+    "TtaModeParameter",
     "read_enum",
+    "read_tta_mode",
     "read_bands",
     "choices_help",
     "named_enum",
@@ -85,13 +93,26 @@ DEVICE = "DEVICE"
 OUTPUT = "OUTPUT"
 OUTPUT_UNCERTAINTY = "OUTPUT_UNCERTAINTY"
 OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+OUTPUT_CONFIDENT = "OUTPUT_CONFIDENT"
+CONFIDENT_THRESHOLD = "CONFIDENT_THRESHOLD"
+PROBABILITIES_DATA_TYPE = "PROBABILITIES_DATA_TYPE"
 STRETCH_UNCERTAINTY = "STRETCH_UNCERTAINTY"
 
-# The same choices as mc_uncertainty_plugin.core.config (not imported here: the core imports torch).
+# The same choices as mc_uncertainty_plugin.core (not imported here: the core imports torch).
 # tests/qgis checks that both stay equal.
 TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
-UNCERTAINTY_MODES = ("entropy", "mutual_information", "expected_entropy", "variation_ratio")
+UNCERTAINTY_MODES = (
+    "entropy",
+    "mutual_information",
+    "expected_entropy",
+    "variation_ratio",
+    "normalized_entropy",
+    "margin",
+)
 TTA_MODES = ("none", "flip", "d4")
+TTA_TRANSFORMS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
+PROBABILITY_DTYPES = ("float32", "uint8")
 DEVICES = ("auto", "cpu", "cuda")
 
 _TTA_TRANSFORMS = (
@@ -99,7 +120,10 @@ _TTA_TRANSFORMS = (
     "by 180°), exact for any tile; d4 = the 8 symmetries of the square: those 4 plus the rotations by 90° and "
     "270° and the two transposes. These 4 turn an H x W tile into a W x H one, which is fed to the model as is "
     "(no padding, no resampling), so d4 stays exact on non-square tiles; the model must accept both "
-    "orientations (SMP models: both sides multiples of 32). Run time grows with the number of transforms."
+    "orientations (SMP models: both sides multiples of 32). Run time grows with the number of transforms. "
+    "From the command line and scripts, any subset of the 8 by name, comma-separated, in any order: "
+    + ",".join(TTA_TRANSFORMS)
+    + " (e.g. identity,hflip,rot90; hflip = left-right, vflip = up-down)."
 )
 TTA_HELP = (  # the TTA algorithm's meaning: without transforms, one deterministic pass
     "none = one deterministic pass (the uncertainty is that pass's entropy; mutual information is 0); "
@@ -168,6 +192,27 @@ class NamedEnumParameter(QgsProcessingParameterEnum):
         return super().checkValueIsAcceptable(value, context)
 
 
+class TtaModeParameter(NamedEnumParameter):
+    """TTA_MODE: a named set (``none``, ``flip``, ``d4``, or its index), or a comma-separated subset of the eight
+    transforms (``identity,hflip,rot90``) from the command line and scripts; the dialog offers the named sets.
+
+    A value made of transform names is accepted here and checked by the core, whose error names TTA_MODE and
+    says what is wrong (a repeated or unknown name).
+    """
+
+    def clone(self) -> TtaModeParameter:
+        copy = TtaModeParameter(self.name(), self.description(), self.options(), self.defaultValue())
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setMetadata(self.metadata())
+        return copy
+
+    def checkValueIsAcceptable(self, value: Any, context: QgsProcessingContext | None = None) -> bool:  # noqa: N802
+        if (isinstance(value, str) and "," in value) or str(value).strip().lower() in TTA_TRANSFORMS:
+            return True
+        return super().checkValueIsAcceptable(value, context)
+
+
 def choices_help(options: tuple[str, ...]) -> str:
     """``'Name or index: a (0), b (1)'`` for the help of an enum parameter."""
     return "Name or index: " + ", ".join(f"{name} ({i})" for i, name in enumerate(options))
@@ -198,6 +243,15 @@ def read_enum(
     raise processing_error(
         tr("{} must be one of {} (or 0..{}), got {!r}.").format(key, ", ".join(options), len(options) - 1, text)
     )
+
+
+def read_tta_mode(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+    """TTA_MODE: a named set given as a name or an index, or a subset of transform names passed on as given
+    (the core checks it and names TTA_MODE in its error)."""
+    text = algorithm.parameterAsString(parameters, TTA_MODE, context).strip()
+    if "," in text or text.lower() in TTA_TRANSFORMS:
+        return text
+    return read_enum(algorithm, parameters, TTA_MODE, context)
 
 
 def read_bands(
@@ -256,6 +310,10 @@ class CommonValues:
         uncertainty_path: OUTPUT_UNCERTAINTY file, or None to let the core write it beside OUTPUT.
         confidence_path: OUTPUT_CONFIDENCE file, or None (not written).
         processor_kwargs: keyword arguments of the core processors shared by all algorithms.
+        probabilities_path: OUTPUT_PROBABILITIES file, or None (not written).
+        probabilities_dtype: PROBABILITIES_DATA_TYPE, ``float32`` or ``uint8``.
+        confident_path: OUTPUT_CONFIDENT file, or None (not written).
+        confident_threshold: CONFIDENT_THRESHOLD as given (the core checks it against the measure's range).
     """
 
     input_path: str
@@ -266,6 +324,10 @@ class CommonValues:
     uncertainty_path: str | None
     processor_kwargs: dict[str, Any]
     confidence_path: str | None = None
+    probabilities_path: str | None = None
+    probabilities_dtype: str = "float32"
+    confident_path: str | None = None
+    confident_threshold: Any = 0.5
 
 
 def given(parameters: dict[str, Any], key: str) -> bool:
@@ -321,9 +383,10 @@ def read_common_values(
     uncertainty_path = None
     if export_uncertainty and output_given(parameters, OUTPUT_UNCERTAINTY):
         uncertainty_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_UNCERTAINTY, context) or None
-    confidence_path = None
-    if output_given(parameters, OUTPUT_CONFIDENCE):
-        confidence_path = algorithm.parameterAsOutputLayer(parameters, OUTPUT_CONFIDENCE, context) or None
+    confidence_path, probabilities_path, confident_path = (
+        _optional_output(algorithm, parameters, key, context)
+        for key in (OUTPUT_CONFIDENCE, OUTPUT_PROBABILITIES, OUTPUT_CONFIDENT)
+    )
     processor_kwargs: dict[str, Any] = {
         "uncertainty_mode": read_enum(algorithm, parameters, UNCERTAINTY_MODE, context),
         "export_uncertainty_map": export_uncertainty,
@@ -331,7 +394,7 @@ def read_common_values(
         "model_input_shape": algorithm.parameterAsString(parameters, MODEL_INPUT_SHAPE, context),
         "step_shape": algorithm.parameterAsString(parameters, STEP_SHAPE, context),
         "tile_weight": read_enum(algorithm, parameters, TILE_WEIGHT, context),
-        "tta_mode": read_enum(algorithm, parameters, TTA_MODE, context),
+        "tta_mode": read_tta_mode(algorithm, parameters, context),
         "seed": raw_number(algorithm, parameters, SEED, context),
         "batch_size": raw_number(algorithm, parameters, BATCH_SIZE, context),
         "device": read_enum(algorithm, parameters, DEVICE, context),
@@ -362,4 +425,17 @@ def read_common_values(
         uncertainty_path=uncertainty_path,
         processor_kwargs=processor_kwargs,
         confidence_path=confidence_path,
+        probabilities_path=probabilities_path,
+        probabilities_dtype=read_enum(algorithm, parameters, PROBABILITIES_DATA_TYPE, context),
+        confident_path=confident_path,
+        confident_threshold=raw_number(algorithm, parameters, CONFIDENT_THRESHOLD, context),
     )
+
+
+def _optional_output(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], key: str, context: QgsProcessingContext
+) -> str | None:
+    """An optional output's file, or None when not given (resolving registers the layer for loading)."""
+    if not output_given(parameters, key):
+        return None
+    return algorithm.parameterAsOutputLayer(parameters, key, context) or None

@@ -24,6 +24,7 @@ from .parameters import (
     BATCH_SIZE,
     CHECKPOINT,
     CHECKPOINT_FILE_FILTER,
+    CONFIDENT_THRESHOLD,
     DEVICE,
     DEVICES,
     EXPORT_UNCERTAINTY_MAP,
@@ -35,7 +36,11 @@ from .parameters import (
     NUM_CLASSES,
     OUTPUT,
     OUTPUT_CONFIDENCE,
+    OUTPUT_CONFIDENT,
+    OUTPUT_PROBABILITIES,
     OUTPUT_UNCERTAINTY,
+    PROBABILITIES_DATA_TYPE,
+    PROBABILITY_DTYPES,
     SEED,
     STEP_SHAPE,
     STRETCH_UNCERTAINTY,
@@ -45,6 +50,7 @@ from .parameters import (
     TTA_MODES,
     UNCERTAINTY_MODE,
     UNCERTAINTY_MODES,
+    TtaModeParameter,
     choices_help,
     named_enum,
     tta_help,
@@ -171,14 +177,29 @@ def _sampling(with_n_samples: bool, tta_default: str) -> Definitions:
             "the disagreement between the samples (epistemic only). expected_entropy: the mean entropy of the "
             "samples (aleatoric only; entropy = mutual_information + expected_entropy). These three lie in [0, ln C]. "
             "variation_ratio: 1 − the share of samples voting for the most voted class, in [0, 1 − 1/C]. "
-            f"{choices_help(UNCERTAINTY_MODES)}.",
+            "normalized_entropy: entropy / ln C, in [0, 1] whatever the number of classes. margin: p̄1 − p̄2, the "
+            "gap between the two most probable classes, in [0, 1]; low = unsure (it is drawn with the colours "
+            f"reversed). {choices_help(UNCERTAINTY_MODES)}.",
         ),
         with_help(
             QgsProcessingParameterBoolean(
                 EXPORT_UNCERTAINTY_MAP, tr("Write the uncertainty raster"), defaultValue=True
             ),
             'Unchecked: only the class raster is written, by the faster mean-prediction path; the "Uncertainty '
-            'raster" output is then ignored.',
+            'raster" output is then ignored (a "Confident class raster" still computes the uncertainty it needs).',
+        ),
+        with_help(
+            QgsProcessingParameterNumber(
+                CONFIDENT_THRESHOLD,
+                tr("Uncertainty threshold of the confident class raster"),
+                type=QgsProcessingParameterNumber.Double,
+                defaultValue=0.5,
+            ),
+            'Used by the "Confident class raster": its pixels whose uncertainty is above this value (margin: below '
+            "it, low margin = unsure) are nodata (255); the others keep their class. In the units of the measure: "
+            "entropy, mutual_information and expected_entropy 0 .. ln C; variation_ratio 0 .. 1 − 1/C; "
+            "normalized_entropy and margin 0 .. 1; a value outside the range is an error. The default 0.5 lies in "
+            "every range.",
         ),
     ]
     if with_n_samples:
@@ -197,7 +218,7 @@ def _sampling(with_n_samples: bool, tta_default: str) -> Definitions:
         )
     definitions.append(
         with_help(
-            named_enum(TTA_MODE, "Test-time augmentation", TTA_MODES, tta_default),
+            TtaModeParameter(TTA_MODE, tr("Test-time augmentation"), list(TTA_MODES), tta_default),
             tta_help(with_n_samples) + f" {choices_help(TTA_MODES)}.",
         )
     )
@@ -253,7 +274,8 @@ def _advanced() -> Definitions:
 
 
 def _outputs(uncertainty_suffix: str) -> Definitions:
-    """The class raster, the uncertainty raster (beside it when left empty) and the optional confidence raster."""
+    """The class raster, the uncertainty raster (beside it when left empty), and the optional confidence,
+    probability and confident class rasters."""
     return [
         with_help(
             QgsProcessingParameterRasterDestination(OUTPUT, tr("Class raster")),
@@ -280,5 +302,36 @@ def _outputs(uncertainty_suffix: str) -> Definitions:
             "GeoTIFF, 1 band, float32: max over classes of the mean probability p̄, in [1/C, 1], on the grid of "
             'the input. Written only when given; "Evaluate uncertainty" uses it for calibration (ECE, '
             "reliability diagram).",
+        ),
+        with_help(
+            named_enum(
+                PROBABILITIES_DATA_TYPE, "Data type of the class probability raster", PROBABILITY_DTYPES, "float32"
+            ),
+            "float32: the mean probabilities p̄ as they are (-1 = nodata). uint8: a quarter of the size, "
+            "round(254 × p̄) in 0 .. 254 (divide by 254 to read p̄), 255 = nodata as in the class raster. "
+            f"{choices_help(PROBABILITY_DTYPES)}.",
+            advanced=True,
+        ),
+        with_help(
+            QgsProcessingParameterRasterDestination(
+                OUTPUT_PROBABILITIES,
+                tr("Class probability raster (one band per class, optional)"),
+                optional=True,
+                createByDefault=False,
+            ),
+            "GeoTIFF, one band per class, named after it: the mean probability p̄ of each class (the class raster is "
+            'its argmax), as "Data type of the class probability raster" says, on the grid of the input. Written '
+            "only when given.",
+        ),
+        with_help(
+            QgsProcessingParameterRasterDestination(
+                OUTPUT_CONFIDENT,
+                tr("Confident class raster (unsure pixels as nodata, optional)"),
+                optional=True,
+                createByDefault=False,
+            ),
+            'GeoTIFF like the class raster, where the pixels whose uncertainty is above "Uncertainty threshold of '
+            'the confident class raster" (margin: below it) are nodata (255): the predictions to keep when unsure '
+            "ones must be left out. Written only when given, also when the uncertainty raster is not.",
         ),
     ]

@@ -16,6 +16,8 @@ from ..bridge import BridgeCallbacks, MissingDependencies, SegmentationRequest, 
 from ..i18n import tr
 from ..map_layers.result_layers import (
     CLASSES,
+    CONFIDENT,
+    PROBABILITIES,
     UNCERTAINTY,
     Method,
     ResultGroup,
@@ -24,7 +26,14 @@ from ..map_layers.result_layers import (
     result_names,
 )
 from ..progress import StagedFeedback, StageTimer, format_seconds
-from .parameters import OUTPUT, OUTPUT_CONFIDENCE, OUTPUT_UNCERTAINTY, CommonValues
+from .parameters import (
+    OUTPUT,
+    OUTPUT_CONFIDENCE,
+    OUTPUT_CONFIDENT,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_UNCERTAINTY,
+    CommonValues,
+)
 from .run_guards import cancel_on_interrupt, processing_error
 
 __all__ = ["run_processor"]
@@ -52,7 +61,8 @@ def run_processor(
         stretch: stretch the loaded uncertainty layer's colours to the data (2–98 %).
 
     Returns:
-        ``{"OUTPUT": class raster, "OUTPUT_UNCERTAINTY": uncertainty raster or None, "OUTPUT_CONFIDENCE": ...}``.
+        ``{"OUTPUT": class raster, "OUTPUT_UNCERTAINTY": uncertainty raster or None, "OUTPUT_CONFIDENCE": ...,
+        "OUTPUT_PROBABILITIES": ..., "OUTPUT_CONFIDENT": ...}`` (None: not written).
 
     Raises:
         QgsProcessingException: torch is missing, a parameter is bad, the run failed or was cancelled.
@@ -77,6 +87,10 @@ def run_processor(
         values.uncertainty_path,
         values.confidence_path,
         {**values.processor_kwargs, **settings},
+        probabilities_path=values.probabilities_path,
+        probabilities_dtype=values.probabilities_dtype,
+        confident_path=values.confident_path,
+        confident_threshold=values.confident_threshold,
     )
     callbacks = BridgeCallbacks(
         feedback.pushInfo,
@@ -99,21 +113,28 @@ def run_processor(
         f"inference and writing {format_seconds(finished - loaded[0])}."
     )
     segmentation_path, uncertainty_path = paths["segmentation"], paths.get("uncertainty")
-    _arrange_result_layers(segmentation_path, uncertainty_path, values, method, context, stretch)
-    return {OUTPUT: segmentation_path, OUTPUT_UNCERTAINTY: uncertainty_path, OUTPUT_CONFIDENCE: paths.get("confidence")}
+    _arrange_result_layers(paths, values, method, context, stretch)
+    return {
+        OUTPUT: segmentation_path,
+        OUTPUT_UNCERTAINTY: uncertainty_path,
+        OUTPUT_CONFIDENCE: paths.get("confidence"),
+        OUTPUT_PROBABILITIES: paths.get("probabilities"),
+        OUTPUT_CONFIDENT: paths.get("confident"),
+    }
 
 
 def _arrange_result_layers(
-    segmentation_path: str,
-    uncertainty_path: str | None,
+    paths: dict[str, Any],
     values: CommonValues,
     method: Method,
     context: QgsProcessingContext,
     stretch: bool,
 ) -> None:
     """When the class raster is loaded on completion (Toolbox, batch, runAndLoadResults): load a default-path
-    uncertainty raster with it, and give both outputs a post-processor that styles, names and groups them."""
-    details = RunDetails.from_outputs(segmentation_path, uncertainty_path, stretch)
+    uncertainty raster with it, and give every output loaded a post-processor that styles, names and groups it
+    (the confidence raster is left as QGIS loads it)."""
+    segmentation_path, uncertainty_path = paths["segmentation"], paths.get("uncertainty")
+    details = RunDetails.from_outputs(segmentation_path, uncertainty_path, paths.get("confident"), stretched=stretch)
     names = result_names(values.input_name, method, details)
     group = ResultGroup.new(names.group)
     if (
@@ -130,3 +151,9 @@ def _arrange_result_layers(
     ResultLayerPostProcessor.attach(context, segmentation_path, CLASSES, names.classes, group, stretch)
     if uncertainty_path:
         ResultLayerPostProcessor.attach(context, uncertainty_path, UNCERTAINTY, names.uncertainty, group, stretch)
+    if paths.get("confident"):
+        ResultLayerPostProcessor.attach(context, paths["confident"], CONFIDENT, names.confident, group, stretch)
+    if paths.get("probabilities"):
+        ResultLayerPostProcessor.attach(
+            context, paths["probabilities"], PROBABILITIES, names.probabilities, group, stretch
+        )

@@ -15,8 +15,10 @@ _HELP = "\n".join(
         "(argmax); the spread across transforms gives the uncertainty — high where the model's output changes when "
         "the input is flipped or rotated (lack of geometric invariance).",
         "• entropy: H[p̄], total uncertainty; • mutual_information: H[p̄] − mean over k of H[pk], the disagreement "
-        "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share. "
-        "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C]. The model runs deterministically "
+        "between transforms; expected_entropy: mean over k of H[pk]; variation_ratio: 1 − the modal vote share; "
+        "normalized_entropy: H[p̄] / ln C; margin: p̄1 − p̄2 of the two most probable classes (low = unsure). "
+        "The entropies lie in [0, ln C], the variation ratio in [0, 1 − 1/C], normalized_entropy and margin in "
+        "[0, 1]. The model runs deterministically "
         '(dropout off); for dropout sampling use MC Dropout segmentation, whose "Test-time augmentation" combines '
         "both.",
         'Outputs: the "Class raster", uint8 (255 = nodata), and the "Uncertainty raster", float32, which, left '
@@ -24,7 +26,8 @@ _HELP = "\n".join(
         "classes_uncertainty.tif). Both are loaded in one group named after the input, the transforms and the measure: "
         'the uncertainty in viridis from 0 to ln C (TTA maps are often dark on that scale: "Stretch the uncertainty '
         "colours to the data\" spreads them over their 2–98 % range), the classes with the config's class names and "
-        "colours.",
+        "colours. Optional: the class probabilities (one band per class) and the confident class raster (unsure "
+        "pixels as nodata).",
     )
 )
 _COMMAND_LINE = (

@@ -41,7 +41,7 @@ def write(path, data, pieces, panels, dtype, nodata, resampling):
             row += height
         assert row >= data.shape[0]
         writer.flush()
-    streamed = writer._pyramid is not None and writer._pyramid.complete
+    streamed = writer.overviews_streamed
     writer.commit()
     return streamed
 
@@ -99,3 +99,40 @@ def test_a_panel_off_the_overview_grid_falls_back_to_gdal(tmp_path):
     band = dataset.GetRasterBand(1)
     assert band.GetOverviewCount() == 3
     np.testing.assert_allclose(band.GetOverview(0).ReadAsArray(), block_means(data, 2, -1.0), rtol=1e-5)
+
+
+def test_several_bands_each_get_their_own_streamed_overviews(tmp_path):
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 255, (3, 300, 520)).astype(np.uint8)  # 255 = nodata
+    data[1, :40, :40] = 255
+    writer = GeoTiffWriter(
+        str(tmp_path / "m.tif"),
+        520,
+        300,
+        np.uint8,
+        255,
+        None,
+        "",
+        overview_resampling="AVERAGE",
+        bands=3,
+        band_descriptions=("a", "b", "c"),
+    )
+    for c0, c1 in ((0, 256), (256, 520)):
+        for r0, r1 in ((0, 100), (100, 257), (257, 300)):
+            writer.write(r0, c0, data[:, r0:r1, c0:c1])
+        writer.flush()
+    assert writer.overviews_streamed
+    with pytest.raises(ValueError, match="3 band"):
+        writer.write(0, 0, data[0])
+    writer.commit()
+    dataset = gdal.Open(str(tmp_path / "m.tif"))  # kept: a band outlives no dataset
+    assert dataset.GetMetadata("IMAGE_STRUCTURE")["INTERLEAVE"] == "BAND"
+    np.testing.assert_array_equal(dataset.ReadAsArray(), data)
+    for index in range(3):
+        band = dataset.GetRasterBand(index + 1)
+        assert band.GetDescription() == "abc"[index] and band.GetNoDataValue() == 255
+        assert band.GetOverviewCount() == 4
+        for level in range(4):
+            means = block_means(data[index].astype(np.float64), 2 ** (level + 1), 255)
+            expected = np.where(means == 255, 255, np.floor(means + 0.5))  # integer means round half up
+            np.testing.assert_array_equal(band.GetOverview(level).ReadAsArray(), expected)

@@ -9,7 +9,7 @@ from osgeo import gdal
 from mc_uncertainty_plugin.core import InferenceConfig, LoadedModel, MCDropoutInferenceProcessor
 from mc_uncertainty_plugin.core.inference.device import resolve_device
 from mc_uncertainty_plugin.core.inference.engine import run_region
-from mc_uncertainty_plugin.core.inference.plan import Region, balanced_split, plan_run, region_batches
+from mc_uncertainty_plugin.core.inference.plan import OutputOptions, Region, balanced_split, plan_run, region_batches
 
 
 @pytest.fixture
@@ -22,14 +22,24 @@ def one_thread():
 
 
 def _read(path: str) -> tuple[np.ndarray, tuple]:
+    """Every band (``(h, w)`` for one, ``(bands, h, w)`` for several) and the geotransform."""
     dataset = gdal.Open(path)
-    return dataset.GetRasterBand(1).ReadAsArray(), dataset.GetGeoTransform()
+    return dataset.ReadAsArray(), dataset.GetGeoTransform()
+
+
+KEYS = ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE", "OUTPUT_PROBABILITIES", "OUTPUT_CONFIDENT")
 
 
 @pytest.mark.parametrize(
-    "mode,tta,batch", [("mutual_information", "none", 0), ("entropy", "flip", 3), ("variation_ratio", "none", 1)]
+    "mode,tta,batch,dtype,threshold",
+    [
+        ("mutual_information", "none", 0, "float32", 0.01),
+        ("entropy", "flip", 3, "uint8", 1.37),
+        ("variation_ratio", "none", 1, "float32", 0.3),
+        ("margin", "identity,rot90", 2, "uint8", 0.04),
+    ],
 )
-def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thread, mode, tta, batch):
+def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thread, mode, tta, batch, dtype, threshold):
     height, width = 83, 101  # odd sizes: the last windows of each axis are shifted inwards
     image = write_geotiff(tmp_path / "in.tif", random_image((height, width), seed=3))
     model = LoadedModel(SmallConvNet(p=0.3), in_channels=3)
@@ -57,25 +67,28 @@ def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thre
             )
         },
     )
-    paths = whole.process(image, output_path=str(tmp_path / "whole.tif"), confidence_path=str(tmp_path / "wc.tif"))
-    expected = {
-        key: _read(p)[0]
-        for key, p in zip(
-            ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"),
-            (paths["segmentation"], paths["uncertainty"], paths["confidence"]),
-        )
-    }
+    paths = whole.process(
+        image,
+        output_path=str(tmp_path / "whole.tif"),
+        confidence_path=str(tmp_path / "wc.tif"),
+        probabilities_path=str(tmp_path / "wp.tif"),
+        probabilities_dtype=dtype,
+        confident_path=str(tmp_path / "wk.tif"),
+        confident_threshold=threshold,
+    )
+    names = ("segmentation", "uncertainty", "confidence", "probabilities", "confident")
+    expected = {key: _read(paths[name])[0] for key, name in zip(KEYS, names)}
+    assert expected["OUTPUT_PROBABILITIES"].shape == (4, height, width)
+    unsure = expected["OUTPUT_CONFIDENT"] != expected["OUTPUT"]
+    assert 0 < unsure.mean() < 1, "the threshold must cut somewhere for the test to mean anything"
     plan, _ = plan_run(
         model,
         config,
         image,
-        {
-            "OUTPUT": str(tmp_path / "plan.tif"),
-            "OUTPUT_UNCERTAINTY": str(tmp_path / "plan_u.tif"),
-            "OUTPUT_CONFIDENCE": str(tmp_path / "plan_c.tif"),
-        },
+        {key: str(tmp_path / f"plan_{key}.tif") for key in KEYS},
         resolve_device("cpu"),
         lambda message: None,
+        OutputOptions(dtype, threshold),
     )
     mosaic = {key: np.full(values.shape, 7, values.dtype) for key, values in expected.items()}
     origin = _read(paths["segmentation"])[1]
@@ -87,10 +100,10 @@ def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thre
             result = run_region(plan, model, region, files)
             for key, path in result.paths.items():
                 values, transform = _read(path)
-                assert values.shape == (region.height, region.width)
+                assert values.shape[-2:] == (region.height, region.width)
                 assert transform[0] == pytest.approx(origin[0] + c0 * origin[1])
                 assert transform[3] == pytest.approx(origin[3] + r0 * origin[5])
-                mosaic[key][r0:r1, c0:c1] = values
+                mosaic[key][..., r0:r1, c0:c1] = values
     for key in expected:
         np.testing.assert_array_equal(mosaic[key], expected[key], err_msg=key)
 

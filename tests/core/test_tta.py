@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import torch
 from core_fixtures import PerPixelDropoutNet, SmallConvNet, random_image, read_raster, write_geotiff
+from osgeo import gdal
 
 from mc_uncertainty_plugin.core import (
+    InferenceConfig,
     LoadedModel,
     MCDropoutInferenceProcessor,
     MultiClassInferenceProcessor,
     Normalization,
 )
+from mc_uncertainty_plugin.core.errors import ParameterError
+from mc_uncertainty_plugin.core.inference.sampler import EnsembleSampler
 from mc_uncertainty_plugin.core.inference.transforms import transforms_for
+from mc_uncertainty_plugin.core.models.dropout import find_dropout_layers
 
 IDENTITY = Normalization(mean=(0.0,), std=(1.0,), max_pixel_value=1.0)
 
@@ -139,3 +144,76 @@ def test_multiclass_processor_defaults_to_d4_and_config_can_change_it(tmp_path):
     assert MultiClassInferenceProcessor(model).config.tta_mode == "flip"
     assert MultiClassInferenceProcessor(model, tta_mode="none").config.tta_mode == "none"
     assert MCDropoutInferenceProcessor(torch.nn.Sequential(net, torch.nn.Dropout2d(0.1))).config.tta_mode == "none"
+
+
+@pytest.mark.parametrize(
+    "given,normalized",
+    [
+        ("rot90, identity", "identity,rot90"),
+        ("HFLIP,identity,transpose", "identity,hflip,transpose"),
+        (["rot270", "vflip"], "vflip,rot270"),
+        ("identity", "none"),  # a subset equal to a named set is that name
+        ("rot180,vflip,hflip,identity", "flip"),
+        ("antitranspose,transpose,rot270,rot90,rot180,vflip,hflip,identity", "d4"),
+        (" d4 ", "d4"),
+    ],
+)
+def test_tta_mode_takes_any_subset_in_one_spelling(given, normalized):
+    from mc_uncertainty_plugin.core.config import normalize_tta_mode
+
+    assert normalize_tta_mode(given) == normalized
+    assert InferenceConfig(tta_mode=given).tta_mode == normalized
+    names = [t.name for t in transforms_for(given)]
+    assert names == [t.name for t in transforms_for("d4") if t.name in names]  # the canonical order
+
+
+@pytest.mark.parametrize(
+    "given,detail",
+    [("identity,identity", "repeated: identity"), ("hflip,mirror", "'mirror'"), ("", "none, flip, d4"), (",", "''")],
+)
+def test_bad_tta_subsets_are_errors_naming_tta_mode(given, detail):
+    with pytest.raises(ParameterError) as caught:
+        InferenceConfig(tta_mode=given)
+    assert str(caught.value).startswith("TTA_MODE must")
+    assert detail in str(caught.value)
+
+
+def test_a_subset_in_another_order_gives_the_same_bits(tmp_path):
+    image = write_geotiff(tmp_path / "in.tif", random_image((40, 40), seed=6))
+    kwargs = dict(n_samples=2, model_input_shape=32, step_shape=16, seed=3)
+    outputs = []
+    for name, mode in (("a", "rot90,hflip,identity"), ("b", "identity, hflip ,rot90")):
+        paths = MCDropoutInferenceProcessor(SmallConvNet(p=0.3), tta_mode=mode, **kwargs).process(
+            image, output_path=str(tmp_path / f"{name}.tif")
+        )
+        outputs.append([read_raster(paths[k]) for k in ("segmentation", "uncertainty")])
+        assert gdal.Open(paths["uncertainty"]).GetMetadataItem("MC_TTA_MODE") == "identity,hflip,rot90"
+    for first, second in zip(*outputs):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_a_transform_samples_the_same_masks_in_every_set():
+    """A transform's dropout masks are keyed by its place among the eight, not in the chosen set: the mean of a
+    two-transform run is the mean of the two one-transform runs (with keys by position in the set, ``hflip``
+    alone would reuse the masks of ``identity``)."""
+    net = SmallConvNet(p=0.5).eval()
+    layers = find_dropout_layers(net)
+    tiles = np.random.default_rng(2).normal(size=(2, 3, 16, 16)).astype(np.float32)
+
+    def mean_probs(mode: str) -> np.ndarray:
+        sampler = EnsembleSampler(
+            net,
+            torch.device("cpu"),
+            n_samples=3,
+            mc_dropout=True,
+            transforms=transforms_for(mode),
+            dropout_layers=layers,
+            seed=9,
+            need_expected_entropy=False,
+            cache_prefix=False,
+        )
+        return sampler(tiles, [(0, 0), (0, 16)]).mean_probs
+
+    pair = mean_probs("hflip,rot270")
+    np.testing.assert_allclose(pair, (mean_probs("hflip") + mean_probs("rot270")) / 2, atol=1e-6)
+    assert not np.allclose(mean_probs("hflip"), mean_probs("identity"), atol=1e-3)

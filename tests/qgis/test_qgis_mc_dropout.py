@@ -43,7 +43,13 @@ def test_writes_class_and_uncertainty_rasters(run_mc_dropout: Any, tmp_path: Pat
     (tmp_path / "unc").mkdir()
     results = run_mc_dropout(OUTPUT=output, OUTPUT_UNCERTAINTY=uncertainty, TTA_MODE=1, feedback=feedback)
 
-    assert results == {"OUTPUT": output, "OUTPUT_UNCERTAINTY": uncertainty, "OUTPUT_CONFIDENCE": None}
+    assert results == {
+        "OUTPUT": output,
+        "OUTPUT_UNCERTAINTY": uncertainty,
+        "OUTPUT_CONFIDENCE": None,
+        "OUTPUT_PROBABILITIES": None,
+        "OUTPUT_CONFIDENT": None,
+    }
     classes_ds, classes = read(output)
     assert_on_input_grid(classes_ds)
     assert classes_ds.GetRasterBand(1).DataType == gdal.GDT_Byte

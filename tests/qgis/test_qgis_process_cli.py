@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from osgeo import gdal
 
@@ -26,13 +27,18 @@ def _clean_env(config_root: Path) -> dict[str, str]:
     return env
 
 
+def _deploy_command(config_root: Path) -> list[str]:
+    profile = config_root / "profiles" / "default"
+    return [sys.executable, str(REPO_ROOT / "resources" / "tools" / "deploy.py"), "--profile-dir", str(profile)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
     config_root = tmp_path / "qgis"
     profile = config_root / "profiles" / "default"
     env = _clean_env(config_root)
-    deploy = [sys.executable, str(REPO_ROOT / "resources" / "tools" / "deploy.py"), "--profile-dir", str(profile)]
+    deploy = _deploy_command(config_root)
     copied = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=180)
     assert copied.returncode == 0, copied.stdout + copied.stderr
     plugin_dir = profile / "python" / "plugins" / "mc_uncertainty_plugin"
@@ -136,3 +142,55 @@ def test_deploy_then_qgis_process_run(raster_path: str, torchscript_model: str, 
             same = gdal.Open(str(tmp_path / "out" / f"parallel{i}{suffix}.tif")).ReadAsArray()
             first = gdal.Open(str(tmp_path / "out" / f"classes{suffix}.tif")).ReadAsArray()
             assert (same == first).all(), f"parallel run {i} differs from the sequential one ({suffix or 'classes'})"
+
+
+@pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
+def test_qgis_process_with_a_tta_subset_and_the_optional_outputs(
+    raster_path: str, torchscript_model: str, tmp_path: Path
+) -> None:
+    env = _clean_env(tmp_path / "qgis")
+    deployed = subprocess.run(
+        _deploy_command(tmp_path / "qgis") + ["--enable"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run(
+        [
+            QGIS_PROCESS,
+            "--json",
+            "run",
+            "mc_uncertainty:mc_dropout",
+            "--",
+            f"INPUT={raster_path}",
+            f"MODEL={torchscript_model}",
+            f"OUTPUT={out / 'classes.tif'}",
+            "MODEL_INPUT_SHAPE=64",
+            "STEP_SHAPE=32",
+            "N_SAMPLES=2",
+            "TTA_MODE=identity,hflip",
+            "UNCERTAINTY_MODE=normalized_entropy",
+            "CONFIDENT_THRESHOLD=0.95",
+            "PROBABILITIES_DATA_TYPE=uint8",
+            f"OUTPUT_PROBABILITIES={out / 'probabilities.tif'}",
+            f"OUTPUT_CONFIDENT={out / 'confident.tif'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(run.stdout)["results"]
+    assert results["OUTPUT_PROBABILITIES"] == str(out / "probabilities.tif")
+    assert results["OUTPUT_CONFIDENT"] == str(out / "confident.tif")
+    uncertainty = gdal.Open(results["OUTPUT_UNCERTAINTY"])
+    assert uncertainty.GetMetadataItem("MC_TTA_MODE") == "identity,hflip"
+    assert uncertainty.GetMetadataItem("MC_UNCERTAINTY_MODE") == "normalized_entropy"
+    probabilities = gdal.Open(results["OUTPUT_PROBABILITIES"])
+    assert (probabilities.RasterCount, probabilities.GetRasterBand(1).DataType) == (3, gdal.GDT_Byte)
+    classes = gdal.Open(results["OUTPUT"]).ReadAsArray()
+    confident = gdal.Open(results["OUTPUT_CONFIDENT"]).ReadAsArray()
+    unsure = uncertainty.ReadAsArray() > np.float32(0.95)
+    assert (confident == np.where(unsure, 255, classes)).all()

@@ -39,6 +39,7 @@ EXPECTED_PARAMETERS = {
     "TILE_WEIGHT": (QgsProcessingParameterEnum, "gaussian", False, True),
     "UNCERTAINTY_MODE": (QgsProcessingParameterEnum, "entropy", False, False),
     "EXPORT_UNCERTAINTY_MAP": (QgsProcessingParameterBoolean, True, False, False),
+    "CONFIDENT_THRESHOLD": (QgsProcessingParameterNumber, 0.5, False, False),
     "N_SAMPLES": (QgsProcessingParameterNumber, 10, False, False),
     "TTA_MODE": (QgsProcessingParameterEnum, "none", False, False),
     "SEED": (QgsProcessingParameterNumber, 0, False, True),
@@ -48,7 +49,11 @@ EXPECTED_PARAMETERS = {
     "OUTPUT": (QgsProcessingParameterRasterDestination, None, False, False),
     "OUTPUT_UNCERTAINTY": (QgsProcessingParameterRasterDestination, None, True, False),
     "OUTPUT_CONFIDENCE": (QgsProcessingParameterRasterDestination, None, True, False),
+    "PROBABILITIES_DATA_TYPE": (QgsProcessingParameterEnum, "float32", False, True),
+    "OUTPUT_PROBABILITIES": (QgsProcessingParameterRasterDestination, None, True, False),
+    "OUTPUT_CONFIDENT": (QgsProcessingParameterRasterDestination, None, True, False),
 }
+OUTPUTS = {"OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE", "OUTPUT_PROBABILITIES", "OUTPUT_CONFIDENT"}
 
 
 def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
@@ -97,7 +102,7 @@ def test_parameters_follow_the_product_table(registry: Any) -> None:
     assert definitions["N_SAMPLES"].minimum() == 1
     assert not definitions["OUTPUT_UNCERTAINTY"].createByDefault()
     # outputs exist for the Modeler to chain
-    assert {o.name() for o in algorithm.outputDefinitions()} == {"OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE"}
+    assert {o.name() for o in algorithm.outputDefinitions()} == OUTPUTS
     # background thread: no FlagNoThreading
     assert not algorithm.flags() & QgsProcessingAlgorithm.FlagNoThreading
 
@@ -110,6 +115,25 @@ def test_enum_options_match_the_core(registry: Any) -> None:
     assert tuple(algorithm.parameterDefinition("UNCERTAINTY_MODE").options()) == config.UNCERTAINTY_MODES
     assert tuple(algorithm.parameterDefinition("TTA_MODE").options()) == config.TTA_MODES
     assert tuple(algorithm.parameterDefinition("DEVICE").options()) == config.DEVICES
+    from mc_uncertainty_plugin.core.inference.output_specs import PROBABILITY_DTYPES
+    from mc_uncertainty_plugin.processing_provider import parameters
+
+    assert parameters.TTA_TRANSFORMS == config.TTA_TRANSFORMS
+    assert tuple(algorithm.parameterDefinition("PROBABILITIES_DATA_TYPE").options()) == PROBABILITY_DTYPES
+
+
+def test_tta_mode_takes_a_subset_of_transforms_by_name(registry: Any, raster_path: str, torchscript_model: str) -> None:
+    from qgis.core import QgsProcessingContext
+
+    algorithm = registry.createAlgorithmById("mc_uncertainty:tta")
+    base = {"INPUT": raster_path, "MODEL": torchscript_model, "OUTPUT": "out.tif"}
+    context = QgsProcessingContext()
+    for value, accepted in (("identity,hflip", True), ("rot90", True), ("d4", True), (2, True), ("3", False)):
+        ok, _message = algorithm.checkParameterValues({**base, "TTA_MODE": value}, context)
+        assert ok == accepted, value
+    clone = algorithm.parameterDefinition("TTA_MODE").clone()
+    assert clone.checkValueIsAcceptable("hflip,vflip") and not clone.checkValueIsAcceptable("mirror")
+    assert "identity,hflip,vflip,rot180,rot90,rot270,transpose,antitranspose" in clone.help()
 
 
 def test_enums_accept_names_and_indices(registry: Any, raster_path: str, torchscript_model: str) -> None:

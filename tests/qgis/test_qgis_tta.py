@@ -35,6 +35,8 @@ def test_tta_writes_default_uncertainty_name(
         "OUTPUT": str(tmp_path / "classes.tif"),
         "OUTPUT_UNCERTAINTY": str(tmp_path / "classes_uncertainty.tif"),
         "OUTPUT_CONFIDENCE": None,
+        "OUTPUT_PROBABILITIES": None,
+        "OUTPUT_CONFIDENT": None,
     }
     unc = read(results["OUTPUT_UNCERTAINTY"])
     assert unc.min() >= 0 and unc.max() <= LN3 + 1e-5

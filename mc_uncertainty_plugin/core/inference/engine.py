@@ -43,7 +43,7 @@ from ..models.loading import LoadedModel
 from .device import ModelOnDevice, batch_for_memory, resolve_device, resolve_memory_format
 from .merger import CLASS_NODATA, FinishedRows, StreamingMerger
 from .output_set import OutputSet
-from .plan import UNCERTAINTY_DESCRIPTIONS, Batch, Region, RunPlan, plan_run, region_batches
+from .plan import UNCERTAINTY_DESCRIPTIONS, Batch, OutputOptions, Region, RunPlan, plan_run, region_batches
 from .read_ahead import LoadedBatch, ReadAhead
 from .sampler import EnsembleSampler, TileAccumulators
 from .tiling import tile_weight_map
@@ -121,6 +121,8 @@ class RunResult:
     confidence: str | None = None
     pass_seconds: dict = field(default_factory=dict)  # "probe"/"full"/"replay" -> (passes, seconds of model compute)
     stage_seconds: dict = field(default_factory=dict)  # setup/read/sampler/merge/write/finish -> seconds
+    probabilities: str | None = None
+    confident: str | None = None
 
 
 class _Stages:
@@ -154,12 +156,19 @@ def run_inference(
     uncertainty_path: str | None,
     *,
     confidence_path: str | None = None,
+    probabilities_path: str | None = None,
+    confident_path: str | None = None,
+    output_options: OutputOptions | None = None,
     progress: Callable[[float], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run the configured inference over the whole of ``input_path`` and write the outputs.
+
+    The optional outputs (None: not written): ``confidence_path`` (max p̄), ``probabilities_path`` (p̄ per class)
+    and ``confident_path`` (classes where the uncertainty is within ``output_options.confident_threshold``;
+    the uncertainty is computed for it even when ``uncertainty_path`` is None).
 
     Raises:
         ParameterError, ModelLoadError, RasterIOError: bad input, before any output is written.
@@ -170,9 +179,15 @@ def run_inference(
     callbacks = RunCallbacks(progress, is_cancelled, log, warn)
     device = resolve_device(config.device)
     memory_format = resolve_memory_format(config.memory_format, device, model.module)
-    paths = {"OUTPUT": segmentation_path, "OUTPUT_UNCERTAINTY": uncertainty_path, "OUTPUT_CONFIDENCE": confidence_path}
+    paths = {
+        "OUTPUT": segmentation_path,
+        "OUTPUT_UNCERTAINTY": uncertainty_path,
+        "OUTPUT_CONFIDENCE": confidence_path,
+        "OUTPUT_PROBABILITIES": probabilities_path,
+        "OUTPUT_CONFIDENT": confident_path,
+    }
     with ModelOnDevice(model, device, memory_format):
-        plan, report = plan_run(model, config, input_path, paths, device, callbacks.caution)
+        plan, report = plan_run(model, config, input_path, paths, device, callbacks.caution, output_options)
         callbacks.say(_describe(plan, model, device, memory_format))
         region = _stream_region(plan, model, plan.whole, None, device, memory_format, callbacks, started)
     if progress is not None:
@@ -222,8 +237,7 @@ def _build_sampler(
 ) -> EnsembleSampler:
     config = plan.config
     layers = find_dropout_layers(model.module) if config.mc_dropout else []
-    export = any(spec.kind == "uncertainty" for spec in plan.outputs)
-    mode = config.uncertainty_mode if export else None
+    mode = config.uncertainty_mode if plan.needs_uncertainty else None
     return EnsembleSampler(
         model.module,
         device,
@@ -359,15 +373,16 @@ def _blend_and_write(
 
 
 def _new_merger(plan: RunPlan, region: Region, batch: Batch, sampler: EnsembleSampler) -> StreamingMerger:
-    kinds = {spec.kind for spec in plan.outputs}
-    mode = plan.config.uncertainty_mode if "uncertainty" in kinds else None
+    confident = plan.writes("confident")
     return StreamingMerger(
         plan.num_classes,
         (region.row, region.row_end),
         batch.cols,
         plan.grid.window_height,
-        mode,
-        with_confidence="confidence" in kinds,
+        plan.config.uncertainty_mode if plan.needs_uncertainty else None,
+        with_confidence=plan.writes("confidence") is not None,
+        with_probabilities=plan.writes("probabilities") is not None,
+        confident_threshold=confident.threshold if confident is not None else None,
     )
 
 
@@ -473,4 +488,6 @@ def _summarise(
         region.paths.get("OUTPUT_CONFIDENCE"),
         pass_seconds,
         dict(region.stage_seconds),
+        region.paths.get("OUTPUT_PROBABILITIES"),
+        region.paths.get("OUTPUT_CONFIDENT"),
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..io.conventions import CLASS_NODATA, UNCERTAINTY_NODATA
 from .tiling import Window
-from .uncertainty import argmax_and_max, uncertainty_from_accumulators
+from .uncertainty import argmax_and_max, low_means_unsure, uncertainty_from_accumulators
 
 __all__ = ["FinishedRows", "StreamingMerger", "CLASS_NODATA", "UNCERTAINTY_NODATA"]
 
@@ -28,6 +28,8 @@ class FinishedRows:
     classes: np.ndarray  # (h, w) uint8, CLASS_NODATA where no valid input
     uncertainty: np.ndarray | None  # (h, w) float32, UNCERTAINTY_NODATA where no valid input
     confidence: np.ndarray | None = None  # (h, w) float32 max_c p̄_c, UNCERTAINTY_NODATA where no valid input
+    probabilities: np.ndarray | None = None  # (C, h, w) float32 p̄, UNCERTAINTY_NODATA where no valid input
+    confident: np.ndarray | None = None  # (h, w) uint8 classes, CLASS_NODATA where unsure or no valid input
 
 
 class StreamingMerger:
@@ -49,6 +51,10 @@ class StreamingMerger:
         buffer_rows: rows kept in memory; at least the tile height.
         uncertainty_mode: a mode of :mod:`.uncertainty`, or ``None`` (no uncertainty output).
         with_confidence: also hand out ``max_c p̄_c``.
+        with_probabilities: also hand out the blended ``p̄`` (``(C, h, w)``).
+        confident_threshold: also hand out the confident classes: the classes where the uncertainty is at most
+            this value (for the margin, where low means unsure: at least it), compared in float32 as the
+            uncertainty raster stores it; ``CLASS_NODATA`` elsewhere. Needs ``uncertainty_mode``.
     """
 
     def __init__(
@@ -59,12 +65,18 @@ class StreamingMerger:
         buffer_rows: int,
         uncertainty_mode: str | None,
         with_confidence: bool = False,
+        with_probabilities: bool = False,
+        confident_threshold: float | None = None,
     ) -> None:
+        if confident_threshold is not None and uncertainty_mode is None:
+            raise ValueError("the confident classes need an uncertainty mode.")
         self.num_classes = num_classes
         self.row0, self.row1 = row_range
         self.col0, self.col1 = col_range
         self.uncertainty_mode = uncertainty_mode
         self.with_confidence = with_confidence
+        self.with_probabilities = with_probabilities
+        self.confident_threshold = None if confident_threshold is None else np.float32(confident_threshold)
         self.top = self.row0  # first row not yet handed out
         rows = min(buffer_rows, self.row1 - self.row0)
         cols = self.col1 - self.col0
@@ -160,7 +172,20 @@ class StreamingMerger:
         if self.with_confidence:
             confidence = top
             confidence[~valid] = UNCERTAINTY_NODATA
-        finished = FinishedRows(self.top, self.col0, classes, uncertainty, confidence)
+        confident = None
+        if uncertainty is not None and self.confident_threshold is not None:
+            confident = self._confident(classes, uncertainty, valid)
+        if self.with_probabilities:
+            probs[:, ~valid] = UNCERTAINTY_NODATA
+        finished = FinishedRows(
+            self.top,
+            self.col0,
+            classes,
+            uncertainty,
+            confidence,
+            probs if self.with_probabilities else None,
+            confident,
+        )
         for buffer in (self._probs, self._weights, self._expected, self._information, self._votes, self._broken):
             if buffer is None:
                 continue
@@ -171,6 +196,15 @@ class StreamingMerger:
             buffer[index + (slice(keep, None),)] = 0
         self.top = until_row
         return finished
+
+    def _confident(self, classes: np.ndarray, uncertainty: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """``classes`` with the unsure pixels set to ``CLASS_NODATA``: uncertainty above the threshold (margin:
+        below it). ``uncertainty`` holds the float32 values written to the uncertainty raster."""
+        threshold = self.confident_threshold
+        unsure = uncertainty < threshold if low_means_unsure(str(self.uncertainty_mode)) else uncertainty > threshold
+        confident = classes.copy()
+        confident[unsure & valid] = CLASS_NODATA
+        return confident
 
     def finalize(self) -> FinishedRows | None:
         """Finish every remaining row; calling it again returns ``None``."""

@@ -14,7 +14,16 @@ from ..io.raster_io import GeoTiffWriter
 from .merger import FinishedRows
 from .plan import Georeference, OutputSpec, Region
 
-__all__ = ["OutputSet"]
+__all__ = ["OutputSet", "encode"]
+
+
+def encode(values: np.ndarray, spec: OutputSpec) -> np.ndarray:
+    """``values`` as the file stores them: unchanged, or with ``spec.scale``, ``round(scale * v)`` in the spec's
+    data type and ``spec.nodata`` where ``v`` is the float nodata (negative)."""
+    if spec.scale is None:
+        return values
+    scaled = np.clip(np.floor(values * np.float32(spec.scale) + np.float32(0.5)), 0, spec.scale)
+    return np.where(values < 0, spec.nodata, scaled).astype(spec.dtype)
 
 
 class OutputSet:
@@ -45,6 +54,7 @@ class OutputSet:
         self.region = region
         self.writers: dict[str, GeoTiffWriter] = {}  # kind -> writer
         self.keys: dict[str, str] = {}  # kind -> Processing key
+        self.specs: dict[str, OutputSpec] = {}  # kind -> spec
         placed = georeference.for_region(region)
         gcps = [gdal.GCP(x, y, z, p, line) for p, line, x, y, z in placed.gcps]
         try:
@@ -64,8 +74,11 @@ class OutputSet:
                     overview_resampling=spec.overview_resampling,
                     gcps=gcps,
                     gcp_projection=placed.gcp_projection,
+                    bands=spec.bands,
+                    band_descriptions=spec.band_descriptions,
                 )
                 self.keys[spec.kind] = spec.key
+                self.specs[spec.kind] = spec
         except BaseException:
             self.abort()
             raise
@@ -95,6 +108,7 @@ class OutputSet:
             for kind, writer in self.writers.items():
                 data = getattr(rows, kind)
                 if data is not None:
+                    data = encode(data, self.specs[kind])
                     writer.write(rows.row - self.region.row, rows.col - self.region.col, data)
         if flush:
             for writer in self.writers.values():

@@ -7,7 +7,7 @@
 3. probe the model on one tile (classes, whether the tile is accepted, the batch size);
 4. warn about the input (no CRS, values outside the normalisation);
 5. check the free space;
-6. describe the outputs (data types, nodata, metadata, class names and colours).
+6. describe the outputs (data types, nodata, metadata, class names and colours; :mod:`.output_specs`).
 
 A :class:`RunPlan` is plain data (no model, no open file): a region of it can run in another thread or process.
 :func:`region_batches` lists the batches of windows a :class:`Region` needs: the windows of the *global* grid
@@ -29,14 +29,13 @@ import torch
 
 from ..config import InferenceConfig
 from ..errors import ModelLoadError, ParameterError
-from ..io.conventions import CLASS_NODATA, UNCERTAINTY_NODATA, parse_colour
 from ..io.output_files import check_extension, check_outputs
 from ..io.raster_io import RasterReader
 from ..models.loading import LoadedModel
 from .device import auto_batch_size, check_tile_fits, gpu_batch_size
+from .output_specs import UNCERTAINTY_DESCRIPTIONS, OutputOptions, OutputSpec, describe_outputs
 from .sampler import select_segmentation_output
 from .tiling import TileGrid, Window
-from .uncertainty import uncertainty_maximum
 
 __all__ = [
     "OUTPUT_EXTENSIONS",
@@ -44,6 +43,8 @@ __all__ = [
     "Region",
     "Georeference",
     "OutputSpec",
+    "OutputOptions",
+    "describe_outputs",
     "RunPlan",
     "Batch",
     "plan_run",
@@ -52,12 +53,6 @@ __all__ = [
 ]
 
 OUTPUT_EXTENSIONS = (".tif", ".tiff")
-UNCERTAINTY_DESCRIPTIONS = {
-    "entropy": "predictive entropy H[mean p] (nats)",
-    "mutual_information": "mutual information / BALD (nats)",
-    "expected_entropy": "expected entropy mean H[p] (aleatoric, nats)",
-    "variation_ratio": "variation ratio 1 - modal vote share",
-}
 
 
 @dataclass(frozen=True)
@@ -104,22 +99,6 @@ class Georeference:
 
 
 @dataclass(frozen=True)
-class OutputSpec:
-    """One output raster: which Processing key and blend result it holds, and how it is written."""
-
-    key: str  # OUTPUT, OUTPUT_UNCERTAINTY, OUTPUT_CONFIDENCE
-    kind: str  # the field of the merger's finished rows: classes, uncertainty, confidence
-    path: str
-    dtype: str
-    nodata: float
-    description: str
-    metadata: tuple[tuple[str, str], ...]
-    overview_resampling: str
-    color_table: tuple[tuple[int, int, int, int], ...] | None = None
-    category_names: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
 class RunPlan:
     """Everything a region of the run needs besides the model (see the module docstring)."""
 
@@ -143,6 +122,15 @@ class RunPlan:
 
     def output_paths(self) -> dict[str, str]:
         return {spec.key: spec.path for spec in self.outputs}
+
+    def writes(self, kind: str) -> OutputSpec | None:
+        """The output of ``kind`` (``uncertainty``, ``confident`` ...), or None when the run does not write it."""
+        return next((spec for spec in self.outputs if spec.kind == kind), None)
+
+    @property
+    def needs_uncertainty(self) -> bool:
+        """Whether the uncertainty is computed: written, or needed for the confident classes."""
+        return any(spec.kind in ("uncertainty", "confident") for spec in self.outputs)
 
 
 @dataclass(frozen=True)
@@ -290,7 +278,8 @@ def check_free_space(specs: Sequence[OutputSpec], width: int, height: int) -> No
     needed: dict[str, float] = {}
     for spec in specs:
         folder = os.path.dirname(spec.path)
-        needed[folder] = needed.get(folder, 0.0) + width * height * np.dtype(spec.dtype).itemsize * 4 / 3
+        size = width * height * spec.bands * np.dtype(spec.dtype).itemsize * 4 / 3
+        needed[folder] = needed.get(folder, 0.0) + size
     for folder, size in needed.items():
         free = shutil.disk_usage(folder).free
         if free < size:
@@ -299,79 +288,6 @@ def check_free_space(specs: Sequence[OutputSpec], width: int, height: int) -> No
                 folder,
                 f"have room for the outputs: about {size / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free",
             )
-
-
-def _colour(value: object, index: int) -> tuple[int, int, int, int]:
-    try:
-        return parse_colour(value, f"class_colors[{index}]")
-    except ValueError:
-        raise ParameterError(f"class_colors[{index}]", value, 'be "#rrggbb" or [r, g, b]') from None
-
-
-def describe_outputs(
-    paths: Mapping[str, str], model: LoadedModel, config: InferenceConfig, num_classes: int
-) -> tuple[OutputSpec, ...]:
-    """Data type, nodata, band description and metadata of each output (the ``MC_*`` items record the run)."""
-    tile, step = config.model_input_shape, config.step_shape
-    metadata = {
-        "MC_MODEL": os.path.basename(model.source),
-        "MC_NUM_CLASSES": num_classes,
-        "MC_N_SAMPLES": config.n_samples if config.mc_dropout else 1,
-        "MC_DROPOUT": "on" if config.mc_dropout else "off",
-        "MC_TTA_MODE": config.tta_mode,
-        "MC_SEED": config.seed,
-        "MC_TILE": f"{tile[0]},{tile[1]}",
-        "MC_STEP": f"{step[0]},{step[1]}",
-        "MC_TILE_WEIGHT": config.tile_weight,
-        "MC_PRECISION": "float32" if config.autocast == "off" else f"autocast {config.autocast}",
-    }
-
-    def items(extra: Mapping[str, Any] | None = None) -> tuple[tuple[str, str], ...]:
-        return tuple((k, str(v)) for k, v in {**metadata, **(extra or {})}.items())
-
-    colours = tuple(_colour(c, i) for i, c in enumerate(model.class_colors or ())) or None
-    specs = [
-        OutputSpec(
-            "OUTPUT",
-            "classes",
-            paths["OUTPUT"],
-            "uint8",
-            CLASS_NODATA,
-            "class index",
-            items(),
-            "NEAREST",
-            colours,
-            tuple(model.class_names) if model.class_names else None,
-        )
-    ]
-    if paths.get("OUTPUT_UNCERTAINTY"):
-        maximum = uncertainty_maximum(config.uncertainty_mode, num_classes)
-        specs.append(
-            OutputSpec(
-                "OUTPUT_UNCERTAINTY",
-                "uncertainty",
-                paths["OUTPUT_UNCERTAINTY"],
-                "float32",
-                UNCERTAINTY_NODATA,
-                UNCERTAINTY_DESCRIPTIONS[config.uncertainty_mode],
-                items({"MC_UNCERTAINTY_MODE": config.uncertainty_mode, "MC_UNCERTAINTY_MAX": f"{maximum:.6f}"}),
-                "AVERAGE",
-            )
-        )
-    if paths.get("OUTPUT_CONFIDENCE"):
-        specs.append(
-            OutputSpec(
-                "OUTPUT_CONFIDENCE",
-                "confidence",
-                paths["OUTPUT_CONFIDENCE"],
-                "float32",
-                UNCERTAINTY_NODATA,
-                "confidence max_c mean p (calibration)",
-                items(),
-                "AVERAGE",
-            )
-        )
-    return tuple(specs)
 
 
 @dataclass(frozen=True)
@@ -388,8 +304,12 @@ def plan_run(
     paths: Mapping[str, str | None],
     device: torch.device,
     caution: Callable[[str], None],
+    options: OutputOptions | None = None,
 ) -> tuple[RunPlan, PlanReport]:
     """Take the whole-input steps (module docstring) and return the plan; the model must be on ``device``.
+
+    ``paths`` maps Processing keys to files (None: not written); ``options`` says how the optional outputs are
+    written.
 
     Raises:
         ParameterError, ModelLoadError, RasterIOError: bad input, before any output is written.
@@ -404,7 +324,7 @@ def plan_run(
         )
         num_classes, batch_size, note, probe_seconds = probe_model(model, device, len(bands), config)
         warn_about_input(reader, model, caution)
-        specs = describe_outputs(outputs, model, config, num_classes)
+        specs = describe_outputs(outputs, model, config, num_classes, options)
         check_free_space(specs, reader.width, reader.height)
         plan = RunPlan(
             input_path,

@@ -18,6 +18,7 @@ from ..errors import ParameterError
 from ..models.compatibility import check_mc_compatibility
 from ..models.loading import LoadedModel, as_loaded_model
 from .engine import RunResult, run_inference
+from .output_specs import CONFIDENT_THRESHOLD_DEFAULT, OutputOptions
 
 __all__ = [
     "MCDropoutInferenceProcessor",
@@ -69,6 +70,10 @@ class _InferenceProcessor:
         output_path: str | None = None,
         uncertainty_path: str | None = None,
         confidence_path: str | None = None,
+        probabilities_path: str | None = None,
+        probabilities_dtype: str = "float32",
+        confident_path: str | None = None,
+        confident_threshold: float = CONFIDENT_THRESHOLD_DEFAULT,
         progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         log: Callable[[str], None] | None = None,
@@ -78,22 +83,36 @@ class _InferenceProcessor:
 
         Args:
             image_path: input raster (``INPUT``).
-            output_dir: folder for ``{stem}.tif`` (and the uncertainty file unless ``output_uncertainty_dir``).
-            output_path: explicit class raster path (overrides ``output_dir``).
+            output_dir: folder for ``{stem}.tif`` (and the uncertainty file unless ``output_uncertainty_dir``);
+                created, with its parents, when it does not exist (so is ``output_uncertainty_dir``).
+            output_path: explicit class raster path (overrides ``output_dir``); its folder must exist.
             uncertainty_path: explicit uncertainty path; default ``{output stem}{suffix}.tif`` beside it.
             confidence_path: where to write ``max_c p̄_c`` (float32, for calibration); None writes none.
+            probabilities_path: where to write p̄, one band per class named after it (``OUTPUT_PROBABILITIES``);
+                None writes none.
+            probabilities_dtype: ``float32`` (p̄, -1 = nodata) or ``uint8`` (``round(254 p̄)``, 255 = nodata)
+                (``PROBABILITIES_DATA_TYPE``).
+            confident_path: where to write the confident classes (``OUTPUT_CONFIDENT``): the class raster with
+                255 where the uncertainty is above ``confident_threshold`` (margin: below it); the uncertainty
+                is computed for it even when ``export_uncertainty_map`` is off. None writes none.
+            confident_threshold: in the units of ``uncertainty_mode``, within its range (``CONFIDENT_THRESHOLD``).
             progress: receives 0..100.
             is_cancelled: polled between passes.
             log: receives one-line messages.
             warn: receives warnings (no CRS, values outside the normalisation); default: ``log``.
 
         Returns:
-            ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"`` when written.
+            ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"``, ``"probabilities"``
+            and ``"confident"`` when written.
         """
+        options = OutputOptions(probabilities_dtype, confident_threshold)
         if output_path is None:
             if output_dir is None:
                 raise ParameterError("OUTPUT", None, "be given (output_dir or output_path)")
             output_path, default_uncertainty = self.default_paths(image_path, output_dir)
+            _make_folder(output_dir)
+            if default_uncertainty is not None:
+                _make_folder(os.path.dirname(default_uncertainty))
         else:
             default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
         if uncertainty_path is None:
@@ -105,6 +124,9 @@ class _InferenceProcessor:
             output_path,
             uncertainty_path if self.config.export_uncertainty_map else None,
             confidence_path=os.fspath(confidence_path) if confidence_path else None,
+            probabilities_path=os.fspath(probabilities_path) if probabilities_path else None,
+            confident_path=os.fspath(confident_path) if confident_path else None,
+            output_options=options,
             progress=progress,
             is_cancelled=is_cancelled,
             log=log,
@@ -112,9 +134,24 @@ class _InferenceProcessor:
         )
         self.last_result = result
         paths = {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
-        if result.confidence:
-            paths["confidence"] = result.confidence
+        for name in ("confidence", "probabilities", "confident"):
+            if getattr(result, name):
+                paths[name] = getattr(result, name)
         return paths
+
+
+def _make_folder(folder: str) -> None:
+    """Create ``folder`` and its parents when missing (as ``process(image, out_dir)`` promises).
+
+    Raises:
+        ParameterError: naming OUTPUT, when the folder cannot be made (a file in the way, no permission).
+    """
+    try:
+        os.makedirs(os.fspath(folder), exist_ok=True)
+    except OSError as error:
+        raise ParameterError(
+            "OUTPUT", os.fspath(folder), f"be a folder that can be created ({error.strerror})"
+        ) from None
 
 
 _CONFIG_FIELDS = {f.name: f.default for f in fields(InferenceConfig)}

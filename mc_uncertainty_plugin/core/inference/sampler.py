@@ -287,12 +287,13 @@ class EnsembleSampler:
         cache = self.prefix_cache if self.cache_status in ("unverified", "on") else None
         # the cache checks tensor version counters, which inference tensors do not keep
         with torch.no_grad() if cache is not None else torch.inference_mode():
-            for k, transform in enumerate(self.transforms):
+            for transform in self.transforms:
                 xt = transform.apply(x).contiguous(memory_format=self.memory_format)
                 for t in range(self.n_samples):
                     if is_cancelled is not None and is_cancelled():
                         raise InferenceCancelled("cancelled by the user.")
-                    keys = [(row, col, k, t) for row, col in tile_keys]
+                    # the transform's place among the eight: its masks are the same in every TTA set
+                    keys = [(row, col, transform.key, t) for row, col in tile_keys]
                     logits = self._pass(xt, keys, cache, t)
                     if cache is not None and self.cache_status == "off":
                         cache = None  # verification failed: full passes from here on

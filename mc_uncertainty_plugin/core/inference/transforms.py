@@ -6,6 +6,11 @@ rotation by 180°), so it is exact for any tile. ``d4`` adds the rotations by 90
 transposes; these turn an ``H x W`` tile into a ``W x H`` one, which is fed to the model as is (fully
 convolutional models accept it), so no padding or resampling is involved and d4 stays exact on non-square
 tiles.
+
+Any subset of the eight can be chosen by name (``TTA_MODE=identity,hflip,rot90``,
+:func:`~..config.normalize_tta_mode`); they always run in the canonical order of
+:data:`~..config.TTA_TRANSFORMS`, and each transform's dropout masks are keyed by its place in that order
+(:attr:`Transform.key`), so a transform samples the same masks in every set it belongs to.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ..config import TTA_TRANSFORMS, tta_transform_names
 
 __all__ = ["Transform", "transforms_for"]
 
@@ -24,6 +31,11 @@ class Transform:
     name: str
     rotations: int  # quarter turns, counter-clockwise
     flip: bool  # flip along W first
+
+    @property
+    def key(self) -> int:
+        """Its place among the eight (:data:`~..config.TTA_TRANSFORMS`): part of its dropout masks' key."""
+        return TTA_TRANSFORMS.index(self.name)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:
@@ -55,6 +67,15 @@ _D4 = _FLIPS + (
 )
 
 
+_BY_NAME = {transform.name: transform for transform in _D4}
+assert tuple(_BY_NAME) == TTA_TRANSFORMS  # one order for names, transforms and dropout keys
+
+
 def transforms_for(mode: str) -> tuple[Transform, ...]:
-    """``none`` -> (identity,), ``flip`` -> 4 transforms, ``d4`` -> 8 transforms."""
-    return {"none": (_IDENTITY,), "flip": _FLIPS, "d4": _D4}[mode]
+    """``none`` -> (identity,), ``flip`` -> 4 transforms, ``d4`` -> 8 transforms, ``"identity,rot90"`` -> those
+    two, in canonical order.
+
+    Raises:
+        ParameterError: naming TTA_MODE (an unknown or repeated name).
+    """
+    return tuple(_BY_NAME[name] for name in tta_transform_names(mode))

@@ -1,4 +1,4 @@
-"""Uncertainty measures over class probabilities (natural log, values in ``[0, ln C]``).
+"""Uncertainty measures over class probabilities (natural log; the entropies in ``[0, ln C]``).
 
 Notation: ``p_t(c|x)`` is the softmax of stochastic pass ``t = 1..T`` (dropout mask and/or augmentation),
 ``p̄(c|x) = (1/T) Σ_t p_t(c|x)`` the predictive mean, ``H[p] = -Σ_c p_c ln p_c`` (with ``0 ln 0 = 0``).
@@ -9,6 +9,10 @@ Notation: ``p_t(c|x)`` is the softmax of stochastic pass ``t = 1..T`` (dropout m
 - expected entropy: ``(1/T) Σ_t H[p_t]`` — the aleatoric part (``H[p̄] = MI + expected entropy``).
 - variation ratio: ``1 - max_c v_c`` with ``v_c = (1/T) Σ_t 1[argmax p_t = c]``, the share of samples that do
   not vote for the modal class; in ``[0, 1 - 1/C]``.
+- normalised entropy: ``H[p̄] / ln C`` — the predictive entropy on a scale of ``[0, 1]`` whatever C, so one
+  threshold suits models with different class counts.
+- margin: ``p̄_(1) - p̄_(2)``, the gap between the two largest mean probabilities, in ``[0, 1]``. Unlike the
+  others, *low* means unsure (0: a tie between the two best classes).
 - confidence: ``max_c p̄_c`` (for calibration), in ``[1/C, 1]``.
 
 Blending over overlapping tiles (see :mod:`.merger`) keeps *linear* accumulators per pixel, normalised by
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..io.conventions import LOW_MEANS_UNSURE
+
 __all__ = [
     "entropy",
     "predictive_entropy",
@@ -32,6 +38,8 @@ __all__ = [
     "uncertainty_from_accumulators",
     "variation_ratio",
     "uncertainty_maximum",
+    "low_means_unsure",
+    "top_two_margin",
     "argmax_and_max",
 ]
 
@@ -39,8 +47,33 @@ _TINY = np.float32(1e-30)
 
 
 def uncertainty_maximum(mode: str, num_classes: int) -> float:
-    """Largest possible value of a mode: ``ln C`` for the entropies and MI, ``1 - 1/C`` for the variation ratio."""
+    """Largest possible value of a mode: ``ln C`` for the entropies and MI, ``1 - 1/C`` for the variation ratio,
+    1 for the normalised entropy and the margin (every mode's smallest value is 0)."""
+    if mode in ("normalized_entropy", "margin"):
+        return 1.0
     return 1.0 - 1.0 / num_classes if mode == "variation_ratio" else float(np.log(num_classes))
+
+
+def low_means_unsure(mode: str) -> bool:
+    """True for the margin, where a low value means unsure; every other mode grows with the uncertainty."""
+    return mode in LOW_MEANS_UNSURE
+
+
+def top_two_margin(probs: np.ndarray) -> np.ndarray:
+    """``p_(1) - p_(2)``, the largest minus the second largest value along axis 0 of ``(C, H, W)``; ``(H, W)``
+    float32 in ``[0, 1]`` for probabilities (0 where the two best classes tie).
+
+    Class by class (a running best and second best), without sorting the class axis.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.shape[0] == 1:  # one class: nothing competes with it
+        return np.ones(probs.shape[1:], dtype=np.float32)
+    best = np.maximum(probs[0], probs[1])
+    second = np.minimum(probs[0], probs[1])
+    for plane in probs[2:]:
+        np.maximum(second, np.minimum(best, plane), out=second)
+        np.maximum(best, plane, out=best)
+    return np.clip(best - second, np.float32(0.0), np.float32(1.0))
 
 
 def variation_ratio(sample_probs: np.ndarray) -> np.ndarray:
@@ -124,7 +157,8 @@ def uncertainty_from_accumulators(
         expected_entropy: blended ``(1/T) Σ_t H[p_t]``, ``(H, W)``; for ``expected_entropy`` (and for
             ``mutual_information`` of a single window, when ``mutual_information`` is not given).
         mode: ``entropy`` -> ``H[p̄]``; ``mutual_information`` -> the blended per-window MI (else ``H[p̄] - E``),
-            clipped to ``[0, ln C]``; ``expected_entropy`` -> ``E``; ``variation_ratio`` -> ``1 - max_c v_c``.
+            clipped to ``[0, ln C]``; ``expected_entropy`` -> ``E``; ``variation_ratio`` -> ``1 - max_c v_c``;
+            ``normalized_entropy`` -> ``H[p̄] / ln C``; ``margin`` -> ``p̄_(1) - p̄_(2)`` (both of the blended p̄).
         votes: blended vote shares ``v``, ``(C, H, W)``; for ``variation_ratio``.
         mutual_information: blended per-window ``H[p̄_k] - E_k``, ``(H, W)``.
 
@@ -133,6 +167,8 @@ def uncertainty_from_accumulators(
     """
     num_classes = mean_probs.shape[0]
     ceiling = np.float32(np.log(num_classes))
+    if mode == "margin":
+        return top_two_margin(mean_probs)
     if mode == "expected_entropy":
         if expected_entropy is None:
             raise ValueError("expected_entropy needs the blended expected entropy.")
@@ -146,6 +182,9 @@ def uncertainty_from_accumulators(
     total = entropy(mean_probs, axis=0)
     if mode == "entropy":
         return total
+    if mode == "normalized_entropy":
+        total /= ceiling
+        return np.clip(total, np.float32(0.0), np.float32(1.0), out=total)
     if mode == "mutual_information":
         if expected_entropy is None:
             raise ValueError("mutual_information needs the blended mutual information or expected entropy.")

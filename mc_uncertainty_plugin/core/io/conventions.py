@@ -2,7 +2,10 @@
 
 - class rasters: uint8 class index, :data:`CLASS_NODATA` (255) where there is no prediction, so at most 255
   classes;
-- uncertainty and confidence rasters: float32, :data:`UNCERTAINTY_NODATA` (-1, below every valid value);
+- uncertainty and confidence rasters: float32, :data:`UNCERTAINTY_NODATA` (-1, below every valid value); for the
+  measures in :data:`LOW_MEANS_UNSURE` (the margin) a low value means unsure, for all others a high one;
+- probability rasters: one band per class, float32 p̄ (nodata -1), or uint8 ``round(254 p̄)``
+  (:data:`PROBABILITY_SCALE_UINT8`) with 255 = nodata as in the class raster;
 - classes without configured colours: :data:`DEFAULT_CLASS_COLORS` (matplotlib's colour-blind-friendly tab10),
   then evenly spread hues (:func:`default_class_color`).
 
@@ -17,6 +20,8 @@ __all__ = [
     "CLASS_NODATA",
     "MAX_CLASSES",
     "UNCERTAINTY_NODATA",
+    "LOW_MEANS_UNSURE",
+    "PROBABILITY_SCALE_UINT8",
     "DEFAULT_CLASS_COLORS",
     "default_class_color",
     "parse_colour",
@@ -25,6 +30,10 @@ __all__ = [
 CLASS_NODATA = 255
 MAX_CLASSES = 255  # class indices 0 .. 254
 UNCERTAINTY_NODATA = -1.0
+LOW_MEANS_UNSURE = frozenset({"margin"})  # uncertainty modes where low = unsure (styled with a reversed ramp)
+# uint8 probabilities: value = round(254 * p̄), so 0..254 hold p̄ and 255 stays nodata, as in the class raster
+# (with 255 * p̄, a pixel sure of its class would read as nodata in that class's band)
+PROBABILITY_SCALE_UINT8 = 254
 DEFAULT_CLASS_COLORS = (
     "#1f77b4",
     "#ff7f0e",

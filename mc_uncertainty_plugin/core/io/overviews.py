@@ -5,7 +5,7 @@ seconds after the model is done. :class:`OverviewPyramid` instead halves each wr
 
 - ``average``: each level keeps per-pixel sums and counts of the valid (non-nodata) full-resolution pixels
   below it, so an overview pixel is the exact mean of the valid pixels of its ``f x f`` block (nodata where
-  there are none) — like GDAL's AVERAGE, without averaging averages;
+  there are none; rounded half up for integer rasters) — like GDAL's AVERAGE, without averaging averages;
 - nearest (the class raster): the top-left pixel of each ``f x f`` block.
 
 Pieces of one column panel must arrive top to bottom; a level keeps at most one pending row per panel, so
@@ -104,6 +104,8 @@ class OverviewPyramid:
             half_sums, half_counts = _halve(sums), _halve(counts)
             with np.errstate(invalid="ignore", divide="ignore"):
                 pixels = np.where(half_counts > 0, half_sums / np.maximum(half_counts, 1), self.nodata)
+        if self.dtype.kind in "iu" and counts is not None:  # integer means round half up, as GDAL's AVERAGE
+            pixels = np.floor(pixels + 0.5)
         pixels = pixels.astype(self.dtype)
         self._written[k] += pixels.size
         yield k, row // 2, col // 2, pixels

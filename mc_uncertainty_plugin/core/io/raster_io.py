@@ -54,8 +54,17 @@ def open_raster(parameter: str, path: str) -> gdal.Dataset:
 class RasterReader:
     """Reads windows of selected bands as float32 together with a validity mask.
 
-    A pixel is invalid (nodata) when any selected band is masked by GDAL (nodata value, alpha band, internal
-    or external mask) or is not finite (NaN / inf holes in float imagery).
+    Which pixels are nodata (the rule of GDAL's dataset mask and rasterio's ``dataset_mask``):
+
+    - a per-dataset mask (an internal or external ``.msk`` mask, an alpha band, ``NODATA_VALUES`` metadata)
+      decides where there is one: nodata where it is 0;
+    - otherwise a pixel is nodata only when *every* selected band is nodata there (equals its nodata value, or is
+      0 in its own mask band). A band without nodata value or mask is never nodata, so one band without one
+      keeps every pixel. A 0 in one band beside valid values in the others is data (e.g. a dark pixel of one
+      Landsat band whose nodata value is 0), fed to the model as read;
+    - a pixel where any selected band is not finite (NaN, ±inf) is nodata, whatever the rule above says: the
+      model cannot take NaN (one would spread through every convolution over it), and any value put in its
+      place would be data the raster does not hold.
 
     Args:
         path: any GDAL-readable raster.
@@ -77,12 +86,16 @@ class RasterReader:
 
     @staticmethod
     def _plan_mask(band: gdal.Band) -> tuple[str, float | None]:
+        """How a band says where it is nodata: ``none``, ``dataset`` (its mask band is the dataset's: a
+        per-dataset mask, an alpha band), ``nodata`` (a value) or ``band`` (a mask band of its own)."""
         flags = band.GetMaskFlags()
         if flags & gdal.GMF_ALL_VALID:
             return "none", None
+        if flags & gdal.GMF_PER_DATASET:
+            return "dataset", None
         if flags & gdal.GMF_NODATA:
             return "nodata", band.GetNoDataValue()
-        return "maskband", None
+        return "band", None
 
     @property
     def has_crs(self) -> bool:
@@ -162,24 +175,7 @@ class RasterReader:
                 f"{gdal.GetLastErrorMsg() or 'unknown GDAL error'}."
             )
         raw = raw.reshape(len(self.bands), window.height, window.width)
-        valid = np.ones((window.height, window.width), dtype=bool)
-        for index, (kind, nodata) in enumerate(self._mask_plan):
-            if kind == "nodata" and nodata is not None:
-                if isinstance(nodata, float) and math.isnan(nodata):
-                    continue  # NaN is caught by the finiteness test below
-                valid &= raw[index] != np.asarray(nodata).astype(raw.dtype)
-            elif kind == "maskband":
-                try:
-                    mask = (
-                        ds.GetRasterBand(self.bands[index])
-                        .GetMaskBand()
-                        .ReadAsArray(window.col, window.row, window.width, window.height)
-                    )
-                except RuntimeError:
-                    mask = None
-                if mask is None:
-                    raise RasterIOError(f"INPUT: reading the mask of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
-                valid &= mask > 0
+        valid = self._valid(raw, window)
         data = raw.astype(np.float32, copy=False)
         if np.issubdtype(raw.dtype, np.floating):
             valid &= np.isfinite(data).all(axis=0)
@@ -189,6 +185,41 @@ class RasterReader:
         out[:, : window.height, : window.width] = np.where(valid, data, 0.0)
         out_valid[: window.height, : window.width] = valid
         return out, out_valid
+
+    def _valid(self, raw: np.ndarray, window: Window) -> np.ndarray:
+        """``(h, w) bool``: False where the selected bands are nodata (the class docstring's rule; finiteness is
+        checked by the caller)."""
+        shape = (window.height, window.width)
+        for index, (kind, _) in enumerate(self._mask_plan):
+            if kind == "dataset":  # the dataset's mask decides
+                return self._read_mask(index, window) > 0
+        all_nodata: np.ndarray | None = None
+        for index, (kind, nodata) in enumerate(self._mask_plan):
+            if kind == "none" or (kind == "nodata" and nodata is None):
+                return np.ones(shape, dtype=bool)  # this band is valid everywhere: so is every pixel
+            if kind == "nodata":
+                if isinstance(nodata, float) and math.isnan(nodata):
+                    band_nodata = np.isnan(raw[index])
+                else:
+                    band_nodata = raw[index] == np.asarray(nodata).astype(raw.dtype)
+            else:
+                band_nodata = self._read_mask(index, window) == 0
+            all_nodata = band_nodata if all_nodata is None else all_nodata & band_nodata
+        return np.ones(shape, dtype=bool) if all_nodata is None else ~all_nodata
+
+    def _read_mask(self, index: int, window: Window) -> np.ndarray:
+        """The mask band of selected band ``index`` over ``window`` (0 = nodata)."""
+        try:
+            mask = (
+                self._dataset.GetRasterBand(self.bands[index])
+                .GetMaskBand()
+                .ReadAsArray(window.col, window.row, window.width, window.height)
+            )
+        except RuntimeError:
+            mask = None
+        if mask is None:
+            raise RasterIOError(f"INPUT: reading the mask of '{self.path}' failed: {gdal.GetLastErrorMsg()}.")
+        return mask
 
     def release_cache(self) -> None:
         """Drop cached input blocks (called after each row of windows; keeps memory flat on big rasters)."""
@@ -237,12 +268,13 @@ class _BlockRows:
 
 
 class GeoTiffWriter:
-    """A single-band tiled, compressed GeoTIFF written under a temporary name.
+    """A tiled, compressed GeoTIFF of one or more bands, written under a temporary name.
 
     Rows may arrive in any row-contiguous pieces per column panel; they are buffered into whole block rows
-    so that every compressed block is written once. Overviews are computed from the rows as they are written
-    (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the coarsest
-    level). :meth:`finish` closes the temporary file; :meth:`moves` lists the renames that publish it (a run
+    so that every compressed block is written once. Overviews are computed from the rows as they are written,
+    band by band (:mod:`.overviews`; GDAL's ``BuildOverviews`` at the end only if a panel is not aligned to the
+    coarsest level). Several bands are stored band-interleaved (``INTERLEAVE=BAND``): each band's blocks are
+    compressed and written on their own, never read back to add another band. :meth:`finish` closes the temporary file; :meth:`moves` lists the renames that publish it (a run
     publishes all its outputs in one :func:`~.output_files.publish_together`); :meth:`commit` finishes and
     publishes this file alone; :meth:`abort` deletes the temporary file. All are safe to call twice.
     """
@@ -265,11 +297,14 @@ class GeoTiffWriter:
         overview_resampling: str = "NEAREST",
         gcps: Sequence[gdal.GCP] = (),
         gcp_projection: str = "",
+        bands: int = 1,
+        band_descriptions: Sequence[str] | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.temp_path = temporary_path(self.path)
         self.dtype = np.dtype(dtype)
         self.width, self.height = width, height
+        self.bands = int(bands)
         self._resampling = overview_resampling
         self._category_names = list(category_names) if category_names else None
         driver = gdal.GetDriverByName("GTiff")
@@ -282,9 +317,9 @@ class GeoTiffWriter:
             "BIGTIFF=IF_SAFER",
             f"NUM_THREADS={_COMPRESSION_THREADS}",  # blocks are compressed by GDAL worker threads, beside the model
             "ZLEVEL=1",
-        ]
+        ] + (["INTERLEAVE=BAND"] if self.bands > 1 else [])
         try:
-            dataset = driver.Create(self.temp_path, width, height, 1, _GDAL_TYPES[self.dtype], options)
+            dataset = driver.Create(self.temp_path, width, height, self.bands, _GDAL_TYPES[self.dtype], options)
         except RuntimeError:
             dataset = None
         if dataset is None:
@@ -295,9 +330,13 @@ class GeoTiffWriter:
             dataset.SetProjection(projection)
         if gcps and geotransform is None:  # georeferenced by ground control points only: carry them over
             dataset.SetGCPs(list(gcps), gcp_projection)
+        for number in range(1, self.bands + 1):
+            dataset.GetRasterBand(number).SetNoDataValue(float(nodata))
         band = dataset.GetRasterBand(1)
-        band.SetNoDataValue(float(nodata))
-        if description:
+        if band_descriptions:
+            for number, text in enumerate(band_descriptions[: self.bands], start=1):
+                dataset.GetRasterBand(number).SetDescription(str(text))
+        elif description:
             band.SetDescription(description)
         if metadata:
             dataset.SetMetadata({str(k): str(v) for k, v in metadata.items()})
@@ -308,49 +347,61 @@ class GeoTiffWriter:
             band.SetColorTable(table)
             band.SetColorInterpretation(gdal.GCI_PaletteIndex)
         self._dataset = dataset
-        self._rows = _BlockRows(height, self.BLOCK)
+        self._rows = [_BlockRows(height, self.BLOCK) for _ in range(self.bands)]
         levels = self.overview_levels()
-        self._pyramid: OverviewPyramid | None = None
-        self._overview_rows: list[_BlockRows] = []
+        self._pyramids: list[OverviewPyramid] = []  # one per band; empty: BuildOverviews at the end
+        self._overview_rows: list[list[_BlockRows]] = []  # [band][level]
         try:  # empty overview bands, filled while writing
             empty_overviews = bool(levels) and dataset.BuildOverviews("NONE", levels) == 0
         except RuntimeError:
             empty_overviews = False
         if empty_overviews:
-            self._pyramid = OverviewPyramid(
-                width, height, len(levels), overview_resampling == "AVERAGE", float(nodata), self.dtype
-            )
-            self._overview_rows = [_BlockRows(h, self.BLOCK) for _, h in self._pyramid.sizes[1:]]
+            average = overview_resampling == "AVERAGE"
+            self._pyramids = [
+                OverviewPyramid(width, height, len(levels), average, float(nodata), self.dtype)
+                for _ in range(self.bands)
+            ]
+            sizes = self._pyramids[0].sizes[1:]
+            self._overview_rows = [[_BlockRows(h, self.BLOCK) for _, h in sizes] for _ in range(self.bands)]
         self.done = False
 
     # -- writing -------------------------------------------------------------------------------------------
     def write(self, row: int, col: int, block: np.ndarray) -> None:
-        """Write ``block`` (``(h, w)``) at ``(row, col)``; rows of one panel must arrive top to bottom."""
-        for ready in self._rows.add(row, col, np.asarray(block, dtype=self.dtype)):
-            self._write_now(*ready)
+        """Write ``block`` at ``(row, col)``: ``(h, w)`` for one band, ``(bands, h, w)`` for several; rows of one
+        panel must arrive top to bottom."""
+        block = np.asarray(block, dtype=self.dtype)
+        planes = [block] if block.ndim == 2 else list(block)
+        if len(planes) != self.bands:
+            raise ValueError(f"'{self.path}' has {self.bands} band(s), got a block of {len(planes)}.")
+        for index, plane in enumerate(planes):
+            for ready in self._rows[index].add(row, col, plane):
+                self._write_now(index, *ready)
 
     def flush(self) -> None:
         """Write buffered rows (end of a column panel)."""
-        for ready in self._rows.flush():
-            self._write_now(*ready)
-        for level, buffer in enumerate(self._overview_rows):
-            for ready in buffer.flush():
-                self._write_band(level, *ready)
+        for index in range(self.bands):
+            for ready in self._rows[index].flush():
+                self._write_now(index, *ready)
+            for level, buffer in enumerate(self._overview_rows[index] if self._overview_rows else ()):
+                for ready in buffer.flush():
+                    self._write_band(index, level, *ready)
 
-    def _write_now(self, row: int, col: int, rows: np.ndarray) -> None:
-        self._write_band(None, row, col, rows)
-        if self._pyramid is None:
+    def _write_now(self, index: int, row: int, col: int, rows: np.ndarray) -> None:
+        self._write_band(index, None, row, col, rows)
+        if not self._pyramids:
             return
-        if not OverviewPyramid.aligned(col, self._pyramid.levels):
-            self._pyramid, self._overview_rows = None, []  # BuildOverviews at the end instead
+        pyramid = self._pyramids[index]
+        if not OverviewPyramid.aligned(col, pyramid.levels):
+            self._pyramids, self._overview_rows = [], []  # BuildOverviews at the end instead
             return
-        for level, ov_row, ov_col, pixels in self._pyramid.add(row, col, rows):
-            for ready in self._overview_rows[level].add(ov_row, ov_col, pixels):
-                self._write_band(level, *ready)
+        for level, ov_row, ov_col, pixels in pyramid.add(row, col, rows):
+            for ready in self._overview_rows[index][level].add(ov_row, ov_col, pixels):
+                self._write_band(index, level, *ready)
 
-    def _write_band(self, level: int | None, row: int, col: int, rows: np.ndarray) -> None:
-        """Write rows to the band (``level`` None) or to one of its overviews, and drop them from GDAL's cache."""
-        band = self._dataset.GetRasterBand(1)
+    def _write_band(self, index: int, level: int | None, row: int, col: int, rows: np.ndarray) -> None:
+        """Write rows to band ``index`` (0-based; ``level`` None) or to one of its overviews, and drop them from
+        GDAL's cache."""
+        band = self._dataset.GetRasterBand(index + 1)
         if level is not None:
             band = band.GetOverview(level)
         try:
@@ -377,6 +428,11 @@ class GeoTiffWriter:
             factor *= 2
         return levels
 
+    @property
+    def overviews_streamed(self) -> bool:
+        """Whether every overview of every band was computed from the rows as written (no ``BuildOverviews``)."""
+        return bool(self._pyramids) and all(pyramid.complete for pyramid in self._pyramids)
+
     def commit(self) -> str:
         """Finish and publish in one step. Returns the final path."""
         self.finish()
@@ -388,8 +444,7 @@ class GeoTiffWriter:
             return
         self.flush()
         dataset = self._dataset
-        streamed = self._pyramid is not None and self._pyramid.complete
-        levels = [] if streamed else self.overview_levels()
+        levels = [] if self.overviews_streamed else self.overview_levels()
         previous = gdal.GetThreadLocalConfigOption("GDAL_NUM_THREADS", None)
         gdal.SetThreadLocalConfigOption("GDAL_NUM_THREADS", str(_COMPRESSION_THREADS))  # overviews in threads
         try:
