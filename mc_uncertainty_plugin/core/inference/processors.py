@@ -38,10 +38,18 @@ class MCCompatibilityWarning(UserWarning):
 class _InferenceProcessor:
     uncertainty_suffix = "_uncertainty"
 
-    def __init__(self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None) -> None:
+    def __init__(self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None,
+                 scheduler: str | None = None, block_size: int | str = 0) -> None:
         self.model = as_loaded_model(model)
         self.config = config
         self.output_uncertainty_dir = output_uncertainty_dir
+        self.scheduler = scheduler or ""  # SCHEDULER: "" runs in this process; else core.distributed runs blocks
+        self.block_size = block_size  # BLOCK_SIZE, with a scheduler: 0 = automatic
+        if self.scheduler:  # checked now, not after the model was probed
+            from ..distributed.run import parse_block_size, parse_scheduler
+
+            parse_scheduler(self.scheduler)
+            parse_block_size(block_size)
         self.last_result: RunResult | None = None
 
     def default_paths(self, image_path: str, output_dir: str) -> tuple[str, str | None]:
@@ -55,9 +63,9 @@ class _InferenceProcessor:
         return segmentation, uncertainty
 
     def uncertainty_path_for(self, segmentation_path: str) -> str:
-        """The default uncertainty path beside a class raster: ``{stem}{suffix}.tif``."""
-        stem = os.path.splitext(os.path.abspath(os.fspath(segmentation_path)))[0]
-        return f"{stem}{self.uncertainty_suffix}.tif"
+        """The default uncertainty path beside a class raster: ``{stem}{suffix}.tif`` (``.vrt`` beside a VRT)."""
+        stem, extension = os.path.splitext(os.path.abspath(os.fspath(segmentation_path)))
+        return f"{stem}{self.uncertainty_suffix}{'.vrt' if extension.lower() == '.vrt' else '.tif'}"
 
     def process(
         self,
@@ -85,6 +93,9 @@ class _InferenceProcessor:
             log: receives one-line messages.
             warn: receives warnings (no CRS, values outside the normalisation); default: ``log``.
 
+        With ``scheduler`` set (SCHEDULER) the run goes to :func:`~..distributed.run.run_job`: blocks on a Dask
+        cluster; the outputs may then end in ``.vrt`` (a mosaic of block files) or ``.tif`` (assembled).
+
         Returns:
             ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"`` when written.
         """
@@ -96,11 +107,17 @@ class _InferenceProcessor:
             default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
         if uncertainty_path is None:
             uncertainty_path = default_uncertainty
-        result = run_inference(
+        run: Callable[..., RunResult] = run_inference
+        extra: dict[str, Any] = {}
+        if self.scheduler:  # blocks on a Dask cluster (imported only then)
+            from ..distributed.run import run_job
+
+            run, extra = run_job, {"scheduler": self.scheduler, "block_size": self.block_size}
+        result = run(
             self.model, self.config, os.fspath(image_path), output_path,
             uncertainty_path if self.config.export_uncertainty_map else None,
             confidence_path=os.fspath(confidence_path) if confidence_path else None,
-            progress=progress, is_cancelled=is_cancelled, log=log, warn=warn,
+            progress=progress, is_cancelled=is_cancelled, log=log, warn=warn, **extra,
         )
         self.last_result = result
         paths = {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
@@ -156,6 +173,8 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
         cache_prefix: bool = True,
         memory_format: str | None = None,
         autocast: str | None = None,
+        scheduler: str | None = None,
+        block_size: int | str = 0,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -165,7 +184,8 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
             cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
         )
-        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
+        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"),
+                         scheduler, block_size)
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
@@ -201,6 +221,8 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
         cache_prefix: bool = True,
         memory_format: str | None = None,
         autocast: str | None = None,
+        scheduler: str | None = None,
+        block_size: int | str = 0,
     ) -> None:
         loaded = as_loaded_model(model)
         config = _config(
@@ -210,4 +232,5 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
             batch_size=batch_size, device=device, bands=bands, panel_width=panel_width,
             cache_prefix=cache_prefix, memory_format=memory_format, autocast=autocast,
         )
-        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"))
+        super().__init__(loaded, config, output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir"),
+                         scheduler, block_size)
