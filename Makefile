@@ -6,7 +6,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal python3-yaml pytho
 export QT_QPA_PLATFORM ?= offscreen
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: setup system-deps install demo test test-core test-qgis bench package clean
+.PHONY: setup system-deps install demo test test-core test-qgis bench bench-scale package clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test: setup
 
 bench: install
 	$(PY) resources/tools/bench.py
+
+# One process vs blocks on a local Dask cluster (local:1, local:2) on a 4096 px raster, and the halo overhead.
+bench-scale: setup
+	$(PY) resources/tools/bench_scale.py
 
 test-core: setup
 	$(PY) -m pytest -q tests/core

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import InferenceCancelled, InferenceError, McUncertaintyError, ParameterError
+from ..errors import InferenceCancelled, InferenceError, McUncertaintyError, MissingDependencyError, ParameterError
 from ..inference.engine import RunCallbacks
 from ..io.output_files import remove_stale_temporaries
 from .block_task import BlockOutcome, VersionMismatchError, block_windows, run_block, shipped_name
@@ -70,8 +70,11 @@ def connect(address: str, timeout: float = 30.0) -> Any:
     Raises:
         ParameterError: naming SCHEDULER when the scheduler cannot be reached or has no worker.
     """
-    from distributed import Client
-
+    try:
+        from distributed import Client
+    except ImportError:
+        raise MissingDependencyError("SCHEDULER needs Dask distributed in the plugin's Python environment: pip install "
+                                     "'dask[distributed]==2026.8.0' there (or leave SCHEDULER empty).") from None
     try:
         client = Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as error:
