@@ -20,6 +20,7 @@ Prints Markdown tables (pasted into the README). About 7 minutes on a 2-core mac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -101,7 +102,7 @@ def on_cluster(image: str, folder: Path, samples: int, workers: int) -> dict:
                          scheduler=address, exact=True, log=messages.append)
         job = time.perf_counter() - begun
         spent = {address: seconds - before[address] for address, seconds in client.run(_cpu_seconds).items()}
-    layout = next((m for m in messages if m.startswith("Dask at")), "").split(";", 1)[-1].split(", job")[0].strip()
+    layout = next((m for m in messages if m.startswith("Dask at")), "").split(";", 1)[-1].split("; job")[0].strip()
     return {"start": start, "warm": warm, "job": job, "windows": result.windows, "layout": layout,
             "cpu": sum(spent.values()), "busiest": max(spent.values()),
             "classes": result.segmentation, "uncertainty": result.uncertainty}
@@ -135,13 +136,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as temporary:
         folder = Path(temporary)
         image = write_input(folder / "scene.tif", args.size)
+        loads = [os.getloadavg()[0]]
         seconds, cpu, reference = in_process(image, folder, args.samples)
+        loads.append(os.getloadavg()[0])
         print(f"in-process (1 torch thread): {seconds:.1f} s", flush=True)
         runs = {}
         for workers in (1, 2):
             runs[workers] = on_cluster(image, folder, args.samples, workers)
+            loads.append(os.getloadavg()[0])
             print(f"local:{workers}: {runs[workers]}", flush=True)
-        print(f"\n{args.size} x {args.size} px, sample FPN, T = {args.samples}, tiles {TILE[0]}, step {STEP[0]}, CPU\n")
+        print(f"\n{args.size} x {args.size} px, sample FPN, T = {args.samples}, tiles {TILE[0]}, step {STEP[0]}, CPU; "
+              f"{os.cpu_count()} cores, 1-minute load average before / after each run: "
+              f"{' / '.join(f'{load:.1f}' for load in loads)}\n")
         print("| run | blocks / halo | job time | throughput | vs in-process | CPU s (busiest worker) | cluster start "
               "+ warm-up | end to end | bit for bit |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---|")

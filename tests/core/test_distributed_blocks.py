@@ -28,6 +28,7 @@ from mc_uncertainty_plugin.core.distributed.blocks import (
     MAX_BLOCK_EDGE,
     BlockLayout,
     alignment_unit,
+    block_window_counts,
     choose_layout,
     halo_overhead,
     parse_block_size,
@@ -72,8 +73,9 @@ def test_block_edges_lie_on_256_px_tiles_and_on_the_step():
 def test_halo_overhead_counts_the_windows_every_block_runs(shape, tile, step, edge):
     grid = TileGrid(shape, tile, step)
     layout = choose_layout(grid, edge)
-    computed = sum(len(batch.windows) for region in layout for batch in region_batches(grid, region, 8192, 4))
-    assert halo_overhead(grid, layout) == pytest.approx(computed / len(grid))
+    per_block = [sum(len(batch.windows) for batch in region_batches(grid, region, 8192, 4)) for region in layout]
+    assert block_window_counts(grid, layout) == per_block
+    assert halo_overhead(grid, layout) == pytest.approx(sum(per_block) / len(grid))
     assert halo_overhead(grid, BlockLayout(shape, (4096, 4096))) == 1.0
 
 
@@ -289,3 +291,26 @@ def test_blocks_of_an_earlier_job_go_once_this_one_is_published(scene, tmp_path)
     assert "notes.txt" in left  # not ours: left alone
     assert f"{job.tag}_r0_c0.json" in left and f"{job.tag}_classes_r0_c0.tif" in left  # the VRT's own blocks stay
     np.testing.assert_array_equal(read_band(str(tmp_path / "out.vrt")).shape, (40, 50))
+
+
+class _OneWorker:
+    """A stand-in for a Dask client whose one worker is this process."""
+
+    def run(self, function, *args):
+        return {"tcp://worker:1": function(*args)}
+
+
+def test_workers_with_dasks_malloc_trim_setting_get_a_warning(scene, tmp_path, monkeypatch):
+    from mc_uncertainty_plugin.core.distributed.dask_driver import _check_workers
+    from mc_uncertainty_plugin.core.inference.engine import RunCallbacks
+
+    job = _job(scene, tmp_path)
+    warnings = []
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    _check_workers(_OneWorker(), job, RunCallbacks(warn=warnings.append))
+    assert warnings == []
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    _check_workers(_OneWorker(), job, RunCallbacks(warn=warnings.append))
+    assert len(warnings) == 1 and "MALLOC_TRIM_THRESHOLD_=65536" in warnings[0]
+    with pytest.raises(VersionMismatchError, match="1 Dask worker"):
+        _check_workers(_OneWorker(), replace(job, versions={**job.versions, "torch": "1.0"}), RunCallbacks())

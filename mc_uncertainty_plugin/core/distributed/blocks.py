@@ -38,6 +38,7 @@ __all__ = [
     "alignment_unit",
     "parse_block_size",
     "windows_touching",
+    "block_window_counts",
     "halo_overhead",
     "choose_layout",
 ]
@@ -142,6 +143,12 @@ def _axis_counts(grid: TileGrid, layout: BlockLayout) -> tuple[list[int], list[i
     rows = windows_touching(grid.row_starts, grid.window_height, _cuts(layout.raster_shape[0], layout.block_shape[0]))
     cols = windows_touching(grid.col_starts, grid.window_width, _cuts(layout.raster_shape[1], layout.block_shape[1]))
     return rows, cols
+
+
+def block_window_counts(grid: TileGrid, layout: BlockLayout) -> list[int]:
+    """Windows touching each block, row-major (without listing them: a country-wide job has millions)."""
+    rows, cols = _axis_counts(grid, layout)
+    return [r * c for r in rows for c in cols]
 
 
 def halo_overhead(grid: TileGrid, layout: BlockLayout) -> float:

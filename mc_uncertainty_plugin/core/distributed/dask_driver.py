@@ -1,7 +1,9 @@
 """The blocks of a job on Dask distributed, with the futures API: one task per block.
 
 - Workers: every worker must import this plugin and have the client's plugin, torch and
-  segmentation-models-pytorch versions (checked before anything is submitted, and again by each block).
+  segmentation-models-pytorch versions (checked before anything is submitted, and again by each block). Workers
+  whose nanny exported ``MALLOC_TRIM_THRESHOLD_`` (Dask's default: 65536) get a warning: it doubled torch's CPU
+  time on the sample model here.
 - The model: workers read the model files by their paths when they can (a shared file system); otherwise the
   files are shipped to every worker, also those joining later (Dask's ``UploadFile`` plugin), and loaded there
   with the same safe loading.
@@ -34,6 +36,7 @@ from ..errors import InferenceCancelled, InferenceError, McUncertaintyError, Mis
 from ..inference.engine import RunCallbacks
 from ..io.output_files import remove_stale_temporaries
 from .block_task import BlockOutcome, VersionMismatchError, block_windows, run_block, shipped_name
+from .blocks import block_window_counts
 from .job import BlockRecord, Job, ModelBundle, local_versions, read_record
 
 __all__ = ["JobProgress", "BlockFailedError", "connect", "worker_slots", "torch_threads", "run_blocks_on_dask",
@@ -92,7 +95,12 @@ def worker_slots(client: Any) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
-def _check_workers(client: Any, job: Job) -> None:
+def _malloc_trim() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def _check_workers(client: Any, job: Job, callbacks: RunCallbacks) -> None:
+    """Refuse workers that cannot import the plugin or have other versions; warn about Dask's malloc setting."""
     try:
         found = client.run(local_versions)
     except Exception as error:  # a worker that cannot import the plugin fails to unpickle the call
@@ -105,6 +113,12 @@ def _check_workers(client: Any, job: Job) -> None:
         raise VersionMismatchError(f"{len(differing)} Dask worker(s) have other versions than the client, e.g. "
                                    f"{address}: {versions} (client: {job.versions}); install the same plugin, torch "
                                    "and segmentation-models-pytorch on every worker.")
+    trimmed = sorted({value for value in client.run(_malloc_trim).values() if value})
+    if trimmed:
+        callbacks.caution(f"Dask workers run with MALLOC_TRIM_THRESHOLD_={trimmed[0]} (the nanny's default), which "
+                          "doubled torch's CPU time in this plugin's measurement; set "
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' Dask "
+                          "configuration.")
 
 
 def _files_present(files: list[tuple[str, int]]) -> bool:
@@ -206,8 +220,10 @@ class _Blocks:
     def __init__(self, job: Job, records: dict[int, BlockRecord]) -> None:
         self.job = job
         self.records = records
-        self.planned = {index: block_windows(job, index) for index in range(len(job.layout))}
-        self.done = {index: self.planned[index] for index in records}
+        counts = block_window_counts(job.plan.grid, job.layout)  # the workers' own counts replace these
+        self.planned = dict(enumerate(counts))
+        self.planned.update({index: record.windows for index, record in records.items()})
+        self.done = {index: record.windows for index, record in records.items()}
         self.attempts: dict[int, str] = {}
         self.messages: queue.Queue = queue.Queue()
         self.resumed = len(records)
@@ -227,10 +243,11 @@ class _Blocks:
             if index not in self.records:
                 self.attempts[index] = message["attempt"]
                 self.done[index] = int(message["done"])
+                self.planned[index] = int(message["planned"])
 
     def finish(self, index: int, record: BlockRecord) -> None:
         self.records[index] = record
-        self.done[index] = self.planned[index]
+        self.done[index] = self.planned[index] = record.windows
 
     def progress(self) -> JobProgress:
         done, planned = sum(self.done.values()), sum(self.planned.values())
@@ -271,7 +288,7 @@ def run_blocks_on_dask(
         BlockFailedError: naming the block; the other blocks were stopped.
         VersionMismatchError: before anything ran.
     """
-    _check_workers(client, job)
+    _check_workers(client, job, callbacks)
     records = {index: record for index in range(len(job.layout)) if (record := read_record(job, index))}
     state = _Blocks(job, records)
     pending = [index for index in range(len(job.layout)) if index not in records]
