@@ -314,3 +314,15 @@ def test_workers_with_dasks_malloc_trim_setting_get_a_warning(scene, tmp_path, m
     assert len(warnings) == 1 and "MALLOC_TRIM_THRESHOLD_=65536" in warnings[0]
     with pytest.raises(VersionMismatchError, match="1 Dask worker"):
         _check_workers(_OneWorker(), replace(job, versions={**job.versions, "torch": "1.0"}), RunCallbacks())
+
+
+def test_processors_check_scheduler_and_block_size_when_built(scene):
+    from mc_uncertainty_plugin.core import MCDropoutInferenceProcessor, MultiClassInferenceProcessor
+
+    with pytest.raises(ParameterError, match="SCHEDULER must"):
+        MCDropoutInferenceProcessor(scene.model(), scheduler="http://head:8786")
+    with pytest.raises(ParameterError, match="BLOCK_SIZE must"):
+        MultiClassInferenceProcessor(scene.model(), scheduler="local:2", block_size=-5)
+    processor = MultiClassInferenceProcessor(scene.model(), scheduler="local:2", block_size="1024")
+    assert processor.uncertainty_path_for("/out/c.vrt") == "/out/c_uncertainty.vrt"
+    assert processor.uncertainty_path_for("/out/c.tif") == "/out/c_uncertainty.tif"

@@ -210,7 +210,7 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
                                                      os.getppid()))
                 checked["address"] = found.group(1)
 
-    processor = MCDropoutInferenceProcessor(scene.model(), **SETTINGS, scheduler="local:1", block_size=256)
+    processor = MCDropoutInferenceProcessor(scene.model(), **SETTINGS, scheduler="local:1")
     paths = processor.process(scene.image, output_path=str(tmp_path / "classes.vrt"), log=inspect)
     assert len(checked["env"]) == 1
     assert all(trim is None for trim, _ in checked["env"].values())  # the nanny's MALLOC_TRIM_THRESHOLD_ is off
