@@ -40,11 +40,23 @@ class _InferenceProcessor:
     uncertainty_suffix = "_uncertainty"
 
     def __init__(
-        self, model: LoadedModel | nn.Module, config: InferenceConfig, output_uncertainty_dir: str | None
+        self,
+        model: LoadedModel | nn.Module,
+        config: InferenceConfig,
+        output_uncertainty_dir: str | None,
+        scheduler: str | None = None,
+        block_size: int | str = 0,
     ) -> None:
         self.model = as_loaded_model(model)
         self.config = config
         self.output_uncertainty_dir = output_uncertainty_dir
+        self.scheduler = scheduler or ""  # SCHEDULER: "" runs in this process; else core.distributed runs blocks
+        self.block_size = block_size  # BLOCK_SIZE, with a scheduler: 0 = automatic
+        if self.scheduler:  # checked now, not after the model was probed
+            from ..distributed.run import parse_block_size, parse_scheduler
+
+            parse_scheduler(self.scheduler)
+            parse_block_size(block_size)
         self.last_result: RunResult | None = None
 
     def default_paths(self, image_path: str, output_dir: str) -> tuple[str, str | None]:
@@ -58,9 +70,9 @@ class _InferenceProcessor:
         return segmentation, uncertainty
 
     def uncertainty_path_for(self, segmentation_path: str) -> str:
-        """The default uncertainty path beside a class raster: ``{stem}{suffix}.tif``."""
-        stem = os.path.splitext(os.path.abspath(os.fspath(segmentation_path)))[0]
-        return f"{stem}{self.uncertainty_suffix}.tif"
+        """The default uncertainty path beside a class raster: ``{stem}{suffix}.tif`` (``.vrt`` beside a VRT)."""
+        stem, extension = os.path.splitext(os.path.abspath(os.fspath(segmentation_path)))
+        return f"{stem}{self.uncertainty_suffix}{'.vrt' if extension.lower() == '.vrt' else '.tif'}"
 
     def process(
         self,
@@ -101,6 +113,9 @@ class _InferenceProcessor:
             log: receives one-line messages.
             warn: receives warnings (no CRS, values outside the normalisation); default: ``log``.
 
+        With ``scheduler`` set (SCHEDULER) the run goes to :func:`~..distributed.run.run_job`: blocks on a Dask
+        cluster; the outputs may then end in ``.vrt`` (a mosaic of block files) or ``.tif`` (assembled).
+
         Returns:
             ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"``, ``"probabilities"``
             and ``"confident"`` when written.
@@ -117,7 +132,13 @@ class _InferenceProcessor:
             default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
         if uncertainty_path is None:
             uncertainty_path = default_uncertainty
-        result = run_inference(
+        run: Callable[..., RunResult] = run_inference
+        extra: dict[str, Any] = {}
+        if self.scheduler:  # blocks on a Dask cluster (imported only then)
+            from ..distributed.run import run_job
+
+            run, extra = run_job, {"scheduler": self.scheduler, "block_size": self.block_size}
+        result = run(
             self.model,
             self.config,
             os.fspath(image_path),
@@ -131,6 +152,7 @@ class _InferenceProcessor:
             is_cancelled=is_cancelled,
             log=log,
             warn=warn,
+            **extra,
         )
         self.last_result = result
         paths = {"segmentation": result.segmentation, "uncertainty": result.uncertainty}
@@ -200,6 +222,10 @@ _PROCESSOR_ARGUMENTS = """
             settings left out come from the model config's ``inference_processor:`` section, then the defaults.
         output_uncertainty_dir: folder of the uncertainty raster when :meth:`process` is given ``output_dir``
             (default: the same folder).
+        scheduler: SCHEDULER: empty (default) runs in this process; ``local:N`` (N worker processes on this
+            machine) or a Dask scheduler address (``tcp://host:8786``, ``tls://…``) runs the job in blocks
+            (:mod:`mc_uncertainty_plugin.core.distributed`).
+        block_size: BLOCK_SIZE: block side in pixels with a scheduler; 0 = automatic.
         **settings: fields of :class:`~mc_uncertainty_plugin.core.InferenceConfig`; with ``config``, they
             override its values.
 """
@@ -221,12 +247,14 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
         config: InferenceConfig | None = None,
         *,
         output_uncertainty_dir: str | None = None,
+        scheduler: str | None = None,
+        block_size: int | str = 0,
         **settings: Any,
     ) -> None:
         loaded = as_loaded_model(model)
         run_config = _config(loaded, config, settings, {"mc_dropout": True}, {}, type(self).__name__)
         folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        super().__init__(loaded, run_config, folder)
+        super().__init__(loaded, run_config, folder, scheduler, block_size)
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
@@ -249,10 +277,12 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
         config: InferenceConfig | None = None,
         *,
         output_uncertainty_dir: str | None = None,
+        scheduler: str | None = None,
+        block_size: int | str = 0,
         **settings: Any,
     ) -> None:
         loaded = as_loaded_model(model)
         fixed = {"mc_dropout": False, "n_samples": 1}
         run_config = _config(loaded, config, settings, fixed, {"tta_mode": "d4"}, type(self).__name__)
         folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        super().__init__(loaded, run_config, folder)
+        super().__init__(loaded, run_config, folder, scheduler, block_size)
