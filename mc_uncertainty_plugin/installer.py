@@ -51,8 +51,14 @@ __all__ = [
     "wheel_folder_setting",
 ]
 
-PINNED_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "segmentation-models-pytorch==0.6.0", "safetensors==0.8.0")
-CHECK_MODULES = ("torch", "torchvision", "segmentation_models_pytorch", "safetensors")
+PINNED_PACKAGES = (
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "segmentation-models-pytorch==0.6.0",
+    "safetensors==0.8.0",
+    "dask[distributed]==2026.8.0",  # SCHEDULER: blocks on local worker processes or a Dask cluster
+)
+CHECK_MODULES = ("torch", "torchvision", "segmentation_models_pytorch", "safetensors", "distributed")
 PINNED_CONSTRAINTS = ("timm==1.0.31",)  # segmentation-models-pytorch's encoders, as tested
 CPU, CUDA, DEFAULT_INDEX = "cpu", "cuda", "default"
 VARIANTS = (CPU, CUDA, DEFAULT_INDEX)

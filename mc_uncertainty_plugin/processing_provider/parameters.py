@@ -48,6 +48,8 @@ __all__ = [
     "CONFIDENT_THRESHOLD",
     "PROBABILITIES_DATA_TYPE",
     "STRETCH_UNCERTAINTY",
+    "SCHEDULER",
+    "BLOCK_SIZE",
     "TILE_WEIGHTS",
     "UNCERTAINTY_MODES",
     "TTA_MODES",
@@ -98,6 +100,8 @@ OUTPUT_CONFIDENT = "OUTPUT_CONFIDENT"
 CONFIDENT_THRESHOLD = "CONFIDENT_THRESHOLD"
 PROBABILITIES_DATA_TYPE = "PROBABILITIES_DATA_TYPE"
 STRETCH_UNCERTAINTY = "STRETCH_UNCERTAINTY"
+SCHEDULER = "SCHEDULER"
+BLOCK_SIZE = "BLOCK_SIZE"
 
 # The same choices as mc_uncertainty_plugin.core (not imported here: the core imports torch).
 # tests/qgis checks that both stay equal.
@@ -399,6 +403,8 @@ def read_common_values(
         "batch_size": raw_number(algorithm, parameters, BATCH_SIZE, context),
         "device": read_enum(algorithm, parameters, DEVICE, context),
         "bands": tuple(bands) if bands else None,
+        "scheduler": algorithm.parameterAsString(parameters, SCHEDULER, context).strip(),
+        "block_size": raw_number(algorithm, parameters, BLOCK_SIZE, context) if given(parameters, BLOCK_SIZE) else 0,
     }
     # Left out (qgis_process, processing.run): the model config's inference_processor section decides, then
     # the built-in default. The Toolbox dialog always passes every value.

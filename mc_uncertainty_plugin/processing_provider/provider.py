@@ -39,8 +39,8 @@ class McUncertaintyProvider(QgsProcessingProvider):
         self.addAlgorithm(ReviewRegionsAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
-        # The core writes GeoTIFF only.
-        return ["tif"]
+        # GeoTIFF; a VRT (a mosaic of block files) with a SCHEDULER only, which the core checks
+        return ["tif", "vrt"]
 
     def defaultRasterFileExtension(self) -> str:  # noqa: N802
         return "tif"

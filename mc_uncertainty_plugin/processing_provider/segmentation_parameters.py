@@ -22,6 +22,7 @@ from ..i18n import tr
 from .parameters import (
     BANDS,
     BATCH_SIZE,
+    BLOCK_SIZE,
     CHECKPOINT,
     CHECKPOINT_FILE_FILTER,
     CONFIDENT_THRESHOLD,
@@ -41,6 +42,7 @@ from .parameters import (
     OUTPUT_UNCERTAINTY,
     PROBABILITIES_DATA_TYPE,
     PROBABILITY_DTYPES,
+    SCHEDULER,
     SEED,
     STEP_SHAPE,
     STRETCH_UNCERTAINTY,
@@ -268,6 +270,31 @@ def _advanced() -> Definitions:
             "(ln C), the same scale on every map, so maps can be compared. Checked: over the data's 2–98 % range, "
             "for maps whose values all sit near 0 (typical of TTA); the layer's name then says \"colours stretched "
             '2–98 %" and its legend gives the range. Only the display changes, not the file.',
+            advanced=True,
+        ),
+        with_help(
+            QgsProcessingParameterString(
+                SCHEDULER, tr("Scheduler (empty = this process)"), defaultValue="", optional=True
+            ),
+            "Where the run happens. Empty (default): in this process. local:N: N worker processes on this machine "
+            "(started with the configured Python environment, one torch thread each: outputs bit for bit equal to "
+            "a one-thread run in this process). tcp://host:8786 or tls://…: an existing Dask scheduler (a laptop "
+            "cluster, dask-jobqueue on HPC, dask-kubernetes). The raster is cut into blocks; the class raster "
+            "may then end in .vrt (a mosaic of the block files, in a folder beside it) or .tif (assembled into "
+            "one GeoTIFF). Workers must read INPUT and the model by the same path (or /vsicurl/, /vsis3/).",
+            advanced=True,
+        ),
+        with_help(
+            QgsProcessingParameterNumber(
+                BLOCK_SIZE,
+                tr("Block size in pixels (0 = automatic; with a scheduler)"),
+                type=QgsProcessingParameterNumber.Integer,
+                defaultValue=0,
+                minValue=0,
+            ),
+            "With a scheduler: the side of the blocks the raster is cut into, aligned to the outputs' 256 px tiles "
+            "and to the tile stride. 0 chooses from the raster, the tiles and the workers (few blocks for little "
+            "overlap, enough to keep every worker busy). Ignored without a scheduler.",
             advanced=True,
         ),
     ]

@@ -277,6 +277,12 @@ def test_inside_qgis_the_workers_get_the_configured_environments_python(tmp_path
     (env / "bin" / "python").write_text("")
     monkeypatch.setenv("MC_UNCERTAINTY_PYTHON_ENV", str(env))
     assert worker_python("/usr/bin/qgis") == (str(env / "bin" / "python"), [])  # never the QGIS program
+    # inside QGIS even a Python-looking sys.executable (the first python3 on the PATH, as qgis_process reports
+    # it) is not the environment that has torch and Dask: the configured one wins
+    monkeypatch.setitem(sys.modules, "qgis.core", sys.modules.get("qgis.core", object()))
+    assert worker_python("/usr/bin/python3") == (str(env / "bin" / "python"), [])
+    monkeypatch.delitem(sys.modules, "qgis.core")
+    assert worker_python("/usr/bin/python3") == ("/usr/bin/python3", [])  # a script: its own interpreter
 
 
 # -- the job array ---------------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ EXPECTED_PARAMETERS = {
     "BATCH_SIZE": (QgsProcessingParameterNumber, 0, False, True),
     "DEVICE": (QgsProcessingParameterEnum, "auto", False, True),
     "STRETCH_UNCERTAINTY": (QgsProcessingParameterBoolean, False, True, True),
+    "SCHEDULER": (QgsProcessingParameterString, "", True, True),
+    "BLOCK_SIZE": (QgsProcessingParameterNumber, 0, False, True),
     "OUTPUT": (QgsProcessingParameterRasterDestination, None, False, False),
     "OUTPUT_UNCERTAINTY": (QgsProcessingParameterRasterDestination, None, True, False),
     "OUTPUT_CONFIDENCE": (QgsProcessingParameterRasterDestination, None, True, False),
@@ -71,7 +73,7 @@ def test_provider_is_registered_with_its_algorithm(registry: Any) -> None:
     algorithm = registry.algorithmById("mc_uncertainty:mc_dropout")
     assert algorithm.displayName() == "MC Dropout segmentation with uncertainty"
     assert "Monte Carlo Dropout" in algorithm.shortHelpString()
-    assert provider.supportedOutputRasterLayerExtensions() == ["tif"]
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif", "vrt"]  # vrt: with a SCHEDULER only
     tta = registry.algorithmById("mc_uncertainty:tta")
     assert tta.displayName() == "TTA segmentation with uncertainty"
     assert "horizontal flip, vertical flip" in tta.shortHelpString() and "non-square" in tta.shortHelpString()

@@ -42,15 +42,17 @@ def _venv_python(env_path: str) -> str | None:
 def worker_python(executable: str | None = None) -> tuple[str, list[str]]:
     """The Python interpreter for the helper and its workers, and folders to add to its ``PYTHONPATH``.
 
-    The running interpreter when it is a Python (a script, pytest, a Python console); inside QGIS, where it is
-    the QGIS program, the interpreter of the configured environment (a virtual environment: its own Python), else
-    QGIS's own Python with the environment's ``site-packages`` on the path.
+    Inside QGIS (``qgis`` is imported): the interpreter of the configured environment (a virtual environment:
+    its own Python) — ``sys.executable`` there is the QGIS program, or whatever ``python3`` comes first on the
+    PATH, which need not have torch or Dask. Elsewhere (a script, pytest, a Python console): the running
+    interpreter. Else QGIS's own Python with the environment's ``site-packages`` on the path.
 
     Raises:
         ParameterError: naming SCHEDULER when no interpreter is found.
     """
     executable = sys.executable if executable is None else executable
-    if executable and Path(executable).name.lower().startswith("python"):
+    inside_qgis = "qgis.core" in sys.modules
+    if not inside_qgis and executable and Path(executable).name.lower().startswith("python"):
         return executable, []
     from ... import installer, python_env  # pure Python; they read QGIS settings only inside QGIS
 
@@ -59,6 +61,8 @@ def worker_python(executable: str | None = None) -> tuple[str, list[str]]:
         found = _venv_python(env_path)
         if found:
             return found, []
+    if executable and Path(executable).name.lower().startswith("python"):
+        return executable, []
     base = installer.find_python()
     if base:
         return base, [str(p) for _s, env in environments for p in python_env.site_packages_dirs(env)]
@@ -91,6 +95,7 @@ class LocalClusterProcess:
         self.address: str | None = None
         self._process: subprocess.Popen | None = None
         self._errors: list[str] = []
+        self._readers: list[threading.Thread] = []
 
     def _environment(self) -> dict[str, str]:
         env = {
@@ -127,7 +132,9 @@ class LocalClusterProcess:
         found: list[str] = []
         reader = threading.Thread(target=self._read_address, args=(self._process.stdout, found), daemon=True)
         reader.start()
-        threading.Thread(target=self._keep_errors, args=(self._process.stderr,), daemon=True).start()
+        errors = threading.Thread(target=self._keep_errors, args=(self._process.stderr,), daemon=True)
+        errors.start()
+        self._readers = [reader, errors]
         reader.join(self.timeout)
         if not found:
             self.stop()
@@ -162,6 +169,11 @@ class LocalClusterProcess:
         except (OSError, subprocess.TimeoutExpired):
             process.kill()
             process.wait(10)
+        for reader in self._readers:  # the helper is gone: its pipes are at their end
+            reader.join(5)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
     def __enter__(self) -> str:
         return self.start()
