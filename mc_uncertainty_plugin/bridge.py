@@ -32,7 +32,7 @@ __all__ = [
     "allowed_target_prefixes",
     "dependency_problem",
     "session_model",
-    "PROCESSOR_CLASSES",
+    "METHODS",
     "build_processor",
     "SegmentationRequest",
     "BridgeCallbacks",
@@ -134,17 +134,18 @@ def session_model(
         timer.end()  # the stage that failed, if loading failed
 
 
-PROCESSOR_CLASSES = {"mc_dropout": "MCDropoutInferenceProcessor", "tta": "MultiClassInferenceProcessor"}
+METHODS = ("mc_dropout", "tta")
 
 
 def build_processor(method: str, model: Any, settings: dict[str, Any], warn: Callable[[str], None]) -> Any:
     """The core processor of ``method`` (``mc_dropout`` or ``tta``) for ``model`` with ``settings`` (fields of
     :class:`~mc_uncertainty_plugin.core.InferenceConfig`); its ``UserWarning`` s go to ``warn``."""
-    from .core.inference import processors
+    from .core.inference.processors import MCDropoutInferenceProcessor, MultiClassInferenceProcessor  # torch
 
-    if method not in PROCESSOR_CLASSES:
-        raise ValueError(f"method must be one of {', '.join(PROCESSOR_CLASSES)}, got {method!r}.")
-    processor_class = getattr(processors, PROCESSOR_CLASSES[method])
+    classes = {"mc_dropout": MCDropoutInferenceProcessor, "tta": MultiClassInferenceProcessor}
+    if method not in classes:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
+    processor_class = classes[method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         processor = processor_class(model, **settings)
