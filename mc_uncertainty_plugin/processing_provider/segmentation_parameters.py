@@ -281,7 +281,8 @@ def _advanced() -> Definitions:
             "a one-thread run in this process). tcp://host:8786 or tls://…: an existing Dask scheduler (a laptop "
             "cluster, dask-jobqueue on HPC, dask-kubernetes). The raster is cut into blocks; the class raster "
             "may then end in .vrt (a mosaic of the block files, in a folder beside it) or .tif (assembled into "
-            "one GeoTIFF). Workers must read INPUT and the model by the same path (or /vsicurl/, /vsis3/).",
+            "one GeoTIFF). The workers must read the input raster and the model by the same paths (or /vsicurl/, "
+            "/vsis3/).",
             advanced=True,
         ),
         with_help(
