@@ -74,16 +74,25 @@ def write_raster(path: Path, size: int, bands: int = 3, seed: int = 0) -> str:
 
 
 def architectures(only: list[str] | None = None) -> dict[str, torch.nn.Module]:
-    """The three benchmark models (or those whose name starts with one of ``only``)."""
+    """The three benchmark models (or those whose name starts with one of ``only``), built only when chosen."""
     import segmentation_models_pytorch as smp
 
-    torch.manual_seed(0)
-    fpn = smp.FPN("resnet34", encoder_weights=None, classes=5, decoder_dropout=0.2)
-    unet = smp.Unet("resnet34", encoder_weights=None, classes=5)
-    _inject_decoder_dropout(unet, 0.2)
-    deeplab = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=5)
-    models = {"FPN (decoder dropout)": fpn, "Unet (injected dropout)": unet, "DeepLabV3+ (ASPP dropout)": deeplab}
-    return {name: net for name, net in models.items() if not only or any(name.startswith(o) for o in only)}
+    def unet() -> torch.nn.Module:
+        net = smp.Unet("resnet34", encoder_weights=None, classes=5)
+        _inject_decoder_dropout(net, 0.2)
+        return net
+
+    builders = {
+        "FPN (decoder dropout)": lambda: smp.FPN("resnet34", encoder_weights=None, classes=5, decoder_dropout=0.2),
+        "Unet (injected dropout)": unet,
+        "DeepLabV3+ (ASPP dropout)": lambda: smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=5),
+    }
+    chosen = {}
+    for name, build in builders.items():
+        if not only or any(name.startswith(o) for o in only):
+            torch.manual_seed(0)
+            chosen[name] = build()
+    return chosen
 
 
 def speed(args: argparse.Namespace, work: Path) -> tuple[list[str], list[str]]:

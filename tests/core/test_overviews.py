@@ -8,16 +8,18 @@ from mc_uncertainty_plugin.core.io.raster_io import GeoTiffWriter
 
 
 def block_means(data: np.ndarray, factor: int, nodata: float) -> np.ndarray:
-    """Mean of the valid pixels of every factor x factor block (edge blocks partial); nodata where none."""
+    """Mean of the valid pixels of every factor x factor block (edge blocks partial); nodata where none.
+
+    The raster is padded with nodata to whole blocks, and each block's valid pixels summed and counted."""
     h, w = data.shape
-    out = np.full(((h + factor - 1) // factor, (w + factor - 1) // factor), nodata, dtype=np.float64)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            block = data[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
-            valid = block[block != nodata]
-            if valid.size:
-                out[i, j] = valid.mean()
-    return out
+    bh, bw = (h + factor - 1) // factor, (w + factor - 1) // factor
+    padded = np.full((bh * factor, bw * factor), nodata, dtype=np.float64)
+    padded[:h, :w] = data
+    blocks = padded.reshape(bh, factor, bw, factor)
+    valid = blocks != nodata
+    counts = valid.sum(axis=(1, 3))
+    sums = np.where(valid, blocks, 0.0).sum(axis=(1, 3))
+    return np.where(counts > 0, sums / np.maximum(counts, 1), nodata)
 
 
 def write(path, data, pieces, panels, dtype, nodata, resampling):

@@ -116,6 +116,31 @@ def test_step_larger_than_tile_names_step_shape(run_mc_dropout: Any, tmp_path: P
     assert not list(tmp_path.glob("*.tif"))
 
 
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("BANDS", "a,b,c", "BANDS must list band numbers (e.g. 3,2,1), got 'a,b,c'."),
+        (
+            "SEED",
+            "18446744073709551616",
+            "SEED must be an integer in 0..18446744073709551615, got '18446744073709551616'.",
+        ),
+        ("N_SAMPLES", "2.5", "N_SAMPLES must be an integer >= 1, got '2.5'."),
+    ],
+)
+def test_bad_numbers_are_refused_as_given(run_mc_dropout: Any, tmp_path: Path, name: str, value: str, message: str):
+    """Values as a command line gives them (text): refused with the value as typed, never rounded or wrapped."""
+    with pytest.raises(QgsProcessingException) as raised:
+        run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"), **{name: value})
+    assert str(raised.value) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_seed_beyond_32_bits_given_as_text_runs_as_given(run_mc_dropout: Any, tmp_path: Path) -> None:
+    results = run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"), N_SAMPLES=2, SEED=str(2**40 + 3))
+    assert gdal.Open(results["OUTPUT_UNCERTAINTY"]).GetMetadataItem("MC_SEED") == str(2**40 + 3)
+
+
 def test_num_classes_mismatch_names_num_classes(run_mc_dropout: Any, tmp_path: Path) -> None:
     with pytest.raises(QgsProcessingException, match="NUM_CLASSES"):
         run_mc_dropout(OUTPUT=str(tmp_path / "classes.tif"), NUM_CLASSES=5)
