@@ -34,7 +34,9 @@ def _deploy_command(config_root: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
-def test_deploy_then_qgis_process_run_with_tta_seed_and_optional_outputs(raster_path: str, torchscript_model: str, tmp_path: Path) -> None:
+def test_deploy_then_qgis_process_run_with_tta_seed_and_optional_outputs(
+    raster_path: str, torchscript_model: str, tmp_path: Path
+) -> None:
     config_root = tmp_path / "qgis"
     profile = config_root / "profiles" / "default"
     env = _clean_env(config_root)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from osgeo import gdal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
