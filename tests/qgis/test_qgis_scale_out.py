@@ -27,14 +27,6 @@ SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample"
 @pytest.mark.slow
 @pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
 def test_qgis_process_runs_blocks_on_a_local_cluster_and_the_vrts_are_styled(deployed: dict, tmp_path: Path) -> None:  # noqa: F811
-    """A small model (no timm import in QGIS and the worker) named in a config with class names; the sample scene."""
-    config = tmp_path / "small.yaml"
-    config.write_text(
-        "model:\n  _target_: qgis_test_models.SleepyNet\n  in_channels: 3\n  classes: 5\n  sleep_s: 0\n"
-        "class_names: [background, building, road, water, vegetation]\n",
-        encoding="utf-8",
-    )
-    env = {**deployed, "PYTHONPATH": str(Path(__file__).parent), "MC_UNCERTAINTY_ALLOWED_TARGETS": "qgis_test_models."}
     out = tmp_path / "classes.vrt"
     run = subprocess.run(
         [
@@ -44,15 +36,15 @@ def test_qgis_process_runs_blocks_on_a_local_cluster_and_the_vrts_are_styled(dep
             "--json",
             "--",
             f"INPUT={SAMPLE / 'sample.tif'}",
-            f"MODEL={config}",
+            f"MODEL={SAMPLE / 'model.yaml'}",
             "N_SAMPLES=2",
             "MODEL_INPUT_SHAPE=256,256",
             "STEP_SHAPE=128,128",
-            "SCHEDULER=local:1",
+            "SCHEDULER=local:2",
             "BLOCK_SIZE=256",
             f"OUTPUT={out}",
         ],
-        env=env,
+        env=deployed,
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -1,9 +1,9 @@
 """The blocks of a job on Dask distributed, with the futures API: one task per block.
 
 - Workers: every worker must import this plugin and have the client's plugin, torch and
-  segmentation-models-pytorch versions (checked before anything is submitted, and again by each block). Workers
-  whose nanny exported ``MALLOC_TRIM_THRESHOLD_`` (Dask's default: 65536) get a warning: it doubled torch's CPU
-  time on the sample model here.
+  segmentation-models-pytorch versions (checked before anything is submitted, and again by each block). The
+  nanny's ``MALLOC_TRIM_THRESHOLD_`` does not matter: a block sets glibc's thresholds while it runs
+  (:mod:`..inference.heap`).
 - The model: workers read the model files by their paths when they can (a shared file system); otherwise the
   files are shipped to every worker, also those joining later (Dask's ``UploadFile`` plugin), and loaded there
   with the same safe loading.
@@ -106,12 +106,8 @@ def worker_slots(client: Any) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
-def _malloc_trim() -> str | None:
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
-
-
-def _check_workers(client: Any, job: Job, callbacks: RunCallbacks) -> None:
-    """Refuse workers that cannot import the plugin or have other versions; warn about Dask's malloc setting."""
+def _check_workers(client: Any, job: Job) -> None:
+    """Refuse workers that cannot import the plugin or have other versions."""
     try:
         found = client.run(local_versions)
     except Exception as error:  # a worker that cannot import the plugin fails to unpickle the call
@@ -127,14 +123,6 @@ def _check_workers(client: Any, job: Job, callbacks: RunCallbacks) -> None:
             f"{len(differing)} Dask worker(s) have other versions than the client, e.g. "
             f"{address}: {versions} (client: {job.versions}); install the same plugin, torch "
             "and segmentation-models-pytorch on every worker."
-        )
-    trimmed = sorted({value for value in client.run(_malloc_trim).values() if value})
-    if trimmed:
-        callbacks.caution(
-            f"Dask workers run with MALLOC_TRIM_THRESHOLD_={trimmed[0]} (the nanny's default), which "
-            "doubled torch's CPU time in this plugin's measurement; set "
-            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' Dask "
-            "configuration."
         )
 
 
@@ -321,7 +309,7 @@ def run_blocks_on_dask(
         BlockFailedError: naming the block; the other blocks were stopped.
         VersionMismatchError: before anything ran.
     """
-    _check_workers(client, job, callbacks)
+    _check_workers(client, job)
     records = {index: record for index in range(len(job.layout)) if (record := read_record(job, index))}
     state = _Blocks(job, records)
     pending = [index for index in range(len(job.layout)) if index not in records]

@@ -7,10 +7,10 @@ with a real Python interpreter (:func:`worker_python`: the running one when it i
 configured environment), which hosts a ``LocalCluster`` (processes, one task thread each), prints its address and
 stops it when its standard input closes: when the plugin is done, or if the plugin's process dies.
 
-In the helper, Dask's nanny is told not to export ``MALLOC_TRIM_THRESHOLD_=65536`` to the workers (with it the sample
-model's run took 2x the CPU time here: 10.4-11.2 s against 5.5 s); ``OMP_NUM_THREADS=1`` stays, the blocks set
-torch's threads themselves.
-Both would also leak into the process hosting the nanny: the helper, not QGIS.
+In the helper, Dask's nanny is told not to export ``MALLOC_TRIM_THRESHOLD_=65536`` to the workers (a block sets
+glibc's thresholds itself while it runs, :mod:`..inference.heap`, so this only keeps the workers' environment
+plain); ``OMP_NUM_THREADS=1`` stays, the blocks set torch's threads themselves. Both would also leak into the
+process hosting the nanny: the helper, not QGIS.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from ..io.raster_io import RasterReader
 from ..models.dropout import find_dropout_layers
 from ..models.loading import LoadedModel
 from .device import ModelOnDevice, batch_for_memory, resolve_device, resolve_memory_format
+from .heap import reuse_freed_memory
 from .merger import CLASS_NODATA, FinishedRows, StreamingMerger
 from .output_set import OutputSet
 from .plan import UNCERTAINTY_DESCRIPTIONS, Batch, OutputOptions, Region, RunPlan, plan_run, region_batches
@@ -186,7 +187,7 @@ def run_inference(
         "OUTPUT_PROBABILITIES": probabilities_path,
         "OUTPUT_CONFIDENT": confident_path,
     }
-    with ModelOnDevice(model, device, memory_format):
+    with ModelOnDevice(model, device, memory_format), reuse_freed_memory():
         plan, report = plan_run(model, config, input_path, paths, device, callbacks.caution, output_options)
         callbacks.say(_describe(plan, model, device, memory_format))
         region = _stream_region(plan, model, plan.whole, None, device, memory_format, callbacks, started)
@@ -207,7 +208,7 @@ def run_region(
     repeated here: the plan made them."""
     device = resolve_device(plan.config.device)
     memory_format = resolve_memory_format(plan.config.memory_format, device, model.module)
-    with ModelOnDevice(model, device, memory_format):
+    with ModelOnDevice(model, device, memory_format), reuse_freed_memory():
         return _stream_region(plan, model, region, paths, device, memory_format, callbacks or RunCallbacks())
 
 
