@@ -246,6 +246,9 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
         if found:
             with distributed.Client(found.group(1), timeout="10s") as client:
                 checked["env"] = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.getppid()))
+                checked["profile"] = client.run(
+                    lambda: __import__("dask").config.get("distributed.worker.profile.enabled")
+                )
                 checked["address"] = found.group(1)
 
     processor = MCDropoutInferenceProcessor(scene.model(), **SETTINGS, scheduler="local:1")
@@ -253,6 +256,7 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
     assert len(checked["env"]) == 1
     assert all(trim is None for trim, _ in checked["env"].values())  # the nanny's MALLOC_TRIM_THRESHOLD_ is off
     assert all(parent != os.getpid() for _, parent in checked["env"].values())  # not children of this process
+    assert list(checked["profile"].values()) == [False]  # Dask's profiler is off in the workers
     np.testing.assert_array_equal(read_band(paths["segmentation"]), read_band(scene.reference["OUTPUT"]))
     np.testing.assert_array_equal(read_band(paths["uncertainty"]), read_band(scene.reference["OUTPUT_UNCERTAINTY"]))
     assert paths["uncertainty"].endswith("classes_mc_uncertainty.vrt")

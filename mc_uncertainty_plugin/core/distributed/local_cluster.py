@@ -9,8 +9,9 @@ stops it when its standard input closes: when the plugin is done, or if the plug
 
 In the helper, Dask's nanny is told not to export ``MALLOC_TRIM_THRESHOLD_=65536`` to the workers (a block sets
 glibc's thresholds itself while it runs, :mod:`..inference.heap`, so this only keeps the workers' environment
-plain); ``OMP_NUM_THREADS=1`` stays, the blocks set torch's threads themselves. Both would also leak into the
-process hosting the nanny: the helper, not QGIS.
+plain; the nanny would also leak it into the process hosting it: the helper, not QGIS); ``OMP_NUM_THREADS=1``
+stays, the blocks set torch's threads themselves. Dask's statistical profiler is off in the workers: it samples the
+task thread's stack every 10 ms, deep in torch's modules, for nothing the plugin reads.
 """
 
 from __future__ import annotations
@@ -188,7 +189,12 @@ def serve(workers: int, threads: int = 1, stdin: IO[str] | None = None, stdout: 
     from distributed import LocalCluster
 
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+    dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            "distributed.worker.profile.enabled": False,  # sampling torch's deep stacks every 10 ms costs CPU
+        }
+    )
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None) as cluster:
         stdout.write(f"{ADDRESS_PREFIX}{cluster.scheduler_address}\n")
