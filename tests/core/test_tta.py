@@ -217,3 +217,10 @@ def test_a_transform_samples_the_same_masks_in_every_set():
     pair = mean_probs("hflip,rot270")
     np.testing.assert_allclose(pair, (mean_probs("hflip") + mean_probs("rot270")) / 2, atol=1e-6)
     assert not np.allclose(mean_probs("hflip"), mean_probs("identity"), atol=1e-3)
+
+
+def test_transform_names_transforms_and_dropout_keys_share_one_order():
+    from mc_uncertainty_plugin.core.inference import transforms
+
+    assert tuple(transforms._BY_NAME) == transforms.TTA_TRANSFORMS
+    assert [t.name for t in transforms.transforms_for("d4")] == list(transforms.TTA_TRANSFORMS)

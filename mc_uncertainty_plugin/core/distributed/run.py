@@ -19,12 +19,13 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import InferenceConfig
 from ..errors import InferenceError, ParameterError
 from ..inference.engine import RunCallbacks, RunResult
 from ..inference.output_specs import OutputOptions
+from ..inference.plan import RunPlan
 from ..models.loading import LoadedModel
 from .blocks import choose_layout, halo_overhead, parse_block_size
 from .dask_driver import JobProgress, connect, run_blocks_on_dask, worker_slots
@@ -40,6 +41,8 @@ _SCHEDULER_REQUIREMENT = (
     "be empty (in this process), local:N (N worker processes on this machine) or the address "
     "of a Dask scheduler (tcp://host:8786 or tls://host:8786)"
 )
+
+_OUTPUT_KEYS = ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_CONFIDENCE", "OUTPUT_PROBABILITIES", "OUTPUT_CONFIDENT")
 
 
 def parse_scheduler(value: object) -> tuple[str, int | str | None]:
@@ -141,10 +144,10 @@ def run_job(
         retries: extra attempts of a block that raised.
         exact: one torch thread per worker (default for ``local:N``; outputs bit for bit those of an in-process
             run with one torch thread); False gives workers' blocks their cores.
-        ship_model: see :func:`~.dask_driver.run_blocks_on_dask`.
-        keep_blocks: keep the block files of ``.tif`` outputs after assembling them.
-        python: the interpreter for ``local:N`` (default :func:`~.local_cluster.worker_python`).
-        probe: run on the worker at each progress step of a block (tests).
+        ship_model: see :func:`~.dask_driver.run_blocks_on_dask`; keep_blocks: keep the block files of ``.tif``
+            outputs after assembling them.
+        python: the interpreter for ``local:N`` (default :func:`~.local_cluster.worker_python`); probe: run on the
+            worker at each progress step of a block (tests).
 
     Raises:
         ParameterError, ModelLoadError, RasterIOError: bad input, before any cluster starts.
@@ -152,32 +155,15 @@ def run_job(
     """
     started = time.perf_counter()
     callbacks = RunCallbacks(progress, is_cancelled, log, warn)
-    kind, target = parse_scheduler(scheduler)
-    if not kind:
-        raise ParameterError("SCHEDULER", scheduler, "name a cluster here (an empty SCHEDULER runs in this process)")
-    size = parse_block_size(block_size)
-    wanted = {
-        "OUTPUT": segmentation_path,
-        "OUTPUT_UNCERTAINTY": uncertainty_path,
-        "OUTPUT_CONFIDENCE": confidence_path,
-        "OUTPUT_PROBABILITIES": probabilities_path,
-        "OUTPUT_CONFIDENT": confident_path,
-    }
-    finals = check_job_outputs(wanted, config, input_path, model)
+    (kind, target), size = _cluster(scheduler), parse_block_size(block_size)
+    outputs = (segmentation_path, uncertainty_path, confidence_path, probabilities_path, confident_path)
+    finals = check_job_outputs(dict(zip(_OUTPUT_KEYS, outputs)), config, input_path, model)
     plan = plan_job(model, config, input_path, finals, callbacks.caution, output_options)
-    bundle = ModelBundle.of(model)
     assembles = any(not spec.path.lower().endswith(".vrt") for spec in plan.outputs)
     with _scheduler(kind, target, python) as address:
         client = connect(address)
         try:
-            slots = worker_slots(client)
-            job = create_job(plan, choose_layout(plan.grid, size, slots), bundle)
-            prepare_folders(job)
-            (bh, bw), blocks = job.layout.block_shape, len(job.layout)
-            callbacks.say(
-                f"Dask at {address}: {slots} task slot(s); {blocks} block(s) of {bw}x{bh} px, halo overhead "
-                f"{halo_overhead(plan.grid, job.layout):.3f}; job {job.tag} in {job.record_folder}."
-            )
+            job, slots = _start_job(client, address, plan, size, ModelBundle.of(model), callbacks)
             records = run_blocks_on_dask(
                 job,
                 client,
@@ -194,6 +180,29 @@ def run_job(
     if progress is not None:
         progress(100.0)
     return _result(job, records, paths, f"dask ({slots} slot(s))", time.perf_counter() - started, callbacks)
+
+
+def _cluster(scheduler: str) -> tuple[str, int | str | None]:
+    """:func:`parse_scheduler` of a SCHEDULER that names a cluster (an empty one is refused here)."""
+    kind, target = parse_scheduler(scheduler)
+    if not kind:
+        raise ParameterError("SCHEDULER", scheduler, "name a cluster here (an empty SCHEDULER runs in this process)")
+    return kind, target
+
+
+def _start_job(
+    client: Any, address: str, plan: RunPlan, size: int, bundle: ModelBundle, callbacks: RunCallbacks
+) -> tuple[Job, int]:
+    """The job laid out for the cluster's task slots, its folders made, and the log told where it runs."""
+    slots = worker_slots(client)
+    job = create_job(plan, choose_layout(plan.grid, size, slots), bundle)
+    prepare_folders(job)
+    (bh, bw), blocks = job.layout.block_shape, len(job.layout)
+    callbacks.say(
+        f"Dask at {address}: {slots} task slot(s); {blocks} block(s) of {bw}x{bh} px, halo overhead "
+        f"{halo_overhead(plan.grid, job.layout):.3f}; job {job.tag} in {job.record_folder}."
+    )
+    return job, slots
 
 
 def _report_validity(records: Mapping[int, BlockRecord], callbacks: RunCallbacks) -> None:

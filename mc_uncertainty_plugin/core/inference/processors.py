@@ -120,34 +120,18 @@ class _InferenceProcessor:
             ``{"segmentation": path, "uncertainty": path or None}``, plus ``"confidence"``, ``"probabilities"``
             and ``"confident"`` when written.
         """
-        options = OutputOptions(probabilities_dtype, confident_threshold)
-        if output_path is None:
-            if output_dir is None:
-                raise ParameterError("OUTPUT", None, "be given (output_dir or output_path)")
-            output_path, default_uncertainty = self.default_paths(image_path, output_dir)
-            _make_folder(output_dir)
-            if default_uncertainty is not None:
-                _make_folder(os.path.dirname(default_uncertainty))
-        else:
-            default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
-        if uncertainty_path is None:
-            uncertainty_path = default_uncertainty
-        run: Callable[..., RunResult] = run_inference
-        extra: dict[str, Any] = {}
-        if self.scheduler:  # blocks on a Dask cluster (imported only then)
-            from ..distributed.run import run_job
-
-            run, extra = run_job, {"scheduler": self.scheduler, "block_size": self.block_size}
+        output_path, uncertainty_path = self._output_paths(image_path, output_dir, output_path, uncertainty_path)
+        run, extra = self._runner()
         result = run(
             self.model,
             self.config,
             os.fspath(image_path),
             output_path,
-            uncertainty_path if self.config.export_uncertainty_map else None,
+            uncertainty_path,
             confidence_path=os.fspath(confidence_path) if confidence_path else None,
             probabilities_path=os.fspath(probabilities_path) if probabilities_path else None,
             confident_path=os.fspath(confident_path) if confident_path else None,
-            output_options=options,
+            output_options=OutputOptions(probabilities_dtype, confident_threshold),
             progress=progress,
             is_cancelled=is_cancelled,
             log=log,
@@ -160,6 +144,32 @@ class _InferenceProcessor:
             if getattr(result, name):
                 paths[name] = getattr(result, name)
         return paths
+
+    def _output_paths(
+        self, image_path: str, output_dir: str | None, output_path: str | None, uncertainty_path: str | None
+    ) -> tuple[str, str | None]:
+        """The class raster's path and the uncertainty's (None when not exported), folders created for
+        ``output_dir`` (see :meth:`process`)."""
+        if output_path is None:
+            if output_dir is None:
+                raise ParameterError("OUTPUT", None, "be given (output_dir or output_path)")
+            output_path, default_uncertainty = self.default_paths(image_path, output_dir)
+            _make_folder(output_dir)
+            if default_uncertainty is not None:
+                _make_folder(os.path.dirname(default_uncertainty))
+        else:
+            default_uncertainty = self.uncertainty_path_for(output_path) if self.config.export_uncertainty_map else None
+        if not self.config.export_uncertainty_map:
+            return output_path, None
+        return output_path, default_uncertainty if uncertainty_path is None else uncertainty_path
+
+    def _runner(self) -> tuple[Callable[..., RunResult], dict[str, Any]]:
+        """In this process, or blocks on a Dask cluster with SCHEDULER set (imported only then)."""
+        if not self.scheduler:
+            return run_inference, {}
+        from ..distributed.run import run_job
+
+        return run_job, {"scheduler": self.scheduler, "block_size": self.block_size}
 
 
 def _make_folder(folder: str) -> None:
