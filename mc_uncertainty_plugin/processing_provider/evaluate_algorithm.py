@@ -13,7 +13,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
@@ -23,11 +22,10 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..i18n import tr
-from ..icons import ICON_PATH, plugin_icon
 from .parameters import compose_help, with_help
+from .plugin_algorithm import PluginAlgorithm
 from .run_guards import cancel_on_interrupt, processing_error
 
 if TYPE_CHECKING:
@@ -170,47 +168,29 @@ def _report_files() -> Definitions:
     ]
 
 
-class EvaluateAlgorithm(QgsProcessingAlgorithm):
+class EvaluateAlgorithm(PluginAlgorithm):
     """Evaluation of an uncertainty map against reference labels: metrics, plots, HTML / PNG / JSON."""
 
-    def name(self) -> str:
-        return "evaluate"
-
-    def displayName(self) -> str:  # noqa: N802
-        return tr("Evaluate uncertainty against reference labels")
-
-    def shortDescription(self) -> str:  # noqa: N802
-        return tr("Can the uncertainty be trusted? Accuracy, IoU, calibration, error detection and PAvPU, with plots.")
-
-    def tags(self) -> list[str]:
-        return [
-            tr(t)
-            for t in (
-                "uncertainty",
-                "evaluation",
-                "calibration",
-                "ece",
-                "auroc",
-                "aurc",
-                "pavpu",
-                "accuracy",
-                "iou",
-                "reliability",
-            )
-        ]
+    ALGORITHM_ID = "evaluate"
+    DISPLAY_NAME = "Evaluate uncertainty against reference labels"
+    SHORT_DESCRIPTION = (
+        "Can the uncertainty be trusted? Accuracy, IoU, calibration, error detection and PAvPU, with plots."
+    )
+    TAGS = (
+        "uncertainty",
+        "evaluation",
+        "calibration",
+        "ece",
+        "auroc",
+        "aurc",
+        "pavpu",
+        "accuracy",
+        "iou",
+        "reliability",
+    )
 
     def shortHelpString(self) -> str:  # noqa: N802
         return compose_help(self, _HELP, _COMMAND_LINE)
-
-    def icon(self) -> QIcon:
-        return plugin_icon()
-
-    def svgIconPath(self) -> str:  # noqa: N802
-        """The plugin's icon, also in the Graphical Modeler (which draws an algorithm's SVG, else a gear)."""
-        return ICON_PATH
-
-    def createInstance(self) -> EvaluateAlgorithm:  # noqa: N802
-        return type(self)()
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         for definition in _input_rasters() + _report_settings() + _report_files():
@@ -219,15 +199,8 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, tr(description)))
 
     def _raster_path(self, parameters: dict[str, Any], key: str, context: QgsProcessingContext) -> str | None:
-        layer = self.parameterAsRasterLayer(parameters, key, context)
-        if layer is None:
-            if (
-                parameters.get(key) in (None, "")
-                and self.parameterDefinition(key).flags() & QgsProcessingParameterDefinition.FlagOptional
-            ):
-                return None
-            raise processing_error(self.invalidRasterError(parameters, key))
-        return layer.source()
+        layer = self.optional_raster(parameters, key, context)
+        return None if layer is None else layer.source()
 
     def _evaluation_config(self, parameters: dict[str, Any], context: QgsProcessingContext) -> EvaluationConfig:
         """The core's configuration from the parameters (raises ``ParameterError`` on a bad value)."""

@@ -13,21 +13,18 @@ from typing import Any
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..i18n import tr
-from ..icons import ICON_PATH, plugin_icon
 from ..map_layers.review_style import ReviewLayerPostProcessor
 from .parameters import with_help
+from .plugin_algorithm import PluginAlgorithm
 
 __all__ = ["ReviewRegionsAlgorithm"]
 
@@ -63,44 +60,25 @@ _HELP = "\n".join(
 )
 
 
-class ReviewRegionsAlgorithm(QgsProcessingAlgorithm):
+class ReviewRegionsAlgorithm(PluginAlgorithm):
     """The most uncertain non-overlapping patches of an uncertainty raster, ranked, as polygons."""
 
-    def name(self) -> str:
-        return "review_regions"
-
-    def displayName(self) -> str:  # noqa: N802
-        return tr("Regions to review (most uncertain patches)")
-
-    def shortDescription(self) -> str:  # noqa: N802
-        return tr("The most uncertain square patches, ranked and not overlapping: what to label or check first.")
-
-    def tags(self) -> list[str]:
-        return [
-            tr(t)
-            for t in (
-                "uncertainty",
-                "review",
-                "active learning",
-                "labelling",
-                "patches",
-                "mutual information",
-                "out-of-distribution",
-                "quality control",
-            )
-        ]
+    ALGORITHM_ID = "review_regions"
+    DISPLAY_NAME = "Regions to review (most uncertain patches)"
+    SHORT_DESCRIPTION = "The most uncertain square patches, ranked and not overlapping: what to label or check first."
+    TAGS = (
+        "uncertainty",
+        "review",
+        "active learning",
+        "labelling",
+        "patches",
+        "mutual information",
+        "out-of-distribution",
+        "quality control",
+    )
 
     def shortHelpString(self) -> str:  # noqa: N802
         return tr(_HELP)
-
-    def icon(self) -> QIcon:
-        return plugin_icon()
-
-    def svgIconPath(self) -> str:  # noqa: N802
-        return ICON_PATH
-
-    def createInstance(self) -> ReviewRegionsAlgorithm:  # noqa: N802
-        return type(self)()
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         add = self.addParameter
@@ -160,15 +138,8 @@ class ReviewRegionsAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], key: str, context: QgsProcessingContext
     ) -> tuple[str, str] | None:
         """``(path, layer name)`` of a raster parameter; None for an optional one left empty."""
-        layer = self.parameterAsRasterLayer(parameters, key, context)
-        if layer is None:
-            if (
-                parameters.get(key) in (None, "")
-                and self.parameterDefinition(key).flags() & QgsProcessingParameterDefinition.FlagOptional
-            ):
-                return None
-            raise QgsProcessingException(self.invalidRasterError(parameters, key))
-        return layer.source(), layer.name()
+        layer = self.optional_raster(parameters, key, context)
+        return None if layer is None else (layer.source(), layer.name())
 
     def processAlgorithm(  # noqa: N802
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
-from qgis.PyQt.QtGui import QIcon
+from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 from qgis.PyQt.QtWidgets import QWidget
 
 from .. import python_env
-from ..i18n import tr
-from ..icons import ICON_PATH, plugin_icon
 from ..map_layers.result_layers import Method
 from .parameters import STRETCH_UNCERTAINTY, compose_help, read_common_values
+from .plugin_algorithm import PluginAlgorithm
 from .segmentation_parameters import add_common_parameters
 from .segmentation_run import run_processor
 
@@ -40,13 +38,9 @@ def offer_install_on_main_thread(message: str) -> bool:
     return True
 
 
-class SegmentationAlgorithm(QgsProcessingAlgorithm):
+class SegmentationAlgorithm(PluginAlgorithm):
     """Base of the segmentation-with-uncertainty algorithms; no run state on ``self``."""
 
-    ALGORITHM_ID = ""
-    DISPLAY_NAME = ""
-    SHORT_DESCRIPTION = ""
-    TAGS: tuple[str, ...] = ()
     HELP = ""  # one paragraph per line: the Toolbox shows each line as a paragraph
     COMMAND_LINE = ""  # the last paragraph of the help: a qgis_process example (the only place keys appear)
     UNCERTAINTY_SUFFIX = ""
@@ -54,30 +48,8 @@ class SegmentationAlgorithm(QgsProcessingAlgorithm):
     TTA_DEFAULT = "none"
     METHOD: Method
 
-    def name(self) -> str:
-        return self.ALGORITHM_ID
-
-    def displayName(self) -> str:  # noqa: N802
-        return tr(self.DISPLAY_NAME)
-
-    def shortDescription(self) -> str:  # noqa: N802
-        return tr(self.SHORT_DESCRIPTION)
-
-    def tags(self) -> list[str]:
-        return [tr(t) for t in self.TAGS]
-
     def shortHelpString(self) -> str:  # noqa: N802
         return compose_help(self, self.HELP, self.COMMAND_LINE)
-
-    def icon(self) -> QIcon:
-        return plugin_icon()
-
-    def svgIconPath(self) -> str:  # noqa: N802
-        """The plugin's icon, also in the Graphical Modeler (which draws an algorithm's SVG, else a gear)."""
-        return ICON_PATH
-
-    def createInstance(self) -> SegmentationAlgorithm:  # noqa: N802
-        return type(self)()
 
     def createCustomParametersWidget(self, parent: QWidget | None = None) -> QWidget | None:  # noqa: N802
         """The Toolbox dialog, saying what an empty "Uncertainty raster" does (see :mod:`.algorithm_dialog`)."""
