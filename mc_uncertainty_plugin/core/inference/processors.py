@@ -38,18 +38,24 @@ class MCCompatibilityWarning(UserWarning):
 
 class _InferenceProcessor:
     uncertainty_suffix = "_uncertainty"
+    _fixed: dict[str, Any] = {}  # the settings that define the method
+    _builtin: dict[str, Any] = {}  # the method's own defaults, under the model config's
 
     def __init__(
         self,
         model: LoadedModel | nn.Module,
-        config: InferenceConfig,
-        output_uncertainty_dir: str | None,
+        config: InferenceConfig | None = None,
+        *,
+        output_uncertainty_dir: str | None = None,
         scheduler: str | None = None,
         block_size: int | str = 0,
+        **settings: Any,
     ) -> None:
         self.model = as_loaded_model(model)
-        self.config = config
-        self.output_uncertainty_dir = output_uncertainty_dir
+        self.config = _config(self.model, config, settings, self._fixed, self._builtin, type(self).__name__)
+        self.output_uncertainty_dir = output_uncertainty_dir or self.model.inference_defaults.get(
+            "output_uncertainty_dir"
+        )
         self.scheduler = scheduler or ""  # SCHEDULER: "" runs in this process; else core.distributed runs blocks
         self.block_size = block_size  # BLOCK_SIZE, with a scheduler: 0 = automatic
         if self.scheduler:  # checked now, not after the model was probed
@@ -250,21 +256,10 @@ class MCDropoutInferenceProcessor(_InferenceProcessor):
 
     __doc__ = (__doc__ or "") + _PROCESSOR_ARGUMENTS
     uncertainty_suffix = "_mc_uncertainty"
+    _fixed = {"mc_dropout": True}
 
-    def __init__(
-        self,
-        model: LoadedModel | nn.Module,
-        config: InferenceConfig | None = None,
-        *,
-        output_uncertainty_dir: str | None = None,
-        scheduler: str | None = None,
-        block_size: int | str = 0,
-        **settings: Any,
-    ) -> None:
-        loaded = as_loaded_model(model)
-        run_config = _config(loaded, config, settings, {"mc_dropout": True}, {}, type(self).__name__)
-        folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        super().__init__(loaded, run_config, folder, scheduler, block_size)
+    def __init__(self, model: LoadedModel | nn.Module, config: InferenceConfig | None = None, **arguments: Any) -> None:
+        super().__init__(model, config, **arguments)
         self.compatibility = check_mc_compatibility(self.model.module)
         for note in self.compatibility:
             category = NoActiveDropoutWarning if note.kind == "degenerate" else MCCompatibilityWarning
@@ -280,19 +275,5 @@ class MultiClassInferenceProcessor(_InferenceProcessor):
 
     __doc__ = (__doc__ or "") + _PROCESSOR_ARGUMENTS
     uncertainty_suffix = "_uncertainty"
-
-    def __init__(
-        self,
-        model: LoadedModel | nn.Module,
-        config: InferenceConfig | None = None,
-        *,
-        output_uncertainty_dir: str | None = None,
-        scheduler: str | None = None,
-        block_size: int | str = 0,
-        **settings: Any,
-    ) -> None:
-        loaded = as_loaded_model(model)
-        fixed = {"mc_dropout": False, "n_samples": 1}
-        run_config = _config(loaded, config, settings, fixed, {"tta_mode": "d4"}, type(self).__name__)
-        folder = output_uncertainty_dir or loaded.inference_defaults.get("output_uncertainty_dir")
-        super().__init__(loaded, run_config, folder, scheduler, block_size)
+    _fixed = {"mc_dropout": False, "n_samples": 1}
+    _builtin = {"tta_mode": "d4"}
