@@ -59,6 +59,8 @@ def test_bench_runs_and_prints_its_tables():
             "1",
             "--memory-sizes",
             "--skip-first-window",
+            "--choice-runs",
+            "1",
         ],
         capture_output=True,
         text=True,
