@@ -14,7 +14,8 @@ with T = 10, 512 px tiles, step 256, seed 0, on the CPU.
 - halo overhead (windows computed / windows of the whole run) per BLOCK_SIZE on this raster, and at the
   automatic size on country-wide rasters.
 
-Prints Markdown tables (pasted into the README). About 7 minutes on a 2-core machine.
+The three runs alternate ``--repeat`` times (default 2) and the fastest of each is kept: this shared 2-core machine
+has slow spells of +-15 %. Prints Markdown tables (pasted into the README). About 12 minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -152,23 +153,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of the three runs, alternating (best kept)")
     args = parser.parse_args()
     pixels = args.size * args.size
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as temporary:
         folder = Path(temporary)
         image = write_input(folder / "scene.tif", args.size)
         loads = [os.getloadavg()[0]]
-        seconds, cpu, reference = in_process(image, folder, args.samples)
-        loads.append(os.getloadavg()[0])
-        print(f"in-process (1 torch thread): {seconds:.1f} s", flush=True)
-        runs = {}
-        for workers in (1, 2):
-            runs[workers] = on_cluster(image, folder, args.samples, workers)
+        best: tuple[float, float, dict] | None = None
+        runs: dict[int, dict] = {}
+        for round_ in range(args.repeat):  # this shared machine has slow spells: every run gets the same chances
+            here = folder / f"round{round_}"
+            here.mkdir()
+            seconds, cpu, paths = in_process(image, here, args.samples)
+            best = min(best or (seconds, cpu, paths), (seconds, cpu, paths), key=lambda run: run[0])
+            print(f"round {round_}: in-process (1 torch thread): {seconds:.1f} s", flush=True)
+            for workers in (1, 2):
+                run = on_cluster(image, here, args.samples, workers)
+                runs[workers] = min(runs.get(workers, run), run, key=lambda r: r["job"])
+                print(f"round {round_}: local:{workers}: {run}", flush=True)
             loads.append(os.getloadavg()[0])
-            print(f"local:{workers}: {runs[workers]}", flush=True)
+        seconds, cpu, reference = best
         print(
             f"\n{args.size} x {args.size} px, sample FPN, T = {args.samples}, tiles {TILE[0]}, step {STEP[0]}, CPU; "
-            f"{os.cpu_count()} cores, 1-minute load average before / after each run: "
+            f"{os.cpu_count()} cores, best of {args.repeat} alternating rounds; 1-minute load average before / after "
+            "each round: "
             f"{' / '.join(f'{load:.1f}' for load in loads)}\n"
         )
         print(
