@@ -21,6 +21,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+# The core's choices: core.config needs no torch, so the provider still loads without it.
+from ..core.config import DEVICES, TILE_WEIGHTS, TTA_MODES, TTA_TRANSFORMS, UNCERTAINTY_MODES
 from ..i18n import tr
 from .run_guards import processing_error, raw_number
 
@@ -103,21 +105,7 @@ STRETCH_UNCERTAINTY = "STRETCH_UNCERTAINTY"
 SCHEDULER = "SCHEDULER"
 BLOCK_SIZE = "BLOCK_SIZE"
 
-# The same choices as mc_uncertainty_plugin.core (not imported here: the core imports torch).
-# tests/qgis checks that both stay equal.
-TILE_WEIGHTS = ("gaussian", "pyramid", "mean")
-UNCERTAINTY_MODES = (
-    "entropy",
-    "mutual_information",
-    "expected_entropy",
-    "variation_ratio",
-    "normalized_entropy",
-    "margin",
-)
-TTA_MODES = ("none", "flip", "d4")
-TTA_TRANSFORMS = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
 PROBABILITY_DTYPES = ("float32", "uint8")
-DEVICES = ("auto", "cpu", "cuda")
 
 _TTA_TRANSFORMS = (
     "flip = 4 transforms that keep the tile's shape: identity, horizontal flip, vertical flip and both (= rotation "
