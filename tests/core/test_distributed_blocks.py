@@ -16,7 +16,7 @@ from core_fixtures import SmallConvNet, random_image, write_geotiff
 from distributed_fixtures import KEYS, SETTINGS, assert_same_as_reference, make_scene, read_band
 from osgeo import gdal, osr
 
-from mc_uncertainty_plugin.core import InferenceConfig, InferenceError, LoadedModel, ParameterError
+from mc_uncertainty_plugin.core import InferenceConfig, InferenceError, LoadedModel, McUncertaintyError, ParameterError
 from mc_uncertainty_plugin.core.distributed.__main__ import main as cli
 from mc_uncertainty_plugin.core.distributed.block_task import (
     VersionMismatchError,
@@ -360,10 +360,27 @@ def test_blocks_of_an_earlier_job_go_once_this_one_is_published(scene, tmp_path)
 
 
 class _OneWorker:
-    """A stand-in for a Dask client whose one worker is this process."""
+    """A stand-in for a Dask client whose scheduler and one worker are this process."""
 
     def run(self, function, *args):
         return {"tcp://worker:1": function(*args)}
+
+    def run_on_scheduler(self, function, *args):
+        return function(*args)
+
+
+class _SchedulerWithoutThePlugin(_OneWorker):
+    """Its scheduler fails to unpickle calls, as one without the plugin on its path does."""
+
+    def run_on_scheduler(self, function, *args):
+        raise RuntimeError(f"Error during deserialization: No module named '{function.__module__.split('.')[0]}'")
+
+
+def test_a_scheduler_that_cannot_import_the_plugin_is_refused(scene, tmp_path):
+    from mc_uncertainty_plugin.core.distributed.dask_driver import _check_workers
+
+    with pytest.raises(McUncertaintyError, match=r"Dask scheduler cannot import this plugin .*mc_uncertainty_plugin"):
+        _check_workers(_SchedulerWithoutThePlugin(), _job(scene, tmp_path))
 
 
 def test_workers_of_other_versions_are_refused(scene, tmp_path):

@@ -7,8 +7,10 @@ import functools
 import os
 import re
 import shutil
+import sys
 from dataclasses import replace
 
+import dask
 import numpy as np
 import pytest
 import torch
@@ -27,11 +29,17 @@ from distributed_fixtures import (
 )
 from osgeo import gdal
 
-from mc_uncertainty_plugin.core import InferenceCancelled, MCDropoutInferenceProcessor, RasterIOError, load_model
+from mc_uncertainty_plugin.core import (
+    InferenceCancelled,
+    MCDropoutInferenceProcessor,
+    RasterIOError,
+    load_model,
+)
 from mc_uncertainty_plugin.core.distributed import BlockFailedError, VersionMismatchError
 from mc_uncertainty_plugin.core.distributed.blocks import choose_layout
 from mc_uncertainty_plugin.core.distributed.dask_driver import run_blocks_on_dask
 from mc_uncertainty_plugin.core.distributed.job import ModelBundle, check_job_outputs, create_job, plan_job
+from mc_uncertainty_plugin.core.distributed.local_cluster import BLOCK_MODULE, QUIET_CONFIG
 from mc_uncertainty_plugin.core.distributed.run import run_job
 from mc_uncertainty_plugin.core.inference.engine import RunCallbacks
 from mc_uncertainty_plugin.core.inference.output_specs import OutputOptions
@@ -246,9 +254,10 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
         if found:
             with distributed.Client(found.group(1), timeout="10s") as client:
                 checked["env"] = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.getppid()))
-                checked["profile"] = client.run(
-                    lambda: __import__("dask").config.get("distributed.worker.profile.enabled")
-                )
+                checked["config"] = client.run(lambda: {key: dask.config.get(key) for key in QUIET_CONFIG})
+                checked["imported"] = client.run_on_scheduler(lambda: BLOCK_MODULE in sys.modules)
+                noisy = client.submit(print, "x" * (1 << 18), flush=True, pure=False)  # more than a pipe holds
+                checked["printed"] = noisy.result(timeout=60) is None
                 checked["address"] = found.group(1)
 
     processor = MCDropoutInferenceProcessor(scene.model(), **SETTINGS, scheduler="local:1")
@@ -256,7 +265,9 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
     assert len(checked["env"]) == 1
     assert all(trim is None for trim, _ in checked["env"].values())  # the nanny's MALLOC_TRIM_THRESHOLD_ is off
     assert all(parent != os.getpid() for _, parent in checked["env"].values())  # not children of this process
-    assert list(checked["profile"].values()) == [False]  # Dask's profiler is off in the workers
+    assert list(checked["config"].values()) == [QUIET_CONFIG]  # Dask's profiler off, its housekeeping slowed
+    assert checked["imported"]  # the scheduler unpickles tasks: the helper imported their code while starting
+    assert checked["printed"]  # a worker's output is read: printing does not block it
     np.testing.assert_array_equal(read_band(paths["segmentation"]), read_band(scene.reference["OUTPUT"]))
     np.testing.assert_array_equal(read_band(paths["uncertainty"]), read_band(scene.reference["OUTPUT_UNCERTAINTY"]))
     assert paths["uncertainty"].endswith("classes_mc_uncertainty.vrt")

@@ -2,6 +2,7 @@
 
 - Workers: every worker must import this plugin and have the client's plugin, torch and
   segmentation-models-pytorch versions (checked before anything is submitted, and again by each block). The
+  scheduler must import the plugin too: it unpickles every task (checked before anything is submitted). The
   nanny's ``MALLOC_TRIM_THRESHOLD_`` does not matter: a block sets glibc's thresholds while it runs
   (:mod:`..inference.heap`).
 - The model: workers read the model files by their paths when they can (a shared file system); otherwise the
@@ -44,6 +45,7 @@ __all__ = [
     "BlockFailedError",
     "connect",
     "worker_slots",
+    "check_scheduler",
     "torch_threads",
     "run_blocks_on_dask",
     "block_task",
@@ -106,8 +108,25 @@ def worker_slots(client: Any) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
+def check_scheduler(client: Any) -> None:
+    """Refuse a scheduler that cannot import the plugin: Dask's scheduler unpickles every submitted task.
+
+    Raises:
+        McUncertaintyError: naming what to install where.
+    """
+    try:
+        client.run_on_scheduler(local_versions)
+    except Exception as error:  # the scheduler fails to unpickle the call
+        raise McUncertaintyError(
+            f"The Dask scheduler cannot import this plugin ({type(error).__name__}: {error}); Dask's scheduler "
+            "unpickles every task, so give it the plugin (e.g. its folder's parent on PYTHONPATH) and torch, "
+            "like the workers."
+        ) from None
+
+
 def _check_workers(client: Any, job: Job) -> None:
-    """Refuse workers that cannot import the plugin or have other versions."""
+    """Refuse a scheduler or workers that cannot import the plugin, and workers with other versions."""
+    check_scheduler(client)
     try:
         found = client.run(local_versions)
     except Exception as error:  # a worker that cannot import the plugin fails to unpickle the call

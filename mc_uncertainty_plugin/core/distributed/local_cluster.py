@@ -10,12 +10,14 @@ stops it when its standard input closes: when the plugin is done, or if the plug
 In the helper, Dask's nanny is told not to export ``MALLOC_TRIM_THRESHOLD_=65536`` to the workers (a block sets
 glibc's thresholds itself while it runs, :mod:`..inference.heap`, so this only keeps the workers' environment
 plain; the nanny would also leak it into the process hosting it: the helper, not QGIS); ``OMP_NUM_THREADS=1``
-stays, the blocks set torch's threads themselves. Dask's statistical profiler is off in the workers: it samples the
-task thread's stack every 10 ms, deep in torch's modules, for nothing the plugin reads.
+stays, the blocks set torch's threads themselves. Dask's housekeeping that only feeds diagnostics is slowed down
+(:data:`QUIET_CONFIG`: its statistical profiler off, 1-2 s intervals) so it leaves the cores to the blocks, and the
+helper imports the blocks' code while the workers start: Dask's scheduler unpickles each task it is sent.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -26,9 +28,20 @@ from typing import IO
 
 from ..errors import ParameterError
 
-__all__ = ["ADDRESS_PREFIX", "LocalClusterProcess", "worker_python", "serve"]
+__all__ = ["ADDRESS_PREFIX", "QUIET_CONFIG", "BLOCK_MODULE", "LocalClusterProcess", "worker_python", "serve"]
 
 ADDRESS_PREFIX = "MCU_SCHEDULER "
+BLOCK_MODULE = "mc_uncertainty_plugin.core.distributed.dask_driver"  # what a submitted block's task imports
+# Dask's periodic housekeeping, slowed down where it only feeds diagnostics: with the defaults the helper (scheduler
+# and nannies) took a tenth of a core and every worker's event loop woke 50 times a second, on the cores the blocks
+# compute on. Memory is still checked every second.
+QUIET_CONFIG = {
+    "distributed.worker.profile.enabled": False,  # samples the task thread's stack every 10 ms, deep in torch
+    "distributed.admin.tick.interval": "1s",  # event-loop latency checks (20 ms)
+    "distributed.admin.system-monitor.interval": "2s",  # dashboard metrics (500 ms)
+    "distributed.admin.system-monitor.gil.enabled": False,  # GIL contention sampling every 1 ms (gilknocker)
+    "distributed.worker.memory.monitor-interval": "1s",  # nanny and worker memory checks (100 ms)
+}
 _PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # the folder holding mc_uncertainty_plugin/
 
 
@@ -131,12 +144,15 @@ class LocalClusterProcess:
             cwd=str(_PACKAGE_PARENT),
         )
         found: list[str] = []
-        reader = threading.Thread(target=self._read_address, args=(self._process.stdout, found), daemon=True)
+        address_read = threading.Event()
+        reader = threading.Thread(
+            target=self._read_address, args=(self._process.stdout, found, address_read), daemon=True
+        )
         reader.start()
         errors = threading.Thread(target=self._keep_errors, args=(self._process.stderr,), daemon=True)
         errors.start()
         self._readers = [reader, errors]
-        reader.join(self.timeout)
+        address_read.wait(self.timeout)
         if not found:
             self.stop()
             detail = " ".join(self._errors[-5:])[-600:] or "no output"
@@ -146,12 +162,17 @@ class LocalClusterProcess:
         self.address = found[0]
         return self.address
 
-    @staticmethod
-    def _read_address(stream: IO[str], found: list[str]) -> None:
+    def _read_address(self, stream: IO[str], found: list[str], address_read: threading.Event) -> None:
+        """The address line, then the rest of the helper's output: its workers inherit the pipe, and one that
+        prints (a model's ``forward`` may) would block once the pipe is full if nobody read it."""
         for line in stream:
-            if line.startswith(ADDRESS_PREFIX):
+            if not found and line.startswith(ADDRESS_PREFIX):
                 found.append(line[len(ADDRESS_PREFIX) :].strip())
-                return
+                address_read.set()
+            else:
+                self._errors.append(line.strip())
+                del self._errors[:-50]
+        address_read.set()
 
     def _keep_errors(self, stream: IO[str]) -> None:
         for line in stream:
@@ -192,11 +213,16 @@ def serve(workers: int, threads: int = 1, stdin: IO[str] | None = None, stdout: 
     dask.config.set(
         {
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-            "distributed.worker.profile.enabled": False,  # sampling torch's deep stacks every 10 ms costs CPU
+            **QUIET_CONFIG,
         }
     )
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    # The scheduler unpickles every submitted task, importing the block's module (and torch with it): done here,
+    # while the workers start, rather than when the first job waits for its first block.
+    importer = threading.Thread(target=importlib.import_module, args=(BLOCK_MODULE,), daemon=True)
+    importer.start()
     with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None) as cluster:
+        importer.join()
         stdout.write(f"{ADDRESS_PREFIX}{cluster.scheduler_address}\n")
         stdout.flush()
         for _line in stdin:  # until the plugin closes our input, or dies
