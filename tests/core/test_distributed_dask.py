@@ -253,7 +253,9 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
         found = re.match(r"^Dask at (tcp://\S+):", message)
         if found:
             with distributed.Client(found.group(1), timeout="10s") as client:
-                checked["env"] = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.getppid()))
+                checked["env"] = client.run(
+                    lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("MALLOC_ARENA_MAX"), os.getppid())
+                )
                 checked["config"] = client.run(lambda: {key: dask.config.get(key) for key in QUIET_CONFIG})
                 checked["imported"] = client.run_on_scheduler(lambda: BLOCK_MODULE in sys.modules)
                 noisy = client.submit(print, "x" * (1 << 18), flush=True, pure=False)  # more than a pipe holds
@@ -263,8 +265,9 @@ def test_local_n_hosts_its_workers_in_a_helper_process(scene, tmp_path):
     processor = MCDropoutInferenceProcessor(scene.model(), **SETTINGS, scheduler="local:1")
     paths = processor.process(scene.image, output_path=str(tmp_path / "classes.vrt"), log=inspect)
     assert len(checked["env"]) == 1
-    assert all(trim is None for trim, _ in checked["env"].values())  # the nanny's MALLOC_TRIM_THRESHOLD_ is off
-    assert all(parent != os.getpid() for _, parent in checked["env"].values())  # not children of this process
+    assert all(trim is None for trim, _, _ in checked["env"].values())  # the nanny's MALLOC_TRIM_THRESHOLD_ is off
+    assert all(arenas == "1" for _, arenas, _ in checked["env"].values())  # the task thread uses the main arena
+    assert all(parent != os.getpid() for _, _, parent in checked["env"].values())  # not children of this process
     assert list(checked["config"].values()) == [QUIET_CONFIG]  # Dask's profiler off, its housekeeping slowed
     assert checked["imported"]  # the scheduler unpickles tasks: the helper imported their code while starting
     assert checked["printed"]  # a worker's output is read: printing does not block it
