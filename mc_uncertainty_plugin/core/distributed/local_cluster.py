@@ -54,7 +54,7 @@ QUIET_CONFIG = {
 # A block computes in a task thread, which glibc gives an arena of its own: heaps of at most 64 MiB that it maps,
 # grows and releases as a batch's buffers come and go. Measured on a 4096 x 2048 block (sample model, T = 10): 621k
 # page faults and 1.7 s in the kernel in a worker against 228k and 0.6 s in a process's main thread; with one arena
-# (the main one, which keeps freed memory while a run goes on: ..inference.heap) 242k and 1.0 s. The worker's other
+# (the main one, which keeps freed memory while a run goes on: ..inference.heap) 221k-242k and 0.7-1.0 s. The worker's other
 # threads only wait on the network, so sharing the arena costs nothing measurable.
 WORKER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1"}
 _PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # the folder holding mc_uncertainty_plugin/
