@@ -56,7 +56,8 @@ QUIET_CONFIG = {
 # page faults and 1.7 s in the kernel in a worker against 228k and 0.6 s in a process's main thread; with one arena
 # (the main one, which keeps freed memory while a run goes on: ..inference.heap) 221k-242k and 0.7-1.0 s. The worker's other
 # threads only wait on the network, so sharing the arena costs nothing measurable.
-WORKER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1"}
+# What Dask's nanny exports to the workers it starts (None: not exported; see the module docstring).
+WORKER_ENVIRONMENT: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}
 _PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # the folder holding mc_uncertainty_plugin/
 
 
@@ -227,7 +228,6 @@ def serve(workers: int, threads: int = 1, stdin: IO[str] | None = None, stdout: 
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     dask.config.set(
         {
-            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
             **{f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRONMENT.items()},
             **QUIET_CONFIG,
         }
