@@ -3,6 +3,7 @@ workers, transient and lasting errors, cancel and resume, other versions, shippi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -209,8 +210,8 @@ def test_workers_with_other_versions_are_refused(cluster, scene, tmp_path):
 
 
 def _hide_model(folder: str, index: int, done: int) -> None:
-    """Make the model unreadable by its path before the worker loads it."""
-    if os.path.isdir(folder):
+    """Make the model unreadable by its path before the worker loads it (the other worker may have done so)."""
+    with contextlib.suppress(FileNotFoundError):
         os.rename(folder, folder + "-hidden")
 
 
