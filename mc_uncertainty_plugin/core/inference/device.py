@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ParameterError
 from ..models.loading import LoadedModel
+from .pointwise import PointwiseInInputLayout
 
 __all__ = [
     "resolve_device",
@@ -111,7 +112,8 @@ def check_tile_fits(device: torch.device, bands: int, tile: tuple[int, int]) -> 
 
 class ModelOnDevice:
     """Context: the model on ``device`` in eval mode, its 4-D weights in ``memory_format`` while at least one run
-    uses them (contiguous again after).
+    uses them (contiguous again after). On CPU in channels_last, its 1x1 convolutions meanwhile compute in their
+    input's layout (:class:`~.pointwise.PointwiseInInputLayout`).
 
     Weight layouts are counted per module under a lock, so a run that ends does not convert the weights under
     another run (thread) still going on the same model.
@@ -119,6 +121,7 @@ class ModelOnDevice:
 
     _lock = threading.Lock()
     _users: dict[int, int] = {}
+    _pointwise: dict[int, PointwiseInInputLayout] = {}
 
     def __init__(self, model: LoadedModel, device: torch.device, memory_format: torch.memory_format) -> None:
         self.module = model.module
@@ -133,6 +136,8 @@ class ModelOnDevice:
                 users = self._users.get(id(self.module), 0)
                 if users == 0:
                     self.module.to(memory_format=torch.channels_last)
+                    if self.device.type == "cpu":
+                        self._pointwise[id(self.module)] = PointwiseInInputLayout(self.module).__enter__()
                 self._users[id(self.module)] = users + 1
         return self
 
@@ -144,4 +149,7 @@ class ModelOnDevice:
             if users:
                 self._users[id(self.module)] = users
             else:
+                pointwise = self._pointwise.pop(id(self.module), None)
+                if pointwise is not None:
+                    pointwise.__exit__(*exc)
                 self.module.to(memory_format=torch.contiguous_format)
