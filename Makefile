@@ -6,7 +6,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal python3-yaml pytho
 export QT_QPA_PLATFORM ?= offscreen
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
-.PHONY: setup system-deps install demo test test-fast test-core test-qgis lint bench bench-scale package clean
+.PHONY: setup system-deps install demo test test-fast test-core test-qgis lint bench bench-scale bench-pointwise package clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -41,6 +41,9 @@ bench: install
 # One process vs blocks on a local Dask cluster (local:1, local:2) on a 4096 px raster, and the halo overhead.
 bench-scale: setup
 	$(PY) resources/tools/bench_scale.py
+
+bench-pointwise: setup
+	$(PY) resources/tools/bench_pointwise.py
 
 # the suite without the tests marked slow (new processes, real SMP models): for quick iterations
 test-fast: setup
