@@ -15,7 +15,9 @@ with T = 10, 512 px tiles, step 256, seed 0, on the CPU.
   automatic size on country-wide rasters.
 
 The three runs alternate ``--repeat`` times (default 2) and the fastest of each is kept: this shared 2-core machine
-has slow spells of +-15 %. Prints Markdown tables (pasted into the README). About 12 minutes on a 2-core machine.
+has slow spells of +-15 % (up to 25 % between two runs minutes apart). So the speed-up of each round, against the
+in-process run just before, is printed too, with its median: the bests of two kinds of run may come from different
+spells. Prints Markdown tables (pasted into the README). About 12 minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -162,16 +164,18 @@ def main() -> None:
         loads = [os.getloadavg()[0]]
         best: tuple[float, float, dict] | None = None
         runs: dict[int, dict] = {}
+        paired: dict[int, list[float]] = {1: [], 2: []}  # in-process / local:N job time within each round
         for round_ in range(args.repeat):  # this shared machine has slow spells: every run gets the same chances
             here = folder / f"round{round_}"
             here.mkdir()
             seconds, cpu, paths = in_process(image, here, args.samples)
             best = min(best or (seconds, cpu, paths), (seconds, cpu, paths), key=lambda run: run[0])
             print(f"round {round_}: in-process (1 torch thread): {seconds:.1f} s", flush=True)
-            for workers in (1, 2):
+            for workers in (2, 1):  # local:2 right after the run it is compared with
                 run = on_cluster(image, here, args.samples, workers)
                 runs[workers] = min(runs.get(workers, run), run, key=lambda r: r["job"])
-                print(f"round {round_}: local:{workers}: {run}", flush=True)
+                paired[workers].append(seconds / run["job"])
+                print(f"round {round_}: local:{workers}: {paired[workers][-1]:.2f}x, {run}", flush=True)
             loads.append(os.getloadavg()[0])
         seconds, cpu, reference = best
         print(
@@ -189,7 +193,7 @@ def main() -> None:
             f"| in-process, 1 torch thread | — | {seconds:.1f} s | {pixels / seconds / 1e3:.0f} kpx/s | 1.00x | "
             f"{cpu:.1f} | — | {seconds:.1f} s | — |"
         )
-        for workers, run in runs.items():
+        for workers, run in sorted(runs.items()):
             equal = all(
                 np.array_equal(read(run[key]), read(reference[name]))
                 for key, name in (("classes", "segmentation"), ("uncertainty", "uncertainty"))
@@ -200,6 +204,11 @@ def main() -> None:
                 f"{seconds / run['job']:.2f}x | {run['cpu']:.1f} ({run['busiest']:.1f}) | "
                 f"{run['start']:.1f} + {run['warm']:.1f} s | {total:.1f} s "
                 f"({seconds / total:.2f}x) | {'yes' if equal else 'NO'} |"
+            )
+        for workers, ratios in sorted(paired.items()):
+            print(
+                f"\nlocal:{workers} vs the in-process run of the same round (minutes apart, so under the same spell "
+                f"of this machine): {', '.join(f'{r:.2f}x' for r in ratios)}; median {np.median(ratios):.2f}x"
             )
         print()
         print("\n".join(halo_table(args.size, 2)))
