@@ -10,6 +10,7 @@ from torch import nn
 
 from mc_uncertainty_plugin.core import LoadedModel, MCDropoutInferenceProcessor, MultiClassInferenceProcessor
 from mc_uncertainty_plugin.core.errors import ParameterError
+from mc_uncertainty_plugin.core.inference import sampler as sampler_module
 from mc_uncertainty_plugin.core.inference.device import batch_for_memory, resolve_memory_format
 from mc_uncertainty_plugin.core.inference.sampler import softmax_terms
 from mc_uncertainty_plugin.core.inference.uncertainty import argmax_and_max, entropy
@@ -179,3 +180,22 @@ def test_gpu_batches_fit_a_memory_budget():
     assert batch_for_memory(200 * mib, 300 * mib) == 1  # never below one tile
     assert batch_for_memory(8 * gib, 300 * mib, fraction=0.25) == 6
     assert batch_for_memory(8 * gib, 0) == 32  # nothing measured (no allocation in the probe)
+
+
+@pytest.mark.parametrize("slab_elements", [1 << 17, 700])
+def test_softmax_in_slabs_matches_the_definition_and_does_not_depend_on_the_batch(monkeypatch, slab_elements):
+    """Slabs of rows (several per image, the last one shorter, or one row each) give the softmax and entropy of
+    the definition, and an image alone gets the same bits as inside a batch."""
+    monkeypatch.setattr(sampler_module, "_SLAB_ELEMENTS", slab_elements)
+    z = torch.from_numpy((np.random.default_rng(3).normal(size=(3, 4, 37, 29)) * 5).astype(np.float32))
+    before = z.clone()
+    exp, total, h = softmax_terms(z, with_entropy=True)
+    z64 = z.double().numpy()
+    expected = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose((exp / total).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(h.numpy(), -(expected * np.log(expected)).sum(axis=1), atol=2e-6)
+    for b in range(3):
+        alone = softmax_terms(z[b : b + 1], with_entropy=True)
+        assert all(torch.equal(whole[b : b + 1], part) for whole, part in zip((exp, total, h), alone))
+    torch.testing.assert_close(z, before, rtol=0, atol=0)

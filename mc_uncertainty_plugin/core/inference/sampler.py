@@ -78,21 +78,48 @@ def softmax_terms(
     the strided class axis: the README's benchmark section); a channels_last output is copied there first.
     A one-channel output ``z`` is a sigmoid: it is the softmax of the two logits ``[0, z]``
     (``σ(z) = e^z / (e^0 + e^z)``), computed the same way.
+
+    On the CPU the steps run slab by slab (one image, a band of rows): each step over a whole batch read and
+    wrote every class plane from memory, a slab's intermediates stay in the core's cache (a pass of 4 x 5 x 512 x
+    512 logits, one thread: 20 ms instead of 41). A slab's numbers depend only on its own image, never on the
+    batch, so a region computed alone gets the same bits. Against whole-batch steps they were identical for 5
+    classes; with 20, PyTorch's vectorised class sum rounded differently in the last bit for 0.2 % of pixels.
     """
     if logits.shape[1] == 1:
         logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     z = logits.contiguous()  # class axis reduced in NCHW: fast; a channels_last output is copied here
-    top = z.amax(dim=1, keepdim=True)
-    shifted = z - top if z is logits else z.sub_(top)  # a copy is ours to change in place, the model's output not
+    batch, classes, height, width = z.shape
+    exp = torch.empty_like(z)
+    total = z.new_empty((batch, 1, height, width))
+    entropy_ = z.new_empty((batch, height, width)) if with_entropy else None
+    if z.device.type != "cpu":
+        _softmax_into(z, exp, total, entropy_, dim=1)
+        return exp, total, entropy_
+    rows = max(1, _SLAB_ELEMENTS // (classes * width))
+    for b in range(batch):
+        for top in range(0, height, rows):
+            band = slice(top, top + rows)
+            _softmax_into(
+                z[b, :, band], exp[b, :, band], total[b, :, band], None if entropy_ is None else entropy_[b, band], 0
+            )
+    return exp, total, entropy_
+
+
+def _softmax_into(
+    z: torch.Tensor, exp: torch.Tensor, total: torch.Tensor, entropy_: torch.Tensor | None, dim: int
+) -> None:
+    """:func:`softmax_terms` of ``z`` (class axis ``dim``) written into ``exp``, ``total`` and ``entropy_``."""
+    shifted = z - z.amax(dim=dim, keepdim=True)  # z is never modified
     shifted.clamp_min_(_EXP_FLOOR)
-    exp = shifted.exp() if with_entropy else shifted.exp_()
-    total = exp.sum(dim=1, keepdim=True)
-    if not with_entropy:
-        return exp, total, None
-    return exp, total, total.log().squeeze(1).sub_((exp * shifted).sum(dim=1).div_(total.squeeze(1)))
+    torch.exp(shifted, out=exp)
+    torch.sum(exp, dim=dim, keepdim=True, out=total)
+    if entropy_ is not None:
+        plane = total.squeeze(dim)
+        torch.log(plane, out=entropy_).sub_(shifted.mul_(exp).sum(dim=dim).div_(plane))
 
 
 _EXP_FLOOR = -87.0  # exp(-87) = 1.65e-38 is a normal float32; below -87.34 exp returns subnormals (slow)
+_SLAB_ELEMENTS = 1 << 17  # class values per slab on the CPU (512 KiB of float32: fits a core's L2 cache)
 
 
 class EnsembleSampler:
