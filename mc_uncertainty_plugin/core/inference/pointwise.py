@@ -11,16 +11,16 @@ ran at 0.2-0.6 GB/s on this machine (128 x 128 x 128 x 4 floats: ~80 ms): in the
 A 1x1 convolution with stride 1, no padding, no dilation and one group is a matrix product over the channel
 axis, which needs no particular layout. While a run holds the model in channels_last,
 :class:`PointwiseInInputLayout` gives such ``nn.Conv2d`` modules their own ``_conv_forward`` (an instance
-attribute, removed after; ``forward`` is untouched, so hooks and the prefix cache see the modules as before):
-
-at one thread, for fewer than 16 float32 images (PyTorch's plain-kernel case):
+attribute, removed after; ``forward`` is untouched, so hooks and the prefix cache see the modules as before).
+At one thread, for fewer than 16 float32 images (PyTorch's plain-kernel case):
 
 - NCHW input: the weight is handed over as an NCHW view of the same memory, so the kernel computes in NCHW;
 - channels_last input: ``F.linear`` over the channel axis of the ``(N, H, W, C)`` view; the result is
-  channels_last;
-- anything else (half precision, more threads, big batches): PyTorch's own path. With two threads PyTorch's
-  oneDNN path handled the layouts faster than an NCHW weight view did (full passes of FPN and DeepLabV3+ up to
-  18 % slower with it), so the adapter stays out of the way there.
+  channels_last.
+
+Anything else (half precision, more threads, big batches) takes PyTorch's own path. With two threads PyTorch's
+oneDNN path handled the layouts faster than an NCHW weight view did (full passes of FPN and DeepLabV3+ up to
+18 % slower with it), so the adapter stays out of the way there.
 
 The choice depends only on the input's layout, shape, dtype and the thread count, never on timing, so a region
 computed on its own takes the same path as in a run over the whole raster (the exact mode of distributed runs).

@@ -97,8 +97,8 @@ def softmax_terms(
         return exp, total, entropy_
     rows = max(1, _SLAB_ELEMENTS // (classes * width))
     for b in range(batch):
-        for top in range(0, height, rows):
-            band = slice(top, top + rows)
+        for row in range(0, height, rows):
+            band = slice(row, row + rows)
             _softmax_into(
                 z[b, :, band], exp[b, :, band], total[b, :, band], None if entropy_ is None else entropy_[b, band], 0
             )
