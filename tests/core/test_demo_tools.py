@@ -75,3 +75,23 @@ def test_bench_runs_and_prints_its_tables():
     assert 0.5 < float(cells[7]) < 10 and 0.5 < float(cells[8]) <= float(cells[7]) and 0.5 < float(cells[9]) < 10
     assert any(line.startswith("| FPN (decoder dropout) | ") and " s |" in line for line in lines)  # stages
     assert any("full pass contiguous" in line for line in lines)
+
+
+def test_bench_pointwise_times_both_settings_and_leaves_the_model_plain():
+    import torch
+    from bench_pointwise import ROOT as BENCH_ROOT
+    from bench_pointwise import one_batch
+
+    from mc_uncertainty_plugin.core import load_model
+
+    model = load_model(str(BENCH_ROOT / "resources" / "sample" / "model.yaml"))
+    tiles = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for adapted in (False, True):
+            seconds, full_ms, replay_ms = one_batch(model, tiles, adapted, warm_up=False)
+            assert seconds > 0 and full_ms > 0 and replay_ms > 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not any("_conv_forward" in m.__dict__ for m in model.module.modules())  # the adapter is removed
