@@ -10,6 +10,7 @@ from mc_uncertainty_plugin.core import InferenceConfig, LoadedModel, MCDropoutIn
 from mc_uncertainty_plugin.core.inference.device import resolve_device
 from mc_uncertainty_plugin.core.inference.engine import run_region
 from mc_uncertainty_plugin.core.inference.plan import OutputOptions, Region, balanced_split, plan_run, region_batches
+from mc_uncertainty_plugin.core.inference.window_outputs import WindowOutput, compute_windows
 
 
 @pytest.fixture
@@ -90,22 +91,55 @@ def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thre
         lambda message: None,
         OutputOptions(dtype, threshold),
     )
-    mosaic = {key: np.full(values.shape, 7, values.dtype) for key, values in expected.items()}
     origin = _read(paths["segmentation"])[1]
     cuts_rows, cuts_cols = (0, 17, 50, height), (0, 33, 61, 90, width)  # regions not aligned to any window
-    for r0, r1 in zip(cuts_rows, cuts_rows[1:]):
-        for c0, c1 in zip(cuts_cols, cuts_cols[1:]):
-            region = Region(r0, c0, r1 - r0, c1 - c0)
-            files = {key: str(tmp_path / f"r{r0}_{c0}_{key}.tif") for key in expected}
-            result = run_region(plan, model, region, files)
+    regions = [
+        Region(r0, c0, r1 - r0, c1 - c0)
+        for r0, r1 in zip(cuts_rows, cuts_rows[1:])
+        for c0, c1 in zip(cuts_cols, cuts_cols[1:])
+    ]
+    touching = [
+        [w for b in region_batches(plan.grid, r, plan.config.panel_width, 1) for w in b.windows] for r in regions
+    ]
+    shared = sorted({w for ws in touching for w in ws if sum(w in other for other in touching) > 1}, key=hash)
+    shared = shared[::2]  # batches of a region then mix given windows and computed ones
+    given = compute_windows(plan, model, shared)  # once, in another order and other batches than any region's
+    assert len(given) == len(shared) > 0
+    for share in (False, True):
+        mosaic = {key: np.full(values.shape, 7, values.dtype) for key, values in expected.items()}
+        computed = 0
+        for region in regions:
+            files = {key: str(tmp_path / f"r{region.row}_{region.col}_{share}_{key}.tif") for key in expected}
+            result = run_region(plan, model, region, files, given=given if share else None)
+            computed += result.computed
             for key, path in result.paths.items():
                 values, transform = _read(path)
                 assert values.shape[-2:] == (region.height, region.width)
-                assert transform[0] == pytest.approx(origin[0] + c0 * origin[1])
-                assert transform[3] == pytest.approx(origin[3] + r0 * origin[5])
-                mosaic[key][..., r0:r1, c0:c1] = values
-    for key in expected:
-        np.testing.assert_array_equal(mosaic[key], expected[key], err_msg=key)
+                assert transform[0] == pytest.approx(origin[0] + region.col * origin[1])
+                assert transform[3] == pytest.approx(origin[3] + region.row * origin[5])
+                mosaic[key][..., region.row : region.row_end, region.col : region.col_end] = values
+        for key in expected:
+            np.testing.assert_array_equal(mosaic[key], expected[key], err_msg=f"{key}, shared windows {share}")
+        assert computed == sum(len([w for w in ws if not share or w.key not in given]) for ws in touching)
+
+
+def test_a_given_window_is_blended_as_given(tmp_path, one_thread):
+    image = write_geotiff(tmp_path / "in.tif", random_image((40, 40), seed=4))
+    model = LoadedModel(SmallConvNet(p=0.3), in_channels=3)
+    config = InferenceConfig(n_samples=2, model_input_shape=(16, 16), step_shape=(8, 8), seed=1, batch_size=2)
+    plan, _ = plan_run(
+        model, config, image, {"OUTPUT": str(tmp_path / "p.tif")}, resolve_device("cpu"), lambda message: None
+    )
+    window = next(w for w in plan.grid if (w.row, w.col) == (8, 8))
+    own = compute_windows(plan, model, [window])[window.key]
+    swapped = own.mean_probs[::-1].copy()  # the classes in reverse: another argmax wherever the window decides
+    given = {window.key: WindowOutput(swapped, own.expected_entropy, own.votes, own.mutual_information)}
+    plain = run_region(plan, model, plan.whole, {"OUTPUT": str(tmp_path / "a.tif")})
+    taken = run_region(plan, model, plan.whole, {"OUTPUT": str(tmp_path / "b.tif")}, given=given)
+    assert (plain.computed, taken.computed) == (len(plan.grid), len(plan.grid) - 1)
+    before, after = _read(plain.paths["OUTPUT"])[0], _read(taken.paths["OUTPUT"])[0]
+    changed = before != after
+    assert changed.any() and not changed[:8].any() and not changed[:, :8].any() and not changed[24:].any()
 
 
 def test_a_region_runs_only_the_windows_that_touch_it():

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..config import InferenceConfig
-from ..errors import InferenceCancelled, InferenceError, McUncertaintyError
+from ..errors import InferenceCancelled, InferenceError
 from ..io.output_files import remove_stale_temporaries
 from ..io.raster_io import RasterReader
 from ..models.dropout import find_dropout_layers
@@ -46,9 +46,10 @@ from .merger import CLASS_NODATA, FinishedRows, StreamingMerger
 from .output_set import OutputSet
 from .plan import UNCERTAINTY_DESCRIPTIONS, Batch, OutputOptions, Region, RunPlan, plan_run, region_batches
 from .read_ahead import LoadedBatch, ReadAhead
-from .sampler import EnsembleSampler, TileAccumulators
+from .sampler import EnsembleSampler
 from .tiling import tile_weight_map
 from .transforms import transforms_for
+from .window_outputs import WindowKey, WindowOutput, build_sampler, window_outputs
 
 __all__ = [
     "RunCallbacks",
@@ -105,6 +106,7 @@ class RegionResult:
     execution_path: str
     pass_seconds: dict = field(default_factory=dict)  # "full"/"replay" -> (passes, seconds of model compute)
     stage_seconds: dict = field(default_factory=dict)  # setup/read/sampler/merge/write/finish -> seconds
+    computed: int = 0  # windows run through the model here (not skipped, not given)
 
 
 @dataclass(frozen=True)
@@ -202,14 +204,18 @@ def run_region(
     region: Region,
     paths: Mapping[str, str] | None = None,
     callbacks: RunCallbacks | None = None,
+    given: Mapping[WindowKey, WindowOutput] | None = None,
 ) -> RegionResult:
     """Compute ``region`` of ``plan`` exactly as the whole run computes those pixels (module docstring) and write
     it to region-sized files: ``paths`` (Processing key -> file) or the plan's own paths. No whole-input check is
-    repeated here: the plan made them."""
+    repeated here: the plan made them. Windows in ``given`` (computed elsewhere by
+    :func:`~.window_outputs.compute_windows`) are blended as they are instead of running again."""
     device = resolve_device(plan.config.device)
     memory_format = resolve_memory_format(plan.config.memory_format, device, model.module)
     with ModelOnDevice(model, device, memory_format), reuse_freed_memory():
-        return _stream_region(plan, model, region, paths, device, memory_format, callbacks or RunCallbacks())
+        return _stream_region(
+            plan, model, region, paths, device, memory_format, callbacks or RunCallbacks(), given=given or {}
+        )
 
 
 # -- the steps --------------------------------------------------------------------------------------------------
@@ -233,29 +239,6 @@ def _describe(plan: RunPlan, model: LoadedModel, device: torch.device, memory_fo
     )
 
 
-def _build_sampler(
-    plan: RunPlan, model: LoadedModel, device: torch.device, memory_format: torch.memory_format
-) -> EnsembleSampler:
-    config = plan.config
-    layers = find_dropout_layers(model.module) if config.mc_dropout else []
-    mode = config.uncertainty_mode if plan.needs_uncertainty else None
-    return EnsembleSampler(
-        model.module,
-        device,
-        n_samples=config.n_samples,
-        mc_dropout=config.mc_dropout,
-        transforms=transforms_for(config.tta_mode),
-        dropout_layers=layers,
-        seed=config.seed,
-        need_expected_entropy=mode == "expected_entropy",
-        cache_prefix=config.cache_prefix,
-        need_votes=mode == "variation_ratio",
-        need_mutual_information=mode == "mutual_information",
-        memory_format=memory_format,
-        autocast=config.autocast,
-    )
-
-
 class _Progress:
     """Percent of the passes of a region done, reported as they happen (never 100 before the end)."""
 
@@ -273,6 +256,7 @@ class _Progress:
 @dataclass
 class _Counts:
     skipped: int = 0
+    computed: int = 0
     valid_pixels: int = 0
     nonfinite_pixels: int = 0
 
@@ -286,12 +270,13 @@ def _stream_region(
     memory_format: torch.memory_format,
     callbacks: RunCallbacks,
     started: float | None = None,
+    given: Mapping[WindowKey, WindowOutput] | None = None,
 ) -> RegionResult:
     """Plan the region's windows, stream them, finish and publish its outputs (or leave nothing)."""
     started = time.perf_counter() if started is None else started
     stages = _Stages()
     batches = region_batches(plan.grid, region, plan.config.panel_width, plan.batch_size)
-    sampler = _build_sampler(plan, model, device, memory_format)
+    sampler = build_sampler(plan, model, device, memory_format)
     progress = _Progress(callbacks, sum(len(b.windows) for b in batches) * sampler.passes_per_tile)
     reader = RasterReader(plan.input_path).select_bands(plan.bands)
     try:
@@ -305,7 +290,7 @@ def _stream_region(
                 callbacks.say(f"Removed {os.path.basename(leftover)}, left by an earlier run that did not finish.")
         stages.seconds["setup"] = time.perf_counter() - started
         with ReadAhead(reader, batches, model.normalization, plan.config.model_input_shape) as loaded, sampler:
-            counts = _blend_and_write(plan, region, loaded, sampler, outputs, callbacks, progress, stages)
+            counts = _blend_and_write(plan, region, loaded, sampler, outputs, callbacks, progress, stages, given or {})
         callbacks.check_cancel()
         _report_validity(counts, callbacks)
         with stages("finish"):
@@ -325,6 +310,7 @@ def _stream_region(
         sampler.execution_path,
         dict(sampler.pass_seconds),
         dict(stages.seconds),
+        counts.computed,
     )
 
 
@@ -337,6 +323,7 @@ def _blend_and_write(
     callbacks: RunCallbacks,
     progress: _Progress,
     stages: _Stages,
+    given: Mapping[WindowKey, WindowOutput],
 ) -> _Counts:
     """Batch by batch: passes, blend, and after each window row the rows no later window can reach are written."""
     batches = loaded.batches
@@ -354,9 +341,20 @@ def _blend_and_write(
         counts.skipped += item.skipped
         progress.advance(item.skipped * sampler.passes_per_tile)
         if item.windows:
-            reduced = _sample(sampler, item, plan.batch_size, callbacks, progress, stages)
+            computed = sum(window.key not in given for window in item.windows)
+            progress.advance((len(item.windows) - computed) * sampler.passes_per_tile)
+            with stages("sampler"):
+                window_results, _ = window_outputs(
+                    sampler,
+                    item,
+                    plan.batch_size,
+                    given,
+                    callbacks.is_cancelled,
+                    functools.partial(progress.advance, computed),
+                )
+            counts.computed += computed
             with stages("merge"):
-                _aggregate(merger, item, reduced, weights)
+                _aggregate(merger, item, window_results, weights)
         following = batches[index + 1] if index + 1 < len(batches) else None
         if following is not None and (following.panel, following.grid_row) == (batch.panel, batch.grid_row):
             continue  # more batches in this window row
@@ -387,47 +385,16 @@ def _new_merger(plan: RunPlan, region: Region, batch: Batch, sampler: EnsembleSa
     )
 
 
-def _sample(
-    sampler: EnsembleSampler,
-    item: LoadedBatch,
-    batch_size: int,
-    callbacks: RunCallbacks,
-    progress: _Progress,
-    stages: _Stages,
-) -> TileAccumulators:
-    """The passes of one batch. A lone tile is paired with a copy of itself when batches hold 2 or more (its
-    floats then do not depend on how the windows fell into batches); the copy's result is dropped."""
-    tiles, keys = item.tiles, [window.key for window in item.windows]
-    if len(keys) == 1 and batch_size > 1:
-        tiles, keys = np.concatenate([tiles, tiles]), keys * 2
-    try:
-        with stages("sampler"):
-            return sampler(tiles, keys, callbacks.is_cancelled, functools.partial(progress.advance, len(item.windows)))
-    except McUncertaintyError:
-        raise
-    except Exception as exc:  # the model's own failure: one clear line, no traceback
-        detail = " ".join(str(exc).split())[:300]
-        first = item.windows[0]
-        raise InferenceError(
-            f"MODEL failed on the window at row {first.row}, column {first.col} of INPUT: {type(exc).__name__}: {detail}"
-        ) from exc
-
-
-def _crop(values: np.ndarray | None, index: int, height: int, width: int) -> np.ndarray | None:
-    """Tile ``index`` of a batch of per-tile results, cropped to the part inside the raster."""
-    return values[index, ..., :height, :width] if values is not None else None
-
-
-def _aggregate(merger: StreamingMerger, item: LoadedBatch, reduced: TileAccumulators, weights: np.ndarray) -> None:
-    for b, window in enumerate(item.windows):
+def _aggregate(merger: StreamingMerger, item: LoadedBatch, outputs: list[WindowOutput], weights: np.ndarray) -> None:
+    for b, (window, out) in enumerate(zip(item.windows, outputs)):
         h, w = window.height, window.width
         merger.aggregate(
             window,
-            reduced.mean_probs[b, :, :h, :w],
-            _crop(reduced.expected_entropy, b, h, w),
+            out.mean_probs,
+            out.expected_entropy,
             weights * item.valids[b][:h, :w],
-            _crop(reduced.votes, b, h, w),
-            _crop(reduced.mutual_information, b, h, w),
+            out.votes,
+            out.mutual_information,
         )
 
 
