@@ -46,6 +46,7 @@ from mc_uncertainty_plugin.core.distributed.job import (
 from mc_uncertainty_plugin.core.distributed.local_cluster import worker_python
 from mc_uncertainty_plugin.core.distributed.mosaic import VrtSource, overview_factors, vrt_text
 from mc_uncertainty_plugin.core.distributed.run import finish_job, parse_scheduler
+from mc_uncertainty_plugin.core.distributed.seams import seam_tasks, shared_windows
 from mc_uncertainty_plugin.core.distributed.serialise import plan_from_dict, plan_to_dict
 from mc_uncertainty_plugin.core.inference.plan import Georeference, OutputSpec, region_batches
 from mc_uncertainty_plugin.core.inference.tiling import TileGrid
@@ -93,6 +94,47 @@ def test_the_automatic_block_size_keeps_the_halo_small_and_the_workers_busy():
     layout = choose_layout(country, 0, slots=64)
     assert max(layout.block_shape) <= MAX_BLOCK_EDGE and halo_overhead(country, layout) <= 1.07
     assert len(layout) >= 64 * 4
+
+
+@pytest.mark.parametrize(
+    "shape,tile,step,edge,pending",
+    [
+        ((1000, 900), (64, 64), (32, 32), 256, None),  # cuts crossed by one row or column of windows
+        ((700, 1030), (96, 80), (40, 56), 256, [5, 0, 3, 6]),  # several rows cross a cut; some blocks done
+        ((300, 300), (32, 32), (16, 16), 512, None),  # one block: nothing to share
+    ],
+)
+def test_each_window_crossing_a_cut_runs_once_for_the_blocks_it_touches(shape, tile, step, edge, pending):
+    grid = TileGrid(shape, tile, step)
+    layout = choose_layout(grid, edge)
+    pending = list(range(len(layout))) if pending is None else pending
+    touched = {  # brute force: the pending blocks each window overlaps
+        window: tuple(
+            index
+            for index, region in enumerate(layout)
+            if index in pending
+            and window.row < region.row_end
+            and window.row + window.height > region.row
+            and window.col < region.col_end
+            and window.col + window.width > region.col
+        )
+        for window in grid
+    }
+    expected = {window: blocks for window, blocks in touched.items() if len(blocks) > 1}
+    assert bool(expected) == (len(layout) > 1)
+    assert shared_windows(grid, layout, pending) == expected
+    assert list(shared_windows(grid, layout, pending)) == [window for window in grid if window in expected]
+    tasks = seam_tasks(grid, layout, pending, 3, slots=2)
+    listed = [
+        (window, task.blocks, first) for first, group in tasks.items() for task in group for window in task.windows
+    ]
+    assert sorted(window.key for window, _, _ in listed) == sorted(w.key for w in expected)  # each in one task
+    for window, blocks, first in listed:
+        assert blocks == expected[window]  # a task holds windows shared by the same blocks
+        assert first == min(blocks, key=pending.index)  # submitted before the first block that needs it
+    assert all(1 <= len(task.windows) <= 12 for group in tasks.values() for task in group)
+    if len(layout) == 1:
+        assert not tasks
 
 
 @pytest.mark.parametrize("value", [-1, "abc", 2.5, True])
@@ -377,19 +419,19 @@ class _SchedulerWithoutThePlugin(_OneWorker):
 
 
 def test_a_scheduler_that_cannot_import_the_plugin_is_refused(scene, tmp_path):
-    from mc_uncertainty_plugin.core.distributed.dask_driver import _check_workers
+    from mc_uncertainty_plugin.core.distributed.workers import check_workers
 
     with pytest.raises(McUncertaintyError, match=r"Dask scheduler cannot import this plugin .*mc_uncertainty_plugin"):
-        _check_workers(_SchedulerWithoutThePlugin(), _job(scene, tmp_path))
+        check_workers(_SchedulerWithoutThePlugin(), _job(scene, tmp_path))
 
 
 def test_workers_of_other_versions_are_refused(scene, tmp_path):
-    from mc_uncertainty_plugin.core.distributed.dask_driver import _check_workers
+    from mc_uncertainty_plugin.core.distributed.workers import check_workers
 
     job = _job(scene, tmp_path)
-    _check_workers(_OneWorker(), job)  # this process: the same versions
+    check_workers(_OneWorker(), job)  # this process: the same versions
     with pytest.raises(VersionMismatchError, match="1 Dask worker"):
-        _check_workers(_OneWorker(), replace(job, versions={**job.versions, "torch": "1.0"}))
+        check_workers(_OneWorker(), replace(job, versions={**job.versions, "torch": "1.0"}))
 
 
 def test_processors_check_scheduler_and_block_size_when_built(scene):

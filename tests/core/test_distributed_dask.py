@@ -44,6 +44,7 @@ from mc_uncertainty_plugin.core.distributed.local_cluster import BLOCK_MODULE, Q
 from mc_uncertainty_plugin.core.distributed.run import run_job
 from mc_uncertainty_plugin.core.inference.engine import RunCallbacks
 from mc_uncertainty_plugin.core.inference.output_specs import OutputOptions
+from mc_uncertainty_plugin.core.inference.tiling import TileGrid
 
 distributed = pytest.importorskip("distributed")
 
@@ -96,9 +97,22 @@ def _run(scene, address, folder, extension="vrt", model=None, **options):
     return result, outputs
 
 
+def _windows_with_data(scene) -> int:
+    """Windows of the run holding a valid pixel (the input's nodata is 0), counted from the input itself."""
+    dataset = gdal.Open(scene.image)  # held: a band outlived by its dataset crashes GDAL
+    valid = dataset.GetRasterBand(1).ReadAsArray() != 0
+    grid = TileGrid(valid.shape, SETTINGS["model_input_shape"], SETTINGS["step_shape"])
+    return sum(bool(valid[w.row : w.row + w.height, w.col : w.col + w.width].any()) for w in grid)
+
+
 def test_a_vrt_mosaic_equals_the_in_process_run_bit_for_bit(cluster, scene, tmp_path):
-    seen = []
-    result, outputs = _run(scene, cluster, tmp_path, block_size=256, on_progress=seen.append)
+    seen, messages = [], []
+    result, outputs = _run(scene, cluster, tmp_path, block_size=256, on_progress=seen.append, log=messages.append)
+    computed = [
+        re.match(r"^(\d+) window\(s\) ran through the model for 4 block\(s\), each once: (\d+) ", m) for m in messages
+    ]
+    counts = next(tuple(map(int, found.groups())) for found in computed if found)
+    assert counts[0] == _windows_with_data(scene) and counts[1] > 0  # the windows crossing cuts ran once
     assert_same_as_reference(scene, outputs, overviews=False)
     for key, path in outputs.items():  # the VRT's overview levels are VRTs of the blocks' own overviews:
         assert overview_count(path) == overview_count(scene.reference[key]) == 3
@@ -145,6 +159,16 @@ def test_a_worker_killed_mid_block_gives_the_same_bits(cluster, scene, tmp_path)
         scene, cluster, tmp_path / "out", block_size=256, probe=functools.partial(_exit_on_first_attempt, marker, 0)
     )
     assert os.path.exists(marker)  # the worker did die mid-block
+    assert_same_as_reference(scene, outputs, overviews=False)
+    assert not partials(tmp_path)
+
+
+def test_a_worker_killed_in_a_seam_task_gives_the_same_bits(cluster, scene, tmp_path):
+    marker = str(tmp_path / "killed")
+    _, outputs = _run(
+        scene, cluster, tmp_path / "out", block_size=256, probe=functools.partial(_exit_on_first_attempt, marker, -1)
+    )
+    assert os.path.exists(marker)  # a worker died running the windows shared between blocks
     assert_same_as_reference(scene, outputs, overviews=False)
     assert not partials(tmp_path)
 

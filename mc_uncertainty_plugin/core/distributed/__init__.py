@@ -8,7 +8,9 @@ single-process run bit for bit. Modules, in the order a run uses them:
 - :mod:`.serialise` — a run plan as JSON and back;
 - :mod:`.job` — the job (plan, layout, model files, fingerprint), its files on disk and the block records;
 - :mod:`.block_task` — one block where it runs: versions, model, compute, record;
-- :mod:`.dask_driver` — the blocks as Dask futures: progress, cancel, retries, shipping the model;
+- :mod:`.seams` — the windows crossing cuts, computed once on Dask for all the blocks they touch;
+- :mod:`.workers` — a Dask cluster's workers: connect, check versions, ship the model, torch threads, clean up;
+- :mod:`.dask_driver` — the blocks and seam tasks as Dask futures: progress, cancel, retries;
 - :mod:`.local_cluster` — ``SCHEDULER=local:N``: a helper process hosting a local cluster;
 - :mod:`.mosaic` — VRTs with the run's metadata, assembly into one GeoTIFF, publishing together;
 - :mod:`.run` — :func:`run_job`, the entry point (the processors call it when SCHEDULER is set);

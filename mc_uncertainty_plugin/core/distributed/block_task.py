@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import McUncertaintyError, ModelLoadError
 from ..inference.engine import RunCallbacks, run_region
 from ..inference.plan import region_batches
+from ..inference.tiling import Window
+from ..inference.window_outputs import WindowKey, WindowOutput, compute_windows
 from ..models.loading import LoadedModel, load_model
 from .job import BlockRecord, Job, ModelBundle, ModelFile, local_versions, read_record, sha256_of, write_record
 
@@ -40,6 +42,7 @@ __all__ = [
     "model_file_paths",
     "load_bundle",
     "block_windows",
+    "run_windows",
     "run_block",
 ]
 
@@ -59,6 +62,7 @@ class BlockOutcome:
     record: BlockRecord
     resumed: bool
     messages: tuple[str, ...] = field(default_factory=tuple)
+    computed: int = 0  # windows this call ran through the model (not those given, not the nodata ones)
 
 
 def check_versions(expected: Mapping[str, str], where: str = "this worker") -> None:
@@ -137,6 +141,31 @@ def block_windows(job: Job, index: int) -> int:
     return sum(len(batch.windows) for batch in batches)
 
 
+def _prepare(job: Job, torch_threads: int | None, shipped_folder: str | None) -> LoadedModel:
+    """Torch's threads for this process and the job's model (call holding ``_RUN_LOCK``)."""
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    return load_bundle(job.model, shipped_folder)
+
+
+def run_windows(
+    job: Job,
+    windows: Sequence[Window],
+    *,
+    is_cancelled: Callable[[], bool] | None = None,
+    torch_threads: int | None = None,
+    shipped_folder: str | None = None,
+) -> dict[WindowKey, WindowOutput]:
+    """The results of ``windows`` of ``job`` for the blocks that share them (:mod:`.seams`); nodata windows are
+    left out. Same checks and model loading as a block; nothing is written."""
+    check_versions(job.versions)
+    with _RUN_LOCK:
+        model = _prepare(job, torch_threads, shipped_folder)
+        return compute_windows(job.plan, model, windows, is_cancelled)
+
+
 def run_block(
     job: Job,
     index: int,
@@ -145,6 +174,7 @@ def run_block(
     report: Callable[[int, int], None] | None = None,
     torch_threads: int | None = None,
     shipped_folder: str | None = None,
+    given: Mapping[WindowKey, WindowOutput] | None = None,
 ) -> BlockOutcome:
     """Compute block ``index`` of ``job`` into its files and record it (module docstring).
 
@@ -155,6 +185,7 @@ def run_block(
         report: receives ``(windows done, windows planned)`` of this block as it runs.
         torch_threads: torch threads of this process (1: exact mode); None leaves torch's setting.
         shipped_folder: where shipped model copies are (a Dask worker's local directory).
+        given: results of windows computed once for several blocks (:func:`run_windows`), blended as they are.
 
     Raises:
         VersionMismatchError, ModelLoadError, RasterIOError, InferenceError, InferenceCancelled.
@@ -173,16 +204,12 @@ def run_block(
             report(int(planned * percent / 100.0), planned)
 
     with _RUN_LOCK:
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        model = load_bundle(job.model, shipped_folder)
+        model = _prepare(job, torch_threads, shipped_folder)
         paths = {spec.key: job.block_file(spec.key, index) for spec in job.plan.outputs}
         for path in paths.values():
             os.makedirs(os.path.dirname(path), exist_ok=True)
         callbacks = RunCallbacks(progress, is_cancelled, messages.append, lambda _warning: None)  # counted below
-        result = run_region(job.plan, model, region, paths, callbacks)
+        result = run_region(job.plan, model, region, paths, callbacks, given)
     files = {key: os.path.basename(path) for key, path in result.paths.items()}
     if result.valid_pixels == 0 and result.nonfinite_pixels == 0:  # nodata only: the mosaic reads nodata here
         for path in result.paths.values():
@@ -208,4 +235,4 @@ def run_block(
     write_record(job, record)
     if report is not None:
         report(planned, planned)
-    return BlockOutcome(record, False, tuple(messages))
+    return BlockOutcome(record, False, tuple(messages), result.computed)

@@ -1,54 +1,43 @@
-"""The blocks of a job on Dask distributed, with the futures API: one task per block.
+"""The blocks of a job on Dask distributed, with the futures API: a task per block, and seam tasks.
 
-- Workers: every worker must import this plugin and have the client's plugin, torch and
-  segmentation-models-pytorch versions (checked before anything is submitted, and again by each block). The
-  scheduler must import the plugin too: it unpickles every task (checked before anything is submitted). The
-  nanny's ``MALLOC_TRIM_THRESHOLD_`` does not matter: a block sets glibc's thresholds while it runs
-  (:mod:`..inference.heap`).
-- The model: workers read the model files by their paths when they can (a shared file system); otherwise the
-  files are shipped to every worker, also those joining later (Dask's ``UploadFile`` plugin), and loaded there
-  with the same safe loading.
-- Torch threads per worker process: 1 in exact mode (outputs bit for bit those of an in-process run with one
-  torch thread), else the host's cores divided by the task threads of all workers on that host (measured here:
-  two workers of two threads each on two cores ran 3x slower than with one each). Set explicitly in each block:
-  Dask's nanny exports ``OMP_NUM_THREADS=1`` to workers.
+- Tasks: a block is one task; the windows crossing cuts run once, in seam tasks submitted just before the first
+  block that needs them, and the blocks they touch take their results (:mod:`.seams`). Workers are connected,
+  checked and given the model and their torch threads by :mod:`.workers`; the nanny's ``MALLOC_TRIM_THRESHOLD_``
+  does not matter (a block sets glibc's thresholds while it runs, :mod:`..inference.heap`), and torch's threads
+  are set in each task (Dask's nanny exports ``OMP_NUM_THREADS=1`` to workers).
 - Progress: each running block sends ``(windows done, planned)`` at most every half second (worker events,
   :meth:`distributed.Worker.log_event`); the client turns them into :class:`JobProgress` with an ETA.
-- Cancel: a distributed ``Event`` that running blocks poll (they stop within a pass and remove their partial
+- Cancel: a distributed ``Event`` that running tasks poll (they stop within a pass; a block removes its partial
   files); blocks not started are cancelled; finished blocks are kept for a rerun to resume.
-- Faults: a block whose worker dies is computed again by the scheduler (same bits: a block depends on nothing
-  but the job); an exception is retried ``retries`` times (e.g. a transient read error); a block that keeps
-  failing stops the job with one error naming the block. Dead workers' temporaries are removed by a worker on
-  their host at the end.
+- Faults: a task whose worker dies is computed again by the scheduler (same bits: a task depends on nothing but
+  the job and its windows), also a seam task whose results were lost with their worker; an exception is retried
+  ``retries`` times (e.g. a transient read error); a block that keeps failing (or whose seam task does) stops the
+  job with one error naming the block. Dead workers' temporaries are removed by a worker on their host at the end.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-from ..errors import InferenceCancelled, InferenceError, McUncertaintyError, MissingDependencyError, ParameterError
+from ..errors import InferenceCancelled, InferenceError, McUncertaintyError
 from ..inference.engine import RunCallbacks
-from ..io.output_files import remove_stale_temporaries
-from .block_task import BlockOutcome, VersionMismatchError, block_windows, run_block, shipped_name
+from .block_task import BlockOutcome, block_windows, run_block, run_windows
 from .blocks import block_window_counts
-from .job import BlockRecord, Job, ModelBundle, local_versions, read_record
+from .job import BlockRecord, Job, read_record
+from .seams import seam_tasks
+from .workers import check_workers, clean_everywhere, ship_model_files, torch_threads, worker_slots
 
 __all__ = [
     "JobProgress",
     "BlockFailedError",
-    "connect",
-    "worker_slots",
-    "check_scheduler",
-    "torch_threads",
     "run_blocks_on_dask",
     "block_task",
+    "seam_task",
 ]
 
 REPORT_INTERVAL = 0.5  # s between progress messages of a block, and between its polls of the cancel event
@@ -76,120 +65,53 @@ class JobProgress:
         return 100.0 * self.windows_done / max(1, self.windows_planned)
 
 
-def connect(address: str, timeout: float = 30.0) -> Any:
-    """A ``distributed.Client`` of the scheduler at ``address`` with at least one worker.
+def _cancel_poller(event_name: str) -> Callable[[], bool]:
+    """``is_cancelled`` of a task: the job's distributed ``Event``, asked at most every :data:`REPORT_INTERVAL`.
 
     Raises:
-        ParameterError: naming SCHEDULER when the scheduler cannot be reached or has no worker.
+        InferenceCancelled: the job was cancelled before the task started.
     """
-    try:
-        from distributed import Client
-    except ImportError:
-        raise MissingDependencyError(
-            "SCHEDULER needs Dask distributed in the plugin's Python environment: pip install "
-            "'dask[distributed]==2026.8.0' there (or leave SCHEDULER empty)."
-        ) from None
-    try:
-        client = Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as error:
-        raise ParameterError("SCHEDULER", address, f"be the address of a reachable Dask scheduler ({error})") from None
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except (OSError, TimeoutError):
-        client.close()
-        raise ParameterError(
-            "SCHEDULER", address, f"have at least one worker (none joined within {timeout:.0f} s)"
-        ) from None
-    return client
+    from distributed import Event
+
+    event = Event(event_name)
+    if event.is_set():
+        raise InferenceCancelled("cancelled before the task started.")
+    polled = {"at": time.monotonic(), "set": False}
+
+    def is_cancelled() -> bool:
+        now = time.monotonic()
+        if now - polled["at"] >= REPORT_INTERVAL:
+            polled["at"], polled["set"] = now, event.is_set()
+        return bool(polled["set"])
+
+    return is_cancelled
 
 
-def worker_slots(client: Any) -> int:
-    """Blocks that can run at once: the workers' task threads."""
-    return max(1, sum(client.nthreads().values()))
+def seam_task(
+    job: Job,
+    windows: tuple,
+    event_name: str,
+    topic: str,
+    name: str,
+    threads: Mapping[str, int],
+    probe: Callable[[int, int], None] | None = None,
+) -> dict:
+    """The windows of a seam task on a Dask worker (:func:`~.block_task.run_windows`); reports how many ran.
+    ``probe(-1, number of windows)`` runs before them (tests)."""
+    from distributed import get_worker
 
-
-def check_scheduler(client: Any) -> None:
-    """Refuse a scheduler that cannot import the plugin: Dask's scheduler unpickles every submitted task.
-
-    Raises:
-        McUncertaintyError: naming what to install where.
-    """
-    try:
-        client.run_on_scheduler(local_versions)
-    except Exception as error:  # the scheduler fails to unpickle the call
-        raise McUncertaintyError(
-            f"The Dask scheduler cannot import this plugin ({type(error).__name__}: {error}); Dask's scheduler "
-            "unpickles every task, so give it the plugin (e.g. its folder's parent on PYTHONPATH) and torch, "
-            "like the workers."
-        ) from None
-
-
-def _check_workers(client: Any, job: Job) -> None:
-    """Refuse a scheduler or workers that cannot import the plugin, and workers with other versions."""
-    check_scheduler(client)
-    try:
-        found = client.run(local_versions)
-    except Exception as error:  # a worker that cannot import the plugin fails to unpickle the call
-        raise McUncertaintyError(
-            f"Dask workers cannot run this plugin ({type(error).__name__}: {error}); give them "
-            "the plugin (e.g. its folder's parent on PYTHONPATH), torch and "
-            "segmentation-models-pytorch of the same versions as here."
-        ) from None
-    differing = {address: versions for address, versions in found.items() if versions != job.versions}
-    if differing:
-        address, versions = next(iter(differing.items()))
-        raise VersionMismatchError(
-            f"{len(differing)} Dask worker(s) have other versions than the client, e.g. "
-            f"{address}: {versions} (client: {job.versions}); install the same plugin, torch "
-            "and segmentation-models-pytorch on every worker."
-        )
-
-
-def _files_present(files: list[tuple[str, int]]) -> bool:
-    return all(os.path.isfile(path) and os.path.getsize(path) == size for path, size in files)
-
-
-def _ship_model(client: Any, bundle: ModelBundle, force: bool | None) -> list[str]:
-    """Ship the model files to the workers unless all of them read the paths (or ``force`` says); returns the
-    names of the worker plugins registered."""
-    if force is None:
-        present = client.run(_files_present, [(f.path, f.size) for f in bundle.files])
-        force = not all(present.values())
-    if not force:
-        return []
-    from distributed.diagnostics.plugin import UploadFile
-
-    names = []
-    for file in bundle.files:
-        plugin = UploadFile(file.path, load=False)
-        plugin.filename = shipped_name(bundle, file)
-        plugin.name = f"mcu-model-{bundle.digest[:16]}-{file.role}"
-        client.register_plugin(plugin)
-        names.append(plugin.name)
-    return names
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def torch_threads(client: Any, exact: bool) -> dict[str, int]:
-    """Worker address -> torch threads: 1 in exact mode; else the host's cores shared by the task threads of all
-    workers on that host (several workers on one machine must not each take every core)."""
-    if exact:
-        return {}
-    cores = client.run(_cores)
-    per_host: dict[str, int] = {}
-    for address, threads in client.nthreads().items():
-        host = urlparse(address).hostname or address
-        per_host[host] = per_host.get(host, 0) + threads
-    return {
-        address: max(1, count // per_host.get(urlparse(address).hostname or address, 1))
-        for address, count in cores.items()
-    }
+    worker = get_worker()
+    if probe is not None:
+        probe(-1, len(windows))
+    results = run_windows(
+        job,
+        windows,
+        is_cancelled=_cancel_poller(event_name),
+        torch_threads=threads.get(worker.address, 1),
+        shipped_folder=worker.local_directory,
+    )
+    worker.log_event(topic, {"seam": name, "computed": len(results)})
+    return results
 
 
 def block_task(
@@ -199,31 +121,25 @@ def block_task(
     topic: str,
     threads: Mapping[str, int],
     probe: Callable[[int, int], None] | None = None,
+    *shared: dict,
 ) -> BlockOutcome:
     """The task of block ``index`` on a Dask worker (:func:`~.block_task.run_block` with the worker's cancel
-    event, progress messages and torch threads: ``threads[worker address]``, 1 when missing).
-    ``probe(index, windows done)`` runs at each progress step (for tests of lost workers)."""
-    from distributed import Event, get_worker
+    event, progress messages and torch threads: ``threads[worker address]``, 1 when missing), blending the results
+    of its ``shared`` seam tasks as given. ``probe(index, windows done)`` runs at each progress step (for tests of
+    lost workers)."""
+    from distributed import get_worker
 
     worker = get_worker()
-    event = Event(event_name)
-    if event.is_set():
-        raise InferenceCancelled("cancelled before the block started.")
+    is_cancelled = _cancel_poller(event_name)
     attempt = uuid.uuid4().hex[:8]
-    polled = {"at": time.monotonic(), "set": False, "sent": 0.0}
-
-    def is_cancelled() -> bool:
-        now = time.monotonic()
-        if now - polled["at"] >= REPORT_INTERVAL:
-            polled["at"], polled["set"] = now, event.is_set()
-        return bool(polled["set"])
+    sent = {"at": 0.0}
 
     def report(done: int, planned: int) -> None:
         if probe is not None:
             probe(index, done)
         now = time.monotonic()
-        if done >= planned or now - polled["sent"] >= REPORT_INTERVAL:
-            polled["sent"] = now
+        if done >= planned or now - sent["at"] >= REPORT_INTERVAL:
+            sent["at"] = now
             worker.log_event(topic, {"block": index, "attempt": attempt, "done": done, "planned": planned})
 
     report(0, block_windows(job, index))
@@ -234,12 +150,8 @@ def block_task(
         report=report,
         torch_threads=threads.get(worker.address, 1),
         shipped_folder=worker.local_directory,
+        given={key: output for part in shared for key, output in part.items()},
     )
-
-
-def _clean_folders(folders: list[str]) -> list[str]:
-    """Remove the temporaries of dead writers of this host (runs on every worker, and on the client)."""
-    return [path for folder in folders for path in remove_stale_temporaries(folder)]
 
 
 def _describe_failure(job: Job, index: int, error: BaseException, retries: int) -> str:
@@ -269,6 +181,7 @@ class _Blocks:
         self.resumed = len(records)
         self.started = time.monotonic()
         self.resumed_windows = sum(self.done.values())
+        self.computed: dict[str, int] = {}  # "block N" / seam task name -> windows it ran through the model
 
     def on_event(self, event: tuple[float, dict]) -> None:  # the client's event loop thread
         self.messages.put(event[1])
@@ -279,15 +192,19 @@ class _Blocks:
                 message = self.messages.get_nowait()
             except queue.Empty:
                 return
+            if "seam" in message:
+                self.computed[str(message["seam"])] = int(message["computed"])
+                continue
             index = int(message["block"])
             if index not in self.records:
                 self.attempts[index] = message["attempt"]
                 self.done[index] = int(message["done"])
                 self.planned[index] = int(message["planned"])
 
-    def finish(self, index: int, record: BlockRecord) -> None:
-        self.records[index] = record
-        self.done[index] = self.planned[index] = record.windows
+    def finish(self, index: int, outcome: BlockOutcome) -> None:
+        self.records[index] = outcome.record
+        self.done[index] = self.planned[index] = outcome.record.windows
+        self.computed[f"block {index}"] = outcome.computed
 
     def progress(self) -> JobProgress:
         done, planned = sum(self.done.values()), sum(self.planned.values())
@@ -318,7 +235,8 @@ def run_blocks_on_dask(
         retries: extra attempts of a block that raised (a lost worker is handled by the scheduler).
         exact: one torch thread per worker process.
         ship_model: True ships the model files to the workers, False never, None when a worker lacks them.
-        probe: run on the worker at each progress step of a block (tests).
+        probe: run on the worker at each progress step of a block, and as ``probe(-1, windows)`` before a seam task
+            (tests).
 
     Returns:
         Block index -> record, for every block.
@@ -328,7 +246,7 @@ def run_blocks_on_dask(
         BlockFailedError: naming the block; the other blocks were stopped.
         VersionMismatchError: before anything ran.
     """
-    _check_workers(client, job)
+    check_workers(client, job)
     records = {index: record for index in range(len(job.layout)) if (record := read_record(job, index))}
     state = _Blocks(job, records)
     pending = [index for index in range(len(job.layout)) if index not in records]
@@ -336,7 +254,7 @@ def run_blocks_on_dask(
         callbacks.say(f"Resuming: {len(records)} of {len(job.layout)} block(s) already done.")
     if not pending:
         return records
-    plugins = _ship_model(client, job.model, ship_model)
+    plugins = ship_model_files(client, job.model, ship_model)
     if plugins:
         callbacks.say("The model files were shipped to the workers (they cannot read them by their paths).")
     run_id = uuid.uuid4().hex[:12]
@@ -344,22 +262,10 @@ def run_blocks_on_dask(
     client.subscribe_topic(topic, state.on_event)
     try:
         threads = torch_threads(client, exact)
-        futures = {
-            client.submit(
-                block_task,
-                job,
-                index,
-                event_name,
-                topic,
-                threads,
-                probe,
-                retries=retries,
-                pure=False,
-                key=f"mcu-block-{job.tag}-{index}-{run_id}",
-            ): index
-            for index in pending
-        }
+        futures = _submit(client, job, pending, (event_name, topic, run_id), threads, probe, retries)
         _follow(job, client, futures, state, callbacks, on_progress, event_name, retries)
+        state.drain()
+        callbacks.say(_computed_line(state, len(pending)))
     finally:
         client.unsubscribe_topic(topic)
         for name in plugins:
@@ -367,8 +273,67 @@ def run_blocks_on_dask(
                 client.unregister_worker_plugin(name)
             except Exception:  # noqa: BLE001 - the scheduler may be gone; the copies die with the workers
                 pass
-        _clean_everywhere(client, job)
+        clean_everywhere(client, job)
     return state.records
+
+
+def _submit(
+    client: Any,
+    job: Job,
+    pending: list[int],
+    names: tuple[str, str, str],
+    threads: Mapping[str, int],
+    probe: Callable[[int, int], None] | None,
+    retries: int,
+) -> dict:
+    """Submit the blocks in order, each just after the seam tasks it is the first to need (:mod:`.seams`);
+    returns block future -> index (the seam futures are held by the blocks that take them)."""
+    event_name, topic, run_id = names
+    plan = job.plan
+    tasks = seam_tasks(plan.grid, job.layout, pending, plan.batch_size, worker_slots(client))
+    needs: dict[int, list] = {}
+    futures = {}
+    for index in pending:
+        for number, task in enumerate(tasks.get(index, [])):
+            name = f"mcu-seam-{job.tag}-{index}-{number}-{run_id}"
+            seam = client.submit(
+                seam_task,
+                job,
+                task.windows,
+                event_name,
+                topic,
+                name,
+                threads,
+                probe,
+                retries=retries,
+                pure=False,
+                key=name,
+            )
+            for block in task.blocks:
+                needs.setdefault(block, []).append(seam)
+        block = client.submit(
+            block_task,
+            job,
+            index,
+            event_name,
+            topic,
+            threads,
+            probe,
+            *needs.pop(index, []),
+            retries=retries,
+            pure=False,
+            key=f"mcu-block-{job.tag}-{index}-{run_id}",
+        )
+        futures[block] = index
+    return futures
+
+
+def _computed_line(state: _Blocks, blocks: int) -> str:
+    seams = sum(count for name, count in state.computed.items() if name.startswith("mcu-seam-"))
+    return (
+        f"{sum(state.computed.values()):,} window(s) ran through the model for {blocks} block(s), each once: "
+        f"{seams:,} of them cross a cut between blocks and were shared by the blocks they touch."
+    )
 
 
 def _follow(
@@ -391,7 +356,7 @@ def _follow(
             index = futures[future]
             if future.status == "finished":
                 outcome: BlockOutcome = future.result()
-                state.finish(index, outcome.record)
+                state.finish(index, outcome)
                 for message in outcome.messages:
                     callbacks.say(message)
                 continue
@@ -429,12 +394,3 @@ def _stop(client: Any, futures: dict, state: _Blocks, event_name: str) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT
     while any(not f.done() for f in running) and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def _clean_everywhere(client: Any, job: Job) -> None:
-    folders = sorted({job.block_folder(spec.key) for spec in job.plan.outputs})
-    try:
-        client.run(_clean_folders, folders)
-    except Exception:  # noqa: BLE001 - workers may be gone; the client cleans what it can
-        pass
-    _clean_folders(folders)

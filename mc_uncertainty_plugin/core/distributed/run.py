@@ -28,10 +28,11 @@ from ..inference.output_specs import OutputOptions
 from ..inference.plan import RunPlan
 from ..models.loading import LoadedModel
 from .blocks import choose_layout, halo_overhead, parse_block_size
-from .dask_driver import JobProgress, connect, run_blocks_on_dask, worker_slots
+from .dask_driver import JobProgress, run_blocks_on_dask
 from .job import BLOCK_FILE, BlockRecord, Job, ModelBundle, check_job_outputs, create_job, plan_job, read_record
 from .local_cluster import LocalClusterProcess
 from .mosaic import publish_outputs
+from .workers import connect, worker_slots
 
 __all__ = ["parse_scheduler", "run_job", "finish_job", "prepare_folders"]
 
