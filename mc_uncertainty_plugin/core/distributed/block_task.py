@@ -10,7 +10,8 @@ cancel flag and progress messages, the ``run-block`` command calls it as is.
    ``_target_`` allow-list the client trusted), from their paths when this machine reads them with the recorded
    contents, otherwise from the copies shipped to the worker; kept for the next block;
 4. compute: :func:`~..inference.engine.run_region` into the block's files (temporary names, renamed when
-   complete, so a killed worker leaves no file that looks complete);
+   complete, so a killed worker leaves no file that looks complete), blending the windows other tasks computed
+   for it (:func:`run_windows`, on Dask) as given;
 5. record: a block without a valid pixel keeps no file; the record is written last.
 
 One block runs at a time in a process (the model object is shared); give workers one thread each and torch

@@ -6,7 +6,8 @@ per axis, ``lcm(256, step)``: 256 so that a block file's 256 px tiles and overvi
 the whole raster, the step so that a cut between two blocks is crossed by as few windows as possible (with
 512 px tiles and a 256 px step, one row or column of windows).
 
-Every window that touches a block runs in that block, so windows crossing a cut run twice. The *halo overhead*
+Every window that touches a block runs in that block, so windows crossing a cut run twice (in a job array; on
+Dask they run once and the blocks share their results, :mod:`.seams`). The *halo overhead*
 of a layout is the windows computed over all blocks divided by the windows of the whole run; it factorises per
 axis: ``(sum_i rows_i) x (sum_j cols_j) / (grid rows x grid cols)``, where ``rows_i`` counts the grid rows whose
 windows touch block row ``i``.

@@ -201,7 +201,8 @@ def _start_job(
     (bh, bw), blocks = job.layout.block_shape, len(job.layout)
     callbacks.say(
         f"Dask at {address}: {slots} task slot(s); {blocks} block(s) of {bw}x{bh} px, halo overhead "
-        f"{halo_overhead(plan.grid, job.layout):.3f}; job {job.tag} in {job.record_folder}."
+        f"{halo_overhead(plan.grid, job.layout):.3f} without sharing (here the windows crossing cuts run once); "
+        f"job {job.tag} in {job.record_folder}."
     )
     return job, slots
 
