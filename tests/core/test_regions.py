@@ -10,7 +10,7 @@ from mc_uncertainty_plugin.core import InferenceConfig, LoadedModel, MCDropoutIn
 from mc_uncertainty_plugin.core.inference.device import resolve_device
 from mc_uncertainty_plugin.core.inference.engine import run_region
 from mc_uncertainty_plugin.core.inference.plan import OutputOptions, Region, balanced_split, plan_run, region_batches
-from mc_uncertainty_plugin.core.inference.window_outputs import WindowOutput, compute_windows
+from mc_uncertainty_plugin.core.inference.window_outputs import WindowOutput, compute_windows, crop_outputs
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thre
         computed = 0
         for region in regions:
             files = {key: str(tmp_path / f"r{region.row}_{region.col}_{share}_{key}.tif") for key in expected}
-            result = run_region(plan, model, region, files, given=given if share else None)
+            result = run_region(plan, model, region, files, given=crop_outputs(given, region) if share else None)
             computed += result.computed
             for key, path in result.paths.items():
                 values, transform = _read(path)
@@ -121,6 +121,15 @@ def test_a_mosaic_of_regions_equals_the_whole_run_bit_for_bit(tmp_path, one_thre
         for key in expected:
             np.testing.assert_array_equal(mosaic[key], expected[key], err_msg=f"{key}, shared windows {share}")
         assert computed == sum(len([w for w in ws if not share or w.key not in given]) for ws in touching)
+    for region in regions:  # a crop holds exactly the region's pixels of each window that reaches it
+        for (row, col), part in crop_outputs(given, region).items():
+            top, left = row + part.offset[0], col + part.offset[1]
+            height, width = part.mean_probs.shape[-2:]
+            assert (max(row, region.row), max(col, region.col)) == (top, left)
+            assert (top + height, left + width) == (
+                min(row + plan.grid.window_height, region.row_end),
+                min(col + plan.grid.window_width, region.col_end),
+            )
 
 
 def test_a_given_window_is_blended_as_given(tmp_path, one_thread):

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import InferenceCancelled, InferenceError, McUncertaintyError
 from ..inference.engine import RunCallbacks
+from ..inference.window_outputs import crop_outputs
 from .block_task import BlockOutcome, block_windows, run_block, run_windows
 from .blocks import block_window_counts
 from .job import BlockRecord, Job, read_record
@@ -309,8 +310,16 @@ def _submit(
                 pure=False,
                 key=name,
             )
-            for block in task.blocks:
-                needs.setdefault(block, []).append(seam)
+            for block in task.blocks:  # each block receives only its own pixels of the shared windows
+                crop = client.submit(
+                    crop_outputs,
+                    seam,
+                    job.layout.region(block),
+                    retries=retries,
+                    pure=False,
+                    key=f"{name}-for-{block}",
+                )
+                needs.setdefault(block, []).append(crop)
         block = client.submit(
             block_task,
             job,

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -386,13 +386,18 @@ def _new_merger(plan: RunPlan, region: Region, batch: Batch, sampler: EnsembleSa
 
 
 def _aggregate(merger: StreamingMerger, item: LoadedBatch, outputs: list[WindowOutput], weights: np.ndarray) -> None:
+    """Blend each window's result; a cropped one (``offset``) as the part of the window it covers."""
     for b, (window, out) in enumerate(zip(item.windows, outputs)):
-        h, w = window.height, window.width
+        top, left = out.offset
+        h, w = out.mean_probs.shape[-2:]
+        part = window
+        if (top, left, h, w) != (0, 0, window.height, window.width):
+            part = replace(window, row=window.row + top, col=window.col + left, height=h, width=w)
         merger.aggregate(
-            window,
+            part,
             out.mean_probs,
             out.expected_entropy,
-            weights * item.valids[b][:h, :w],
+            weights[top : top + h, left : left + w] * item.valids[b][top : top + h, left : left + w],
             out.votes,
             out.mutual_information,
         )

@@ -22,13 +22,21 @@ from ..models.dropout import find_dropout_layers
 from ..models.loading import LoadedModel
 from .device import ModelOnDevice, resolve_device, resolve_memory_format
 from .heap import reuse_freed_memory
-from .plan import Batch, RunPlan, balanced_split
+from .plan import Batch, Region, RunPlan, balanced_split
 from .read_ahead import LoadedBatch, ReadAhead
 from .sampler import EnsembleSampler, TileAccumulators
 from .tiling import Window
 from .transforms import transforms_for
 
-__all__ = ["WindowKey", "WindowOutput", "build_sampler", "run_passes", "window_outputs", "compute_windows"]
+__all__ = [
+    "WindowKey",
+    "WindowOutput",
+    "build_sampler",
+    "run_passes",
+    "window_outputs",
+    "compute_windows",
+    "crop_outputs",
+]
 
 WindowKey = tuple[int, int]
 
@@ -41,6 +49,7 @@ class WindowOutput:
     expected_entropy: np.ndarray | None  # (h, w)
     votes: np.ndarray | None  # (C, h, w)
     mutual_information: np.ndarray | None  # (h, w)
+    offset: tuple[int, int] = (0, 0)  # where the arrays start in the window: a crop (:func:`crop_outputs`)
 
 
 def build_sampler(
@@ -168,3 +177,30 @@ def _owned(output: WindowOutput) -> WindowOutput:
         copied(output.votes),
         copied(output.mutual_information),
     )
+
+
+def crop_outputs(outputs: Mapping[WindowKey, WindowOutput], region: Region) -> dict[WindowKey, WindowOutput]:
+    """The part of each window's result inside ``region`` (copies; windows that miss it are left out): a block
+    blends only its own pixels, so it needs no more of a window it shares with others. Each pixel keeps its
+    floats, so blending the crop gives the block what blending the whole window gives."""
+    cropped = {}
+    for (row, col), output in outputs.items():
+        top, left = row + output.offset[0], col + output.offset[1]  # the arrays' first pixel in the raster
+        height, width = output.mean_probs.shape[-2:]
+        r0, c0 = max(region.row - top, 0), max(region.col - left, 0)
+        r1, c1 = min(region.row_end - top, height), min(region.col_end - left, width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        inside = (Ellipsis, slice(r0, r1), slice(c0, c1))
+        cropped[(row, col)] = WindowOutput(
+            output.mean_probs[inside].copy(),
+            _cut(output.expected_entropy, inside),
+            _cut(output.votes, inside),
+            _cut(output.mutual_information, inside),
+            (output.offset[0] + r0, output.offset[1] + c0),
+        )
+    return cropped
+
+
+def _cut(part: np.ndarray | None, inside: tuple) -> np.ndarray | None:
+    return part[inside].copy() if part is not None else None
