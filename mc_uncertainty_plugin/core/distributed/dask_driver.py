@@ -391,13 +391,18 @@ def _follow(
 
 
 def _stop(client: Any, futures: dict, state: _Blocks, event_name: str) -> None:
-    """Tell running blocks to stop (they remove their partial files), cancel the others, wait for the running."""
+    """Tell running blocks to stop (they remove their partial files), cancel the others, wait for the running:
+    those that sent a message and those the scheduler gave to a worker (one that starts now sees the event)."""
     from distributed import Event
 
     Event(event_name, client=client).set()
     state.drain()
-    running = [f for f, index in futures.items() if index in state.attempts and not f.done()]
-    waiting = [f for f, index in futures.items() if index not in state.attempts and not f.done()]
+    try:  # given to a worker: it may have started without a message yet (a block starting as its seams arrive)
+        assigned = {key for keys in client.processing().values() for key in keys}
+    except Exception:  # noqa: BLE001 - the scheduler may be gone: the blocks' messages are all there is
+        assigned = set()
+    running = [f for f, index in futures.items() if not f.done() and (index in state.attempts or f.key in assigned)]
+    waiting = [f for f in futures if not f.done() and f not in running]
     if waiting:
         client.cancel(waiting)
     deadline = time.monotonic() + STOP_TIMEOUT
