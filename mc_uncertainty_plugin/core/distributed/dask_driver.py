@@ -125,8 +125,8 @@ def block_task(
     *shared: dict,
 ) -> BlockOutcome:
     """The task of block ``index`` on a Dask worker (:func:`~.block_task.run_block` with the worker's cancel
-    event, progress messages and torch threads: ``threads[worker address]``, 1 when missing), blending the results
-    of its ``shared`` seam tasks as given. ``probe(index, windows done)`` runs at each progress step (for tests of
+    event, progress messages and torch threads: ``threads[worker address]``, 1 when missing), blending as given
+    the ``shared`` windows: its crops of the results of the seam tasks it needs. ``probe(index, windows done)`` runs at each progress step (for tests of
     lost workers)."""
     from distributed import get_worker
 

@@ -344,7 +344,7 @@ def _blend_and_write(
             computed = sum(window.key not in given for window in item.windows)
             progress.advance((len(item.windows) - computed) * sampler.passes_per_tile)
             with stages("sampler"):
-                window_results, _ = window_outputs(
+                window_results = window_outputs(
                     sampler,
                     item,
                     plan.batch_size,

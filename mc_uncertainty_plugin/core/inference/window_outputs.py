@@ -126,16 +126,16 @@ def window_outputs(
     given: Mapping[WindowKey, WindowOutput],
     is_cancelled: Callable[[], bool] | None = None,
     on_pass: Callable[[], None] | None = None,
-) -> tuple[list[WindowOutput], int]:
+) -> list[WindowOutput]:
     """The results of the windows of ``item`` in order: those in ``given`` as they are, the others computed in one
-    batch. Also returns how many were computed here."""
+    batch."""
     todo = [b for b, window in enumerate(item.windows) if window.key not in given]
     computed: dict[int, WindowOutput] = {}
     if todo:
         windows = [item.windows[b] for b in todo]
         reduced = run_passes(sampler, windows, item.tiles[todo], batch_size, is_cancelled, on_pass)
         computed = dict(zip(todo, _split(reduced, windows)))
-    return [computed[b] if b in computed else given[w.key] for b, w in enumerate(item.windows)], len(todo)
+    return [computed[b] if b in computed else given[w.key] for b, w in enumerate(item.windows)]
 
 
 def compute_windows(
@@ -158,7 +158,7 @@ def compute_windows(
             with ReadAhead(reader, batches, model.normalization, plan.config.model_input_shape) as loaded, sampler:
                 for _ in batches:
                     item = loaded.next()
-                    outputs, _ = window_outputs(sampler, item, plan.batch_size, {}, is_cancelled)
+                    outputs = window_outputs(sampler, item, plan.batch_size, {}, is_cancelled)
                     results.update((w.key, _owned(out)) for w, out in zip(item.windows, outputs))
     finally:
         reader.close()
