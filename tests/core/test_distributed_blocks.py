@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from core_fixtures import SmallConvNet, random_image, write_geotiff
-from distributed_fixtures import KEYS, SETTINGS, assert_same_as_reference, make_scene, read_band
+from distributed_fixtures import KEYS, SETTINGS, assert_same_as_reference, read_band
 from osgeo import gdal, osr
 
 from mc_uncertainty_plugin.core import InferenceConfig, InferenceError, LoadedModel, McUncertaintyError, ParameterError
@@ -166,11 +166,6 @@ def test_a_bad_scheduler_is_named_and_echoed(value):
 
 
 # -- plans and jobs ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return make_scene(tmp_path_factory.mktemp("scene"))
-
-
 def _job(scene, folder: Path, extension: str = "vrt", config: InferenceConfig | None = None, edge: int = 256) -> Job:
     model = scene.model()
     config = config or scene.config

@@ -22,7 +22,6 @@ from distributed_fixtures import (
     PATH_ARGUMENTS,
     SETTINGS,
     assert_same_as_reference,
-    make_scene,
     overview_count,
     partials,
     read_band,
@@ -64,11 +63,6 @@ def cluster():
     local.close()
     os.environ.clear()  # the nanny exported OMP_NUM_THREADS and friends into this process
     os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return make_scene(tmp_path_factory.mktemp("scene"))
 
 
 def _categories(path: str) -> list[str]:

@@ -183,6 +183,7 @@ class _Blocks:
         self.started = time.monotonic()
         self.resumed_windows = sum(self.done.values())
         self.computed: dict[str, int] = {}  # "block N" / seam task name -> windows it ran through the model
+        self.held: dict[int, list] = {}  # block index -> the seam and crop futures it takes, until it is done
 
     def on_event(self, event: tuple[float, dict]) -> None:  # the client's event loop thread
         self.messages.put(event[1])
@@ -206,6 +207,7 @@ class _Blocks:
         self.records[index] = outcome.record
         self.done[index] = self.planned[index] = outcome.record.windows
         self.computed[f"block {index}"] = outcome.computed
+        self.held.pop(index, None)  # its seams are released once every block that takes them is done
 
     def progress(self) -> JobProgress:
         done, planned = sum(self.done.values()), sum(self.planned.values())
@@ -263,7 +265,7 @@ def run_blocks_on_dask(
     client.subscribe_topic(topic, state.on_event)
     try:
         threads = torch_threads(client, exact)
-        futures = _submit(client, job, pending, (event_name, topic, run_id), threads, probe, retries)
+        futures, state.held = _submit(client, job, pending, (event_name, topic, run_id), threads, probe, retries)
         _follow(job, client, futures, state, callbacks, on_progress, event_name, retries)
         state.drain()
         callbacks.say(_computed_line(state, len(pending)))
@@ -286,13 +288,19 @@ def _submit(
     threads: Mapping[str, int],
     probe: Callable[[int, int], None] | None,
     retries: int,
-) -> dict:
-    """Submit the blocks in order, each just after the seam tasks it is the first to need (:mod:`.seams`);
-    returns block future -> index (the seam futures are held by the blocks that take them)."""
+) -> tuple[dict, dict[int, list]]:
+    """Submit the blocks in order, each just after the seam tasks it is the first to need (:mod:`.seams`).
+
+    Returns:
+        Block future -> index; and block index -> the seam and crop futures it takes, to hold until the block is
+        done: a worker lost with a block's crops in memory makes the scheduler compute them again, which it can
+        only while the seam task is still known (a released one would cancel the block).
+    """
     event_name, topic, run_id = names
     plan = job.plan
     tasks = seam_tasks(plan.grid, job.layout, pending, plan.batch_size, worker_slots(client))
     needs: dict[int, list] = {}
+    held: dict[int, list] = {}
     futures = {}
     for index in pending:
         for number, task in enumerate(tasks.get(index, [])):
@@ -320,6 +328,7 @@ def _submit(
                     key=f"{name}-for-{block}",
                 )
                 needs.setdefault(block, []).append(crop)
+                held.setdefault(block, []).extend((seam, crop))
         block = client.submit(
             block_task,
             job,
@@ -334,7 +343,7 @@ def _submit(
             key=f"mcu-block-{job.tag}-{index}-{run_id}",
         )
         futures[block] = index
-    return futures
+    return futures, held
 
 
 def _computed_line(state: _Blocks, blocks: int) -> str:
