@@ -159,23 +159,27 @@ def compute_windows(
                 for _ in batches:
                     item = loaded.next()
                     outputs = window_outputs(sampler, item, plan.batch_size, {}, is_cancelled)
-                    results.update((w.key, _owned(out)) for w, out in zip(item.windows, outputs))
+                    results.update(
+                        (w.key, _copy(out, (Ellipsis,), out.offset)) for w, out in zip(item.windows, outputs)
+                    )
     finally:
         reader.close()
     return results
 
 
-def _owned(output: WindowOutput) -> WindowOutput:
-    """Copies of the crops: a view would keep the whole batch's arrays alive (and pickle them with it)."""
+def _copy(output: WindowOutput, inside: tuple, offset: tuple[int, int]) -> WindowOutput:
+    """Copies of ``output``'s arrays at ``inside``: a view would keep the whole batch's arrays alive (and pickle
+    them with it)."""
 
-    def copied(part: np.ndarray | None) -> np.ndarray | None:
-        return part.copy() if part is not None else None
+    def part(values: np.ndarray | None) -> np.ndarray | None:
+        return values[inside].copy() if values is not None else None
 
     return WindowOutput(
-        output.mean_probs.copy(),
-        copied(output.expected_entropy),
-        copied(output.votes),
-        copied(output.mutual_information),
+        output.mean_probs[inside].copy(),
+        part(output.expected_entropy),
+        part(output.votes),
+        part(output.mutual_information),
+        offset,
     )
 
 
@@ -192,15 +196,5 @@ def crop_outputs(outputs: Mapping[WindowKey, WindowOutput], region: Region) -> d
         if r0 >= r1 or c0 >= c1:
             continue
         inside = (Ellipsis, slice(r0, r1), slice(c0, c1))
-        cropped[(row, col)] = WindowOutput(
-            output.mean_probs[inside].copy(),
-            _cut(output.expected_entropy, inside),
-            _cut(output.votes, inside),
-            _cut(output.mutual_information, inside),
-            (output.offset[0] + r0, output.offset[1] + c0),
-        )
+        cropped[(row, col)] = _copy(output, inside, (output.offset[0] + r0, output.offset[1] + c0))
     return cropped
-
-
-def _cut(part: np.ndarray | None, inside: tuple) -> np.ndarray | None:
-    return part[inside].copy() if part is not None else None
