@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import replace
 
 import dask
@@ -163,6 +164,42 @@ def test_a_worker_killed_in_a_seam_task_gives_the_same_bits(cluster, scene, tmp_
         scene, cluster, tmp_path / "out", block_size=256, probe=functools.partial(_exit_on_first_attempt, marker, -1)
     )
     assert os.path.exists(marker)  # a worker died running the windows shared between blocks
+    assert_same_as_reference(scene, outputs, overviews=False)
+    assert not partials(tmp_path)
+
+
+def _cancel_waiting_blocks_once(marker: str, index: int, done: int) -> None:
+    """From a seam task, have the scheduler cancel the blocks waiting for seams (what a lost worker can cause)."""
+    if index != -1 or os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    client = distributed.get_client()
+    for _ in range(100):  # the client may still be submitting the blocks
+        keys = client.run_on_scheduler(
+            lambda dask_scheduler: [
+                key
+                for key, task in dask_scheduler.tasks.items()
+                if str(key).startswith("mcu-block-") and task.state == "waiting"
+            ]
+        )
+        if keys:
+            break
+        time.sleep(0.05)
+    client.cancel([distributed.Future(key, client) for key in keys], force=True)
+
+
+def test_blocks_the_scheduler_cancels_run_again_without_their_seams(cluster, scene, tmp_path):
+    marker, messages = str(tmp_path / "cancelled"), []
+    _, outputs = _run(
+        scene,
+        cluster,
+        tmp_path / "out",
+        block_size=256,
+        log=messages.append,
+        probe=functools.partial(_cancel_waiting_blocks_once, marker),
+    )
+    assert os.path.exists(marker)
+    assert any("was cancelled by the scheduler; it runs again" in message for message in messages), messages
     assert_same_as_reference(scene, outputs, overviews=False)
     assert not partials(tmp_path)
 

@@ -266,7 +266,22 @@ def run_blocks_on_dask(
     try:
         threads = torch_threads(client, exact)
         futures, state.held = _submit(client, job, pending, (event_name, topic, run_id), threads, probe, retries)
-        _follow(job, client, futures, state, callbacks, on_progress, event_name, retries)
+
+        def alone(index: int, attempt: int) -> Any:  # the block again, running its shared windows itself
+            return client.submit(
+                block_task,
+                job,
+                index,
+                event_name,
+                topic,
+                threads,
+                probe,
+                retries=retries,
+                pure=False,
+                key=f"mcu-block-{job.tag}-{index}-{run_id}-alone{attempt}",
+            )
+
+        _follow(job, client, futures, state, callbacks, on_progress, event_name, retries, alone)
         state.drain()
         callbacks.say(_computed_line(state, len(pending)))
     finally:
@@ -363,12 +378,17 @@ def _follow(
     on_progress: Callable[[JobProgress], None] | None,
     event_name: str,
     retries: int,
+    alone: Callable[[int, int], Any],
 ) -> None:
-    """Wait for the blocks, reporting progress; stop everything on a cancel or a block that failed for good."""
+    """Wait for the blocks, reporting progress; stop everything on a cancel or a block that failed for good.
+
+    A block the scheduler cancelled (it can, when a worker died with the results of seam tasks the block was
+    waiting for) runs again without them, ``alone(index, attempt)``, up to ``retries`` times: same bits."""
     from distributed import as_completed
 
     remaining = as_completed(list(futures), loop=client.loop)
     last: JobProgress | None = None
+    reruns: dict[int, int] = {}
     while True:
         for future in remaining.next_batch(block=False):
             index = futures[future]
@@ -377,6 +397,15 @@ def _follow(
                 state.finish(index, outcome)
                 for message in outcome.messages:
                     callbacks.say(message)
+                continue
+            user_cancelled = callbacks.is_cancelled is not None and callbacks.is_cancelled()
+            if future.status == "cancelled" and not user_cancelled and reruns.get(index, 0) < retries:
+                reruns[index] = reruns.get(index, 0) + 1
+                state.held.pop(index, None)
+                rerun = alone(index, reruns[index])
+                futures[rerun] = index
+                remaining.add(rerun)
+                callbacks.say(f"Block {index} was cancelled by the scheduler; it runs again, with its shared windows.")
                 continue
             error = future.exception() if future.status == "error" else InferenceCancelled("block cancelled")
             _stop(client, futures, state, event_name)
